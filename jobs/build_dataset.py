@@ -1,0 +1,7 @@
+# jobs/build_dataset.py — what spark-submit runs; the logic lives in spark_app (see `cltv build-dataset --help`)
+import sys
+
+from spark_app.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["build-dataset", *sys.argv[1:]]))

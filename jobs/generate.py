@@ -1,0 +1,7 @@
+# jobs/generate.py — what spark-submit runs; the logic lives in spark_app (see `cltv generate --help`)
+import sys
+
+from spark_app.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["generate", *sys.argv[1:]]))

@@ -1,0 +1,7 @@
+# jobs/promote.py — what spark-submit runs; the logic lives in spark_app (see `cltv promote --help`)
+import sys
+
+from spark_app.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["promote", *sys.argv[1:]]))

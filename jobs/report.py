@@ -1,0 +1,7 @@
+# jobs/report.py — what spark-submit runs; the logic lives in spark_app (see `cltv report --help`)
+import sys
+
+from spark_app.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["report", *sys.argv[1:]]))

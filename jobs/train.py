@@ -1,0 +1,7 @@
+# jobs/train.py — what spark-submit runs; the logic lives in spark_app (see `cltv train --help`)
+import sys
+
+from spark_app.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["train", *sys.argv[1:]]))

@@ -1,0 +1,243 @@
+"""The `cltv` command line; jobs/*.py call `main` with the same arguments under spark-submit."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from spark_app.config import ConfigError, Settings, default_conf_file, dump_yaml, load_settings
+from spark_app.months import parse_month
+
+log = logging.getLogger("spark_app")
+
+
+class UserError(Exception):
+    """An error the user can fix from the message alone: printed without a traceback, exit code 2."""
+
+
+def _month(text: str):
+    try:
+        return parse_month(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _conf_arg(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument(
+        "--conf",
+        type=Path,
+        required=required,
+        default=None if required else default_conf_file(),
+        help="environment config file; base.yaml and models.yaml beside it are loaded first",
+    )
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(args.conf)
+
+
+def _spark(settings: Settings):
+    from spark_app.session import get_spark
+
+    return get_spark(settings.spark)
+
+
+# ------------------------------------------------------------------ command handlers
+def cmd_generate(args: argparse.Namespace) -> int:
+    from spark_app.generate import PanelSpec, generate_panel
+
+    settings = load_settings(args.conf)
+    spec = PanelSpec(subscribers=args.subscribers, months=args.months, start=args.start, seed=args.seed)
+    generate_panel(_spark(settings), args.out, spec, partitions=args.partitions)
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    sys.stdout.write(dump_yaml(_settings(args)))
+    return 0
+
+
+def cmd_build_dataset(args: argparse.Namespace) -> int:
+    from spark_app.dataset import build_dataset
+
+    settings = _settings(args)
+    build_dataset(_spark(settings), settings, target_end=args.target_end)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from spark_app.training import train_release
+
+    settings = _settings(args)
+    train_release(_spark(settings), settings, dataset_id=args.dataset)
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from spark_app.registry import promote
+
+    settings = _settings(args)
+    decision = promote(settings, version=args.version, auto=args.auto)
+    return 0 if decision.promoted else 1
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from spark_app.scoring import score_month
+
+    settings = _settings(args)
+    score_month(_spark(settings), settings, month=args.month, release=args.release, detail=args.detail)
+    return 0
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from spark_app.monitoring import monitor_month
+
+    settings = _settings(args)
+    result = monitor_month(_spark(settings), settings, month=args.month)
+    return 1 if result.failed else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from spark_app.report import build_report
+
+    settings = _settings(args)
+    build_report(_spark(settings), settings, month=args.month)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from spark_app.pipeline import run_demo
+
+    run_demo(subscribers=args.subscribers, months=args.months, workdir=args.workdir, conf=args.conf)
+    return 0
+
+
+# ------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cltv", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, handler: Callable[[argparse.Namespace], int], help: str, conf: str | None = "optional"):
+        p = sub.add_parser(name, help=help, description=help)
+        if conf:
+            _conf_arg(p, required=conf == "required")
+        p.set_defaults(handler=handler)
+        return p
+
+    p = command("generate", cmd_generate, "write a synthetic subscriber panel (features + facts)")
+    p.add_argument("--out", required=True, help="directory (any Hadoop path) for features/ and facts/")
+    p.add_argument("--subscribers", type=int, required=True)
+    p.add_argument("--months", type=int, required=True)
+    p.add_argument("--start", type=_month, default=parse_month("2023-01"), help="first month, YYYY-MM")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--partitions", type=int, default=None, help="Spark partitions (default 2 x cores)")
+
+    p = command("build-dataset", cmd_build_dataset, "build the horizon-lagged training set", "required")
+    p.add_argument("--target-end", type=_month, required=True, help="last target month T2, YYYY-MM")
+
+    p = command("train", cmd_train, "train the eight models as one MLflow release", "required")
+    p.add_argument("--dataset", default=None, help="dataset id (default: the newest)")
+
+    p = command("promote", cmd_promote, "move alias champion to a challenger that is not worse", "required")
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--version", type=int, default=None, help="registered model version to promote")
+    who.add_argument("--auto", action="store_true", help="promote the current challenger if it passes")
+
+    p = command("score", cmd_score, "score every subscriber of a month", "required")
+    p.add_argument("--month", type=_month, required=True)
+    p.add_argument("--release", default="champion", help="champion, challenger or a version number")
+    p.add_argument("--detail", action="store_true", help="add the 24 monthly forecasts per model")
+
+    p = command("monitor", cmd_monitor, "drift and backtests for a scored month", "required")
+    p.add_argument("--month", type=_month, required=True)
+
+    p = command("report", cmd_report, "static HTML review page for a month", "required")
+    p.add_argument("--month", type=_month, required=True)
+
+    p = command("demo", cmd_demo, "run the whole pipeline embedded on a synthetic panel")
+    p.add_argument("--subscribers", type=int, default=20_000)
+    p.add_argument("--months", type=int, default=40)
+    p.add_argument("--workdir", type=Path, default=Path("work/demo"))
+
+    cfg = sub.add_parser("config", help="inspect the configuration")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
+    show = cfg_sub.add_parser("show", help="print the resolved configuration as YAML")
+    _conf_arg(show, required=True)
+    show.set_defaults(handler=cmd_config_show)
+
+    p = command("wait-for-inputs", cmd_wait_for_inputs, "wait until both input partitions of a month are complete")
+    p.add_argument("--month", type=_month, required=True)
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds before giving up")
+    p.add_argument("--poll", type=float, default=30.0, help="seconds between checks")
+
+    argo = sub.add_parser("argo", help="run or submit the Argo Workflows templates in argo/")
+    argo_sub = argo.add_subparsers(dest="argo_command", required=True)
+    p = argo_sub.add_parser("run-local", help="run a template's DAG on this machine, in dependency order")
+    p.add_argument("template", type=Path)
+    p.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE")
+    p.set_defaults(handler=cmd_argo_run_local)
+    p = argo_sub.add_parser("submit", help="start a WorkflowTemplate on an Argo Server (ARGO_SERVER, ARGO_TOKEN)")
+    p.add_argument("template", help="WorkflowTemplate name or argo/<file>.yaml")
+    p.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument("--namespace", default=None)
+    p.set_defaults(handler=cmd_argo_submit)
+    return parser
+
+
+def _parameters(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise UserError(f"parameter {pair!r}: expected NAME=VALUE")
+        out[name] = value
+    return out
+
+
+def cmd_wait_for_inputs(args: argparse.Namespace) -> int:
+    from spark_app.inputs_ready import wait_for_inputs
+
+    settings = _settings(args)
+    wait_for_inputs(settings, month=args.month, timeout=args.timeout, poll=args.poll)
+    return 0
+
+
+def cmd_argo_run_local(args: argparse.Namespace) -> int:
+    from spark_app.argo import run_local
+
+    return run_local(args.template, _parameters(args.parameter))
+
+
+def cmd_argo_submit(args: argparse.Namespace) -> int:
+    from spark_app.argo import submit
+
+    submit(args.template, _parameters(args.parameter), namespace=args.namespace)
+    return 0
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        force=True,
+    )
+    for noisy in ("py4j", "urllib3", "alembic", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    from spark_app.contract import InputContractError
+
+    try:
+        code = args.handler(args)
+    except (ConfigError, InputContractError, UserError) as exc:
+        log.error("%s", exc)
+        code = 2
+    return code

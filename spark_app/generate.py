@@ -1,0 +1,472 @@
+"""Synthetic subscriber panel in the input contract, generated distributed and deterministically.
+
+Every random draw is a counter-based hash of (seed, subscriber, month, stream), so a subscriber's history
+is the same whatever partition or batch simulates it. Spark splits the id range; each Arrow batch of ids
+is simulated month by month with numpy over all its subscribers at once. docs/synthetic_panel.md
+describes the generating process and the signal a model should find.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from spark_app.contract import FACT_COLUMNS, ID, MONTH
+from spark_app.months import days_in_month_index, fmt, month_index
+from spark_app.progress import StageTimer
+from spark_app.storage import Storage, write_parquet_staged
+
+log = logging.getLogger(__name__)
+
+BURN_IN = 12  # months simulated before the panel starts, so trailing features exist from month one
+
+SEGMENTS = ("mobile", "fmc", "fttb")
+SEGMENT_SHARE = (0.70, 0.15, 0.15)
+TARIFFS = ("M_S", "M_M", "M_L", "M_UNL", "FMC_DUO", "FMC_FAMILY", "FTTB_100", "FTTB_500")
+TARIFF_PRICE = np.array([8.0, 15.0, 25.0, 35.0, 30.0, 45.0, 20.0, 30.0])
+TARIFF_DATA_GB_DAY = np.array([0.05, 0.15, 0.35, 0.7, 0.4, 0.6, 0.0, 0.0])
+TARIFF_CHURN = np.array([0.35, 0.1, -0.1, -0.2, -0.8, -1.0, -0.3, -0.5])
+TARIFF_SAC = np.array([10.0, 18.0, 30.0, 40.0, 45.0, 60.0, 35.0, 45.0])
+SEGMENT_TARIFFS = ((0, 1, 2, 3), (4, 5), (6, 7))
+SEGMENT_TARIFF_SHARE = ((0.3, 0.35, 0.25, 0.1), (0.6, 0.4), (0.65, 0.35))
+REGIONS = tuple(f"R{i:02d}" for i in range(1, 9))
+REGION_CHURN = np.array([-0.2, -0.1, 0.0, 0.0, 0.1, 0.15, 0.25, 0.35])
+DEVICES = ("android_low", "android_mid", "android_high", "ios", "feature_phone", "router")
+DEVICE_SHARE = (0.25, 0.3, 0.15, 0.2, 0.1)
+DEVICE_CHURN = np.array([0.25, 0.0, -0.1, -0.25, 0.35, 0.0])
+MARGIN_RATE = 0.62
+
+# Calendar effects by month of year (index 0 = January).
+DATA_SEASON = np.array([0.95, 0.93, 0.97, 0.98, 1.0, 1.06, 1.14, 1.15, 1.02, 0.98, 0.96, 1.02])
+VOICE_SEASON = np.array([0.97, 0.96, 1.0, 0.99, 1.0, 0.98, 0.94, 0.93, 1.0, 1.01, 1.02, 1.12])
+CHURN_SEASON = np.array([0.25, 0.05, 0.0, 0.0, 0.0, 0.0, 0.05, 0.1, 0.25, 0.0, 0.0, 0.05])
+ACQ_SEASON = np.array([0.8, 0.85, 0.95, 0.95, 1.0, 0.95, 0.9, 1.0, 1.3, 1.05, 1.05, 1.3])
+
+# Subscriber states in the simulation.
+OUT, PAID, DORMANT, IDLE = 0, 1, 2, 3  # OUT = not yet acquired or churned; DORMANT pays without traffic
+
+FEATURE_NUMERIC = (
+    "tenure_months",
+    "n_services",
+    "price",
+    "price_change_3m",
+    "complaints_3m",
+    "data_gb_1m",
+    "data_gb_3m",
+    "data_gb_6m",
+    "voice_min_1m",
+    "voice_min_3m",
+    "voice_min_6m",
+    "margin_1m",
+    "margin_3m",
+    "margin_6m",
+    "data_trend_3m",
+    "voice_trend_3m",
+    "months_since_active",
+    "paid_months_6m",
+    "is_paid",
+    "is_active",
+    "sac_6m",
+)
+FEATURE_CATEGORICAL = ("segment", "tariff", "region", "device_type")
+
+
+@dataclass(frozen=True)
+class PanelSpec:
+    subscribers: int
+    months: int
+    start: dt.date
+    seed: int = 7
+
+    @property
+    def first_index(self) -> int:
+        return month_index(self.start)
+
+
+# ---------------------------------------------------------------- counter-based random numbers
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finalizer: a bijective avalanche on uint64."""
+    x = (x ^ (x >> np.uint64(30))) * _M1
+    x = (x ^ (x >> np.uint64(27))) * _M2
+    return x ^ (x >> np.uint64(31))
+
+
+def uniform(seed: int, ids: np.ndarray, month: int, stream: int) -> np.ndarray:
+    """U(0,1) draws that depend only on (seed, subscriber id, month, stream)."""
+    with np.errstate(over="ignore"):
+        key = _mix(np.uint64(seed) * _GOLDEN + np.uint64(stream + 1) * _M1 + np.uint64(month + 4096) * _M2)
+        x = _mix(ids.astype(np.uint64) * _GOLDEN ^ key)
+    return ((x >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
+
+
+def normal(seed: int, ids: np.ndarray, month: int, stream: int) -> np.ndarray:
+    u1 = uniform(seed, ids, month, stream)
+    u2 = uniform(seed, ids, month, stream + 7919)
+    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+
+
+def _choice(u: np.ndarray, shares: tuple[float, ...]) -> np.ndarray:
+    return np.searchsorted(np.cumsum(shares) / sum(shares), u, side="right").clip(0, len(shares) - 1)
+
+
+def _poisson_small(u: np.ndarray, lam: np.ndarray) -> np.ndarray:
+    """Inverse-CDF Poisson for small rates (complaints), capped at 4."""
+    k = np.zeros(u.shape, dtype=np.int64)
+    p = np.exp(-lam)
+    cdf = p.copy()
+    for i in range(1, 5):
+        k += u > cdf
+        p = p * lam / i
+        cdf = cdf + p
+    return k
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+# ---------------------------------------------------------------- the simulation
+def simulate(ids: np.ndarray, spec: PanelSpec) -> dict[str, np.ndarray]:
+    """Simulate the subscribers `ids` over burn-in + panel months; arrays are (subscribers, months)."""
+    n, total = len(ids), BURN_IN + spec.months
+    seed = spec.seed
+    first = spec.first_index - BURN_IN
+    static = -1  # month key of draws made once per subscriber
+
+    # --- who, when, what
+    initial = uniform(seed, ids, static, 1) < 0.35
+    tenure_at_burn_in = np.floor(-np.log(uniform(seed, ids, static, 2)) * 28).astype(np.int64)
+    acq_weights = np.tile(ACQ_SEASON, total // 12 + 2)[(first % 12) : (first % 12) + total]
+    acq_cdf = np.cumsum(acq_weights) / acq_weights.sum()
+    acq_new = np.searchsorted(acq_cdf, uniform(seed, ids, static, 3), side="right").clip(0, total - 1)
+    acq = np.where(initial, -1 - tenure_at_burn_in, acq_new)  # relative to the first simulated month
+    segment = _choice(uniform(seed, ids, static, 4), SEGMENT_SHARE)
+    u_tariff = uniform(seed, ids, static, 5)
+    tariff = np.zeros(n, dtype=np.int64)
+    for s, (codes, shares) in enumerate(zip(SEGMENT_TARIFFS, SEGMENT_TARIFF_SHARE, strict=True)):
+        mask = segment == s
+        tariff[mask] = np.asarray(codes)[_choice(u_tariff[mask], shares)]
+    region = _choice(uniform(seed, ids, static, 6), (1.0,) * len(REGIONS))
+    device = np.where(segment == 2, 5, _choice(uniform(seed, ids, static, 7), DEVICE_SHARE))
+    extra_service = uniform(seed, ids, static, 8) < np.array([0.2, 0.6, 0.3])[segment]
+    n_services = np.array([1, 2, 1])[segment] + extra_service
+    frailty = normal(seed, ids, static, 9)  # unobserved: makes retention rise with tenure
+    data_level = TARIFF_DATA_GB_DAY[tariff] * np.exp(0.5 * normal(seed, ids, static, 10))
+    data_level = np.where(segment == 2, 0.0, data_level)
+    voice_level = np.where(segment == 2, 0.0, 9.0 * np.exp(0.6 * normal(seed, ids, static, 11)))
+    price0 = TARIFF_PRICE[tariff] * (1 + 0.05 * normal(seed, ids, static, 12))
+
+    shape = (n, total)
+    status = np.zeros(shape, dtype=np.int8)
+    price = np.zeros(shape)
+    data = np.zeros(shape)
+    voice = np.zeros(shape)
+    margin = np.zeros(shape)
+    sac = np.zeros(shape)
+    complaints = np.zeros(shape, dtype=np.int64)
+    price_change = np.zeros(shape)
+
+    state = np.full(n, OUT, dtype=np.int8)
+    ever = np.zeros(n, dtype=bool)
+    engagement = np.ones(n)
+    current_price = price0.copy()
+    recent_change = np.zeros(n)  # price increase felt over the last 3 months
+    recent_complaints = np.zeros(n)
+
+    for m in range(total):
+        key = first + m
+        moy = key % 12
+        days = float(days_in_month_index(np.array([key]))[0])
+        tenure = m - acq
+
+        # acquisitions (and the initial base at the first simulated month)
+        joining = (~ever) & (acq <= m) & ((acq == m) | (m == 0))
+        state[joining] = PAID
+        ever |= joining
+        in_base = (state != OUT) & ~joining
+
+        # price increases: January indexation for a third of the base, rare ad-hoc ones otherwise
+        p_change = np.where(moy == 0, 0.33, 0.02)
+        changed = in_base & (uniform(seed, ids, key, 20) < p_change)
+        increase = np.where(changed, current_price * 0.1, 0.0)
+        current_price = current_price + increase
+        recent_change = recent_change * 0.6 + increase
+
+        # engagement drifts and sometimes drops: the observable usage decline that precedes churn
+        drop = uniform(seed, ids, key, 21) < 0.03
+        engagement = np.clip(
+            engagement * np.where(drop, 0.55, 1.0) + 0.04 * normal(seed, ids, key, 22) + 0.02, 0.05, 1.0
+        )
+
+        complaint_rate = 0.04 * np.exp(DEVICE_CHURN[device] + REGION_CHURN[region]) + 0.3 * (increase > 0)
+        complaints_now = _poisson_small(uniform(seed, ids, key, 23), complaint_rate)
+        recent_complaints = recent_complaints * 0.6 + complaints_now
+
+        # state transitions for those already in the base
+        churn_logit = (
+            -4.6
+            + 1.3 * np.exp(-np.maximum(tenure, 0) / 6.0)
+            + TARIFF_CHURN[tariff]
+            + REGION_CHURN[region]
+            + DEVICE_CHURN[device]
+            + 0.7 * frailty
+            + 2.2 * (1.0 - engagement)
+            + 0.06 * recent_change
+            + 0.35 * recent_complaints
+            + CHURN_SEASON[moy]
+        )
+        u = uniform(seed, ids, key, 24)
+        p_churn = _sigmoid(churn_logit)
+        p_doze = _sigmoid(-4.8 + 2.5 * (1.0 - engagement) + 0.3 * frailty)
+        new_state = state.copy()
+        paid_now = in_base & (state == PAID)
+        new_state[paid_now & (u < p_churn)] = OUT
+        new_state[paid_now & (u >= p_churn) & (u < p_churn + p_doze)] = DORMANT
+        dormant = in_base & (state == DORMANT)
+        p_back = 0.22 * engagement + 0.05
+        new_state[dormant & (u < 0.18 + p_churn)] = OUT
+        new_state[dormant & (u >= 0.18 + p_churn) & (u < 0.40 + p_churn)] = IDLE
+        new_state[dormant & (u >= 1 - p_back)] = PAID
+        idle = in_base & (state == IDLE)
+        new_state[idle & (u < 0.30 + p_churn)] = OUT
+        reactivated = idle & (u >= 1 - 0.5 * p_back)
+        new_state[reactivated] = PAID
+        engagement = np.where(reactivated | joining, np.maximum(engagement, 0.8), engagement)
+        state = new_state
+
+        # what the month brings: traffic, revenue, dealer payments
+        paid = state == PAID
+        growth = 1.02 ** (key - spec.first_index)
+        noise_d = np.exp(0.25 * normal(seed, ids, key, 25) - 0.03)
+        noise_v = np.exp(0.25 * normal(seed, ids, key, 26) - 0.03)
+        data_m = np.where(paid, data_level * engagement * growth * DATA_SEASON[moy] * noise_d * days, 0.0)
+        voice_decline = 0.99 ** (key - spec.first_index)
+        voice_m = np.where(paid, voice_level * engagement * voice_decline * VOICE_SEASON[moy] * noise_v * days, 0.0)
+        billed = (state == PAID) | (state == DORMANT)
+        margin_m = np.where(
+            billed,
+            current_price * MARGIN_RATE * days / 30.0 + 0.03 * data_m - 0.004 * voice_m,
+            0.0,
+        ) * (1 + 0.05 * normal(seed, ids, key, 27))
+        new_sub_payment = np.select(
+            [tenure == 0, tenure == 1, tenure == 2],
+            [TARIFF_SAC[tariff] * 0.5, TARIFF_SAC[tariff] * 0.3, TARIFF_SAC[tariff] * 0.2],
+            0.0,
+        )
+        renewal = (tenure > 0) & (tenure % 24 == 0) & (uniform(seed, ids, key, 28) < 0.5) & (device != 5)
+        sac_m = np.where(state != OUT, new_sub_payment + 15.0 * renewal + 5.0 * reactivated, 0.0)
+
+        status[:, m] = state
+        price[:, m] = np.where(state != OUT, current_price, 0.0)
+        data[:, m] = data_m
+        voice[:, m] = voice_m
+        margin[:, m] = margin_m
+        sac[:, m] = sac_m
+        complaints[:, m] = np.where(state != OUT, complaints_now, 0)
+        price_change[:, m] = increase
+
+    return {
+        "ids": ids,
+        "status": status,
+        "price": price,
+        "data": data,
+        "voice": voice,
+        "margin": margin,
+        "sac": sac,
+        "complaints": complaints,
+        "price_change": price_change,
+        "acq": acq,
+        "segment": segment,
+        "tariff": tariff,
+        "region": region,
+        "device": device,
+        "n_services": n_services,
+    }
+
+
+def _trailing(x: np.ndarray, window: int) -> np.ndarray:
+    """Sum over the last `window` months including the current one (months before the start count 0)."""
+    c = np.cumsum(x, axis=1, dtype=np.float64)
+    out = c.copy()
+    out[:, window:] -= c[:, :-window]
+    return out
+
+
+def _lag(x: np.ndarray, k: int) -> np.ndarray:
+    out = np.zeros_like(x)
+    out[:, k:] = x[:, :-k]
+    return out
+
+
+def _months_since_active(active: np.ndarray) -> np.ndarray:
+    n, total = active.shape
+    out = np.zeros((n, total), dtype=np.int64)
+    last = np.full(n, -1_000)
+    for m in range(total):
+        last = np.where(active[:, m], m, last)
+        out[:, m] = np.minimum(m - last, 99)
+    return out
+
+
+def panel_rows(sim: dict[str, np.ndarray], spec: PanelSpec, table: str) -> pd.DataFrame:
+    """Rows of `table` ('features' or 'facts') for every (subscriber, panel month) in the base."""
+    status = sim["status"]
+    n, total = status.shape
+    keep = status[:, BURN_IN:] != OUT
+    sub_idx, month_off = np.nonzero(keep)
+    col = month_off + BURN_IN
+    cols: dict[str, np.ndarray] = {"sid": sim["ids"][sub_idx], "month_offset": month_off.astype(np.int32)}
+    paid = status == PAID
+    active = (status == PAID) | (status == DORMANT)
+    if table == "facts":
+        segment = sim["segment"][sub_idx]
+        margin = sim["margin"][sub_idx, col]
+        cols.update(
+            in_paid_base=paid[sub_idx, col].astype(np.int32),
+            in_active_base=active[sub_idx, col].astype(np.int32),
+            sm_mobile=np.where(segment == 0, margin, 0.0),
+            sm_fmc=np.where(segment == 1, margin, 0.0),
+            sm_fttb=np.where(segment == 2, margin, 0.0),
+            data_gb=sim["data"][sub_idx, col],
+            voice_min=sim["voice"][sub_idx, col],
+            sac=sim["sac"][sub_idx, col],
+        )
+        return pd.DataFrame(cols)
+    if table != "features":
+        raise ValueError(f"unknown table {table!r}")
+
+    def at(x: np.ndarray) -> np.ndarray:
+        return x[sub_idx, col]
+
+    data, voice, margin = sim["data"], sim["voice"], sim["margin"]
+    cols.update(
+        segment_code=sim["segment"][sub_idx].astype(np.int32),
+        tariff_code=sim["tariff"][sub_idx].astype(np.int32),
+        region_code=sim["region"][sub_idx].astype(np.int32),
+        device_code=sim["device"][sub_idx].astype(np.int32),
+        tenure_months=(col - sim["acq"][sub_idx]).astype(np.int32),
+        n_services=sim["n_services"][sub_idx].astype(np.int32),
+        price=np.round(at(sim["price"]), 2),
+        price_change_3m=np.round(at(_trailing(sim["price_change"], 3)), 2),
+        complaints_3m=at(_trailing(sim["complaints"], 3)).astype(np.int32),
+        data_gb_1m=at(data),
+        data_gb_3m=at(_trailing(data, 3)),
+        data_gb_6m=at(_trailing(data, 6)),
+        voice_min_1m=at(voice),
+        voice_min_3m=at(_trailing(voice, 3)),
+        voice_min_6m=at(_trailing(voice, 6)),
+        margin_1m=at(margin),
+        margin_3m=at(_trailing(margin, 3)),
+        margin_6m=at(_trailing(margin, 6)),
+        data_trend_3m=(at(data) + 0.1) / (at(_lag(data, 3)) + 0.1),
+        voice_trend_3m=(at(voice) + 1.0) / (at(_lag(voice, 3)) + 1.0),
+        months_since_active=at(_months_since_active(active)).astype(np.int32),
+        paid_months_6m=at(_trailing(paid.astype(np.int64), 6)).astype(np.int32),
+        is_paid=at(paid).astype(np.int32),
+        is_active=at(active).astype(np.int32),
+        sac_6m=at(_trailing(sim["sac"], 6)),
+    )
+    return pd.DataFrame(cols)
+
+
+def _spark_schema(table: str) -> str:
+    if table == "facts":
+        return "sid long, month_offset int, " + ", ".join(
+            f"{c} int" if c.startswith("in_") else f"{c} double" for c in FACT_COLUMNS
+        )
+    ints = {"tenure_months", "n_services", "complaints_3m", "months_since_active", "paid_months_6m"}
+    ints |= {"is_paid", "is_active"}
+    numeric = ", ".join(f"{c} {'int' if c in ints else 'double'}" for c in FEATURE_NUMERIC)
+    return "sid long, month_offset int, segment_code int, tariff_code int, region_code int, device_code int, " + numeric
+
+
+def _label(codes: str, names: tuple[str, ...]):
+    return F.element_at(F.array(*[F.lit(x) for x in names]), F.col(codes) + 1)
+
+
+def panel_table(spark: SparkSession, spec: PanelSpec, table: str, partitions: int) -> DataFrame:
+    """The `table` of the panel as a lazy DataFrame in the input contract."""
+
+    def simulate_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            ids = batch["id"].to_numpy(dtype=np.int64)
+            yield panel_rows(simulate(ids, spec), spec, table)
+
+    raw = spark.range(0, spec.subscribers, numPartitions=partitions).mapInPandas(
+        simulate_batches, _spark_schema(table)
+    )
+    keyed = raw.select(
+        F.format_string("S%09d", F.col("sid")).alias(ID),
+        F.add_months(F.lit(spec.start), F.col("month_offset")).alias(MONTH),
+        *[c for c in raw.columns if c not in ("sid", "month_offset")],
+    )
+    if table == "facts":
+        return keyed
+    labels = {"segment": SEGMENTS, "tariff": TARIFFS, "region": REGIONS, "device_type": DEVICES}
+    codes = {"segment": "segment_code", "tariff": "tariff_code", "region": "region_code", "device_type": "device_code"}
+    return keyed.select(
+        ID, MONTH, *[_label(codes[c], labels[c]).alias(c) for c in FEATURE_CATEGORICAL], *FEATURE_NUMERIC
+    )
+
+
+def generate_panel(
+    spark: SparkSession, out: str, spec: PanelSpec, *, partitions: int | None = None
+) -> dict[str, object]:
+    """Write `{out}/features` and `{out}/facts`, each staged and swapped in; return a summary."""
+    partitions = partitions or max(2, spark.sparkContext.defaultParallelism * 2)
+    storage = Storage(spark)
+    timer = StageTimer()
+    log.info(
+        "generating %d subscribers x %d months from %s (seed %d) in %d partitions into %s",
+        spec.subscribers, spec.months, fmt(spec.start), spec.seed, partitions, out,
+    )
+    for table in ("features", "facts"):
+        with timer.stage(f"write {table}", spark):
+            df = panel_table(spark, spec, table, partitions)
+            write_parquet_staged(storage, df, f"{out.rstrip('/')}/{table}", partition_by=[MONTH])
+    with timer.stage("summary", spark):
+        summary = panel_summary(spark.read.parquet(f"{out.rstrip('/')}/facts"))
+    summary["seconds"] = round(sum(timer.seconds.values()), 1)
+    log.info(
+        "panel done: %s facts rows, mean base %.0f, monthly churn %.2f%%, paid share %.1f%%; %s",
+        f"{summary['rows']:,}", summary["mean_base"], 100 * summary["monthly_churn"],
+        100 * summary["paid_share"], timer.summary(),
+    )
+    return summary
+
+
+def panel_summary(facts: DataFrame) -> dict[str, object]:
+    """Base size, paid share and monthly churn (share of the base gone the next month)."""
+    per_month = facts.groupBy(MONTH).agg(
+        F.count(F.lit(1)).alias("base"), F.sum("in_paid_base").alias("paid")
+    ).orderBy(MONTH).collect()
+    nxt = F.add_months(F.col(MONTH), 1)
+    last = per_month[-1][MONTH] if per_month else None
+    gone = (
+        facts.select(ID, MONTH)
+        .withColumn("next_month", nxt)
+        .join(facts.select(ID, F.col(MONTH).alias("next_month"), F.lit(1).alias("present")), [ID, "next_month"], "left")
+        .where(F.col(MONTH) < F.lit(last))
+        .agg(F.count(F.lit(1)).alias("base"), F.sum(F.col("present").isNull().cast("long")).alias("gone"))
+        .collect()[0]
+    )
+    rows = sum(r["base"] for r in per_month)
+    return {
+        "rows": rows,
+        "months": len(per_month),
+        "mean_base": rows / max(len(per_month), 1),
+        "paid_share": sum(r["paid"] for r in per_month) / max(rows, 1),
+        "monthly_churn": (gone["gone"] or 0) / max(gone["base"] or 0, 1),
+    }

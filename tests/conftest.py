@@ -1,0 +1,73 @@
+"""Shared fixtures: one local SparkSession for the whole run, and a small generated panel."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from spark_app.config import Settings, load_settings
+from spark_app.generate import PanelSpec, generate_panel
+
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+PANEL_START = dt.date(2022, 1, 1)
+PANEL_MONTHS = 40
+PANEL_SUBSCRIBERS = 3000
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from spark_app.config import SparkConfig
+    from spark_app.session import get_spark
+
+    session = get_spark(SparkConfig(master="local[2]", driver_memory="4g", shuffle_partitions=4))
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def panel_spec() -> PanelSpec:
+    return PanelSpec(subscribers=PANEL_SUBSCRIBERS, months=PANEL_MONTHS, start=PANEL_START, seed=11)
+
+
+@pytest.fixture(scope="session")
+def panel_dir(spark, panel_spec, tmp_path_factory) -> Path:
+    """A small synthetic panel on disk (features/ and facts/), shared read-only by all tests."""
+    out = tmp_path_factory.mktemp("panel")
+    generate_panel(spark, str(out), panel_spec, partitions=3)
+    return out
+
+
+def make_settings(workdir: Path, panel: Path | None = None, **sections) -> Settings:
+    """Settings for a test: the project's conf/, with every path inside `workdir`."""
+    panel = panel or workdir / "panel"
+    overrides = {
+        "paths": {
+            "features": str(panel / "features"),
+            "facts": str(panel / "facts"),
+            "datasets": str(workdir / "datasets"),
+            "scores": str(workdir / "scores"),
+            "monitoring": str(workdir / "monitoring"),
+        },
+        "mlflow": {
+            "tracking_uri": f"sqlite:///{workdir / 'mlflow.db'}",
+            "artifact_location": str(workdir / "mlartifacts"),
+        },
+        "spark": {"master": "local[2]", "shuffle_partitions": 4},
+    }
+    for name, values in sections.items():
+        overrides.setdefault(name, {}).update(values)
+    root = Path(__file__).resolve().parent.parent
+    return load_settings(root / "conf" / "local.yaml", overrides=overrides, environ={})
+
+
+@pytest.fixture
+def settings_factory(tmp_path):
+    def factory(panel: Path | None = None, **sections) -> Settings:
+        return make_settings(tmp_path, panel, **sections)
+
+    return factory
