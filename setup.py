@@ -8,10 +8,12 @@ VERSION = (ROOT / "spark_app" / "VERSION").read_text().strip()
 setup(
     name="cltv-spark",
     version=VERSION,
-    description="Monthly 5-year customer lifetime value for telecom subscribers on Spark, CatBoost and MLflow",
+    description="Monthly 5-year customer lifetime value of telecom subscribers on Spark, CatBoost, MLflow",
     packages=find_packages(include=["spark_app", "spark_app.*"]),
     package_data={"spark_app": ["VERSION"]},
-    data_files=[("share/cltv/conf", [str(p.relative_to(ROOT)) for p in sorted((ROOT / "conf").glob("*.yaml"))])],
+    data_files=[
+        ("share/cltv/conf", [str(p.relative_to(ROOT)) for p in sorted((ROOT / "conf").glob("*.yaml"))])
+    ],
     python_requires=">=3.10",
     install_requires=[
         "pyspark>=4.0,<5",

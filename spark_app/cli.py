@@ -121,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def command(name: str, handler: Callable[[argparse.Namespace], int], help: str, conf: str | None = "optional"):
+    def command(
+        name: str, handler: Callable[[argparse.Namespace], int], help: str, conf: str | None = "optional"
+    ):
         p = sub.add_parser(name, help=help, description=help)
         if conf:
             _conf_arg(p, required=conf == "required")
@@ -169,7 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     _conf_arg(show, required=True)
     show.set_defaults(handler=cmd_config_show)
 
-    p = command("wait-for-inputs", cmd_wait_for_inputs, "wait until both input partitions of a month are complete")
+    p = command(
+        "wait-for-inputs", cmd_wait_for_inputs, "wait until both input partitions of a month are complete"
+    )
     p.add_argument("--month", type=_month, required=True)
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds before giving up")
     p.add_argument("--poll", type=float, default=30.0, help="seconds between checks")
@@ -180,7 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("template", type=Path)
     p.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE")
     p.set_defaults(handler=cmd_argo_run_local)
-    p = argo_sub.add_parser("submit", help="start a WorkflowTemplate on an Argo Server (ARGO_SERVER, ARGO_TOKEN)")
+    p = argo_sub.add_parser(
+        "submit", help="start a WorkflowTemplate on an Argo Server (ARGO_SERVER, ARGO_TOKEN)"
+    )
     p.add_argument("template", help="WorkflowTemplate name or argo/<file>.yaml")
     p.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--namespace", default=None)

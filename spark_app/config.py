@@ -132,6 +132,10 @@ class ScoringConfig(_Section):
     holdout_salt: str = "cltv-holdout"
     arrow_batch_rows: PositiveInt = 20_000
     extrapolation_months: PositiveInt = 60
+    # scoring.py / cltv.py (issue #5): bounds on the year-over-year trend of per-survivor amounts
+    # carried into the extrapolated months (docs/scoring.md)
+    trend_floor: confloat(gt=0, le=1) = 0.8
+    trend_cap: confloat(ge=1) = 1.25
 
 
 class MonitoringConfig(_Section):
@@ -140,6 +144,18 @@ class MonitoringConfig(_Section):
     unseen_warn: confloat(ge=0, le=1) = 0.01
     unseen_fail: confloat(ge=0, le=1) = 0.05
     reference_rows: PositiveInt = 50_000
+    # monitoring.py / report.py (issue #7)
+    psi_bins: int = Field(default=10, ge=2)  # quantile bins of the reference per numeric feature
+    prediction_psi_warn: confloat(gt=0) = 0.1  # CLTV / survival distribution vs the previous month
+    prediction_psi_fail: confloat(gt=0) = 0.25
+    prediction_columns: list[str] = Field(default_factory=list)  # empty = every numeric score column
+    backtest_max_horizon: int = Field(default=24, ge=1)  # score months T-1..T-k are backtested against T
+    backtest_dimensions: list[str] = Field(default_factory=lambda: ["segment", "region"])
+    tenure_column: str | None = "tenure_months"  # None = no tenure cohorts
+    tenure_cohorts: list[int] = Field(default_factory=lambda: [0, 6, 12, 24, 48])  # cohort lower edges
+    metric_horizons: list[int] = Field(default_factory=lambda: [1, 3, 6, 12, 24])  # logged to MLflow
+    report_shap_rows: PositiveInt = 2_000  # subscribers whose SHAP values the report explains
+    report_shap_horizon: PositiveInt = 12  # horizon at which the report explains the models
 
 
 class ModelProfile(_Section):
@@ -274,7 +290,9 @@ def _env_layer(environ: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]
             continue
         keys = [k.lower() for k in name[len(ENV_PREFIX) :].split(ENV_NESTING)]
         if keys[0] not in Settings.model_fields:
-            raise ConfigError(f"{name}: unknown config section {keys[0]!r} (known: {sorted(Settings.model_fields)})")
+            raise ConfigError(
+                f"{name}: unknown config section {keys[0]!r} (known: {sorted(Settings.model_fields)})"
+            )
         try:
             value = yaml.safe_load(raw) if raw.strip() else raw
         except yaml.YAMLError:

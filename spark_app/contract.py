@@ -25,7 +25,8 @@ _KIND_OF_TYPE = {
     T.StringType: STRING,
     T.DateType: DATE,
     **dict.fromkeys(
-        (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.FloatType, T.DoubleType, T.DecimalType), NUMERIC
+        (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.FloatType, T.DoubleType, T.DecimalType),
+        NUMERIC,
     ),
 }
 
@@ -89,11 +90,16 @@ def data_problems(df: DataFrame, spec: TableSpec, months: list[dt.date] | None) 
     if months is not None:
         df = df.where(F.col(MONTH).isin(months))
     flag_checks = [
-        F.sum((~F.col(flag).isin(0, 1) | F.col(flag).isNull()).cast("long")).alias(flag) for flag in spec.flags
+        F.sum((~F.col(flag).isin(0, 1) | F.col(flag).isNull()).cast("long")).alias(flag)
+        for flag in spec.flags
     ]
     per_month = (
         df.groupBy(MONTH)
-        .agg(F.count(F.lit(1)).alias("rows"), F.sum(F.col(ID).isNull().cast("long")).alias("null_ids"), *flag_checks)
+        .agg(
+            F.count(F.lit(1)).alias("rows"),
+            F.sum(F.col(ID).isNull().cast("long")).alias("null_ids"),
+            *flag_checks,
+        )
         .collect()
     )
     problems = []
@@ -125,7 +131,9 @@ def data_problems(df: DataFrame, spec: TableSpec, months: list[dt.date] | None) 
     return problems
 
 
-def validate(df: DataFrame, spec: TableSpec, months: list[dt.date] | None = None, *, context: str = "") -> None:
+def validate(
+    df: DataFrame, spec: TableSpec, months: list[dt.date] | None = None, *, context: str = ""
+) -> None:
     """Raise one InputContractError listing every problem of `df` against `spec` over `months`."""
     problems = schema_problems(df, spec)
     typed = {f.name for f in df.schema.fields if kind_of(f.dataType) == spec.columns.get(f.name)}

@@ -84,10 +84,15 @@ class PanelSpec:
     months: int
     start: dt.date
     seed: int = 7
+    acquisition_months: int | None = None  # months over which newcomers join (default: the panel's)
 
     @property
     def first_index(self) -> int:
         return month_index(self.start)
+
+    @property
+    def acquisition_span(self) -> int:
+        return BURN_IN + (self.acquisition_months or self.months)
 
 
 # ---------------------------------------------------------------- counter-based random numbers
@@ -148,9 +153,10 @@ def simulate(ids: np.ndarray, spec: PanelSpec) -> dict[str, np.ndarray]:
     # --- who, when, what
     initial = uniform(seed, ids, static, 1) < 0.35
     tenure_at_burn_in = np.floor(-np.log(uniform(seed, ids, static, 2)) * 28).astype(np.int64)
-    acq_weights = np.tile(ACQ_SEASON, total // 12 + 2)[(first % 12) : (first % 12) + total]
+    span = spec.acquisition_span
+    acq_weights = np.tile(ACQ_SEASON, span // 12 + 2)[(first % 12) : (first % 12) + span]
     acq_cdf = np.cumsum(acq_weights) / acq_weights.sum()
-    acq_new = np.searchsorted(acq_cdf, uniform(seed, ids, static, 3), side="right").clip(0, total - 1)
+    acq_new = np.searchsorted(acq_cdf, uniform(seed, ids, static, 3), side="right").clip(0, span - 1)
     acq = np.where(initial, -1 - tenure_at_burn_in, acq_new)  # relative to the first simulated month
     segment = _choice(uniform(seed, ids, static, 4), SEGMENT_SHARE)
     u_tariff = uniform(seed, ids, static, 5)
@@ -216,15 +222,15 @@ def simulate(ids: np.ndarray, spec: PanelSpec) -> dict[str, np.ndarray]:
 
         # state transitions for those already in the base
         churn_logit = (
-            -4.6
+            -4.85
             + 1.3 * np.exp(-np.maximum(tenure, 0) / 6.0)
             + TARIFF_CHURN[tariff]
             + REGION_CHURN[region]
             + DEVICE_CHURN[device]
             + 0.7 * frailty
-            + 2.2 * (1.0 - engagement)
+            + 3.0 * (1.0 - engagement)
             + 0.06 * recent_change
-            + 0.35 * recent_complaints
+            + 1.6 * recent_complaints
             + CHURN_SEASON[moy]
         )
         u = uniform(seed, ids, key, 24)
@@ -249,11 +255,13 @@ def simulate(ids: np.ndarray, spec: PanelSpec) -> dict[str, np.ndarray]:
         # what the month brings: traffic, revenue, dealer payments
         paid = state == PAID
         growth = 1.02 ** (key - spec.first_index)
-        noise_d = np.exp(0.25 * normal(seed, ids, key, 25) - 0.03)
-        noise_v = np.exp(0.25 * normal(seed, ids, key, 26) - 0.03)
+        noise_d = np.exp(0.15 * normal(seed, ids, key, 25) - 0.01)
+        noise_v = np.exp(0.15 * normal(seed, ids, key, 26) - 0.01)
         data_m = np.where(paid, data_level * engagement * growth * DATA_SEASON[moy] * noise_d * days, 0.0)
         voice_decline = 0.99 ** (key - spec.first_index)
-        voice_m = np.where(paid, voice_level * engagement * voice_decline * VOICE_SEASON[moy] * noise_v * days, 0.0)
+        voice_m = np.where(
+            paid, voice_level * engagement * voice_decline * VOICE_SEASON[moy] * noise_v * days, 0.0
+        )
         billed = (state == PAID) | (state == DORMANT)
         margin_m = np.where(
             billed,
@@ -323,7 +331,6 @@ def _months_since_active(active: np.ndarray) -> np.ndarray:
 def panel_rows(sim: dict[str, np.ndarray], spec: PanelSpec, table: str) -> pd.DataFrame:
     """Rows of `table` ('features' or 'facts') for every (subscriber, panel month) in the base."""
     status = sim["status"]
-    n, total = status.shape
     keep = status[:, BURN_IN:] != OUT
     sub_idx, month_off = np.nonzero(keep)
     col = month_off + BURN_IN
@@ -389,7 +396,10 @@ def _spark_schema(table: str) -> str:
     ints = {"tenure_months", "n_services", "complaints_3m", "months_since_active", "paid_months_6m"}
     ints |= {"is_paid", "is_active"}
     numeric = ", ".join(f"{c} {'int' if c in ints else 'double'}" for c in FEATURE_NUMERIC)
-    return "sid long, month_offset int, segment_code int, tariff_code int, region_code int, device_code int, " + numeric
+    return (
+        "sid long, month_offset int, segment_code int, tariff_code int, region_code int, device_code int, "
+        + numeric
+    )
 
 
 def _label(codes: str, names: tuple[str, ...]):
@@ -415,7 +425,12 @@ def panel_table(spark: SparkSession, spec: PanelSpec, table: str, partitions: in
     if table == "facts":
         return keyed
     labels = {"segment": SEGMENTS, "tariff": TARIFFS, "region": REGIONS, "device_type": DEVICES}
-    codes = {"segment": "segment_code", "tariff": "tariff_code", "region": "region_code", "device_type": "device_code"}
+    codes = {
+        "segment": "segment_code",
+        "tariff": "tariff_code",
+        "region": "region_code",
+        "device_type": "device_code",
+    }
     return keyed.select(
         ID, MONTH, *[_label(codes[c], labels[c]).alias(c) for c in FEATURE_CATEGORICAL], *FEATURE_NUMERIC
     )
@@ -425,12 +440,18 @@ def generate_panel(
     spark: SparkSession, out: str, spec: PanelSpec, *, partitions: int | None = None
 ) -> dict[str, object]:
     """Write `{out}/features` and `{out}/facts`, each staged and swapped in; return a summary."""
-    partitions = partitions or max(2, spark.sparkContext.defaultParallelism * 2)
+    # ~50k subscribers a task: progress in the log stays fine-grained and a task's memory stays small
+    partitions = partitions or max(spark.sparkContext.defaultParallelism * 2, -(-spec.subscribers // 50_000))
     storage = Storage(spark)
     timer = StageTimer()
     log.info(
         "generating %d subscribers x %d months from %s (seed %d) in %d partitions into %s",
-        spec.subscribers, spec.months, fmt(spec.start), spec.seed, partitions, out,
+        spec.subscribers,
+        spec.months,
+        fmt(spec.start),
+        spec.seed,
+        partitions,
+        out,
     )
     for table in ("features", "facts"):
         with timer.stage(f"write {table}", spark):
@@ -441,23 +462,33 @@ def generate_panel(
     summary["seconds"] = round(sum(timer.seconds.values()), 1)
     log.info(
         "panel done: %s facts rows, mean base %.0f, monthly churn %.2f%%, paid share %.1f%%; %s",
-        f"{summary['rows']:,}", summary["mean_base"], 100 * summary["monthly_churn"],
-        100 * summary["paid_share"], timer.summary(),
+        f"{summary['rows']:,}",
+        summary["mean_base"],
+        100 * summary["monthly_churn"],
+        100 * summary["paid_share"],
+        timer.summary(),
     )
     return summary
 
 
 def panel_summary(facts: DataFrame) -> dict[str, object]:
     """Base size, paid share and monthly churn (share of the base gone the next month)."""
-    per_month = facts.groupBy(MONTH).agg(
-        F.count(F.lit(1)).alias("base"), F.sum("in_paid_base").alias("paid")
-    ).orderBy(MONTH).collect()
+    per_month = (
+        facts.groupBy(MONTH)
+        .agg(F.count(F.lit(1)).alias("base"), F.sum("in_paid_base").alias("paid"))
+        .orderBy(MONTH)
+        .collect()
+    )
     nxt = F.add_months(F.col(MONTH), 1)
     last = per_month[-1][MONTH] if per_month else None
     gone = (
         facts.select(ID, MONTH)
         .withColumn("next_month", nxt)
-        .join(facts.select(ID, F.col(MONTH).alias("next_month"), F.lit(1).alias("present")), [ID, "next_month"], "left")
+        .join(
+            facts.select(ID, F.col(MONTH).alias("next_month"), F.lit(1).alias("present")),
+            [ID, "next_month"],
+            "left",
+        )
         .where(F.col(MONTH) < F.lit(last))
         .agg(F.count(F.lit(1)).alias("base"), F.sum(F.col("present").isNull().cast("long")).alias("gone"))
         .collect()[0]

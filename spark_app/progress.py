@@ -46,7 +46,9 @@ def progress(spark: SparkSession, label: str, every: float = 15.0) -> Iterator[N
             stages = [tracker.getStageInfo(s) for s in tracker.getActiveStageIds()]
             stages = [s for s in stages if s is not None]
             if stages:
-                tasks = ", ".join(f"stage {s.stageId}: {s.numCompletedTasks}/{s.numTasks} tasks" for s in stages)
+                tasks = ", ".join(
+                    f"stage {s.stageId}: {s.numCompletedTasks}/{s.numTasks} tasks" for s in stages
+                )
                 log.info("%s: %s", label, tasks)
 
     thread = threading.Thread(target=report, name=f"progress-{label}", daemon=True)

@@ -1,0 +1,102 @@
+from pathlib import Path
+
+import pytest
+
+from spark_app.cli import main
+from spark_app.config import ALL_MODELS, ConfigError, default_conf_file, load_settings
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+
+
+def write_env_file(tmp_path: Path, text: str) -> Path:
+    """An environment file beside copies of base.yaml and models.yaml, as a deployment would have."""
+    for name in ("base.yaml", "models.yaml"):
+        (tmp_path / name).write_text((CONF / name).read_text())
+    env_file = tmp_path / "env.yaml"
+    env_file.write_text(text)
+    return env_file
+
+
+def test_embedded_default_resolves_every_section():
+    s = load_settings(default_conf_file(), environ={})
+    assert s.paths.features.endswith("features")
+    assert s.dataset.horizons == list(range(1, 25))
+    assert [p.model_id for p in s.models.enabled_profiles()] == list(ALL_MODELS)
+    assert s.models.cat_features(s.models.profiles["paid"]) == ["segment", "tariff", "region", "device_type"]
+
+
+def test_environment_file_overrides_base(tmp_path):
+    env_file = write_env_file(tmp_path, "dataset:\n  sample_rate: 0.25\n")
+    s = load_settings(env_file, environ={})
+    assert s.dataset.sample_rate == 0.25
+    assert s.dataset.target_months == 13
+
+
+def test_env_vars_override_files(tmp_path):
+    env_file = write_env_file(tmp_path, "paths:\n  features: /from/file\n")
+    s = load_settings(
+        env_file, environ={"CLTV_PATHS__FEATURES": "hdfs:///dwh/f", "CLTV_DATASET__HORIZONS": "[1, 2, 3]"}
+    )
+    assert s.paths.features == "hdfs:///dwh/f"
+    assert s.dataset.horizons == [1, 2, 3]
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    env_file = write_env_file(tmp_path, "dataset:\n  sample_rat: 0.5\n")
+    with pytest.raises(ConfigError, match=r"dataset\.sample_rat.*" + str(env_file)):
+        load_settings(env_file, environ={})
+
+
+def test_wrong_value_names_key_and_file(tmp_path):
+    env_file = write_env_file(tmp_path, "dataset:\n  sample_rate: 1.5\n")
+    with pytest.raises(ConfigError, match=r"dataset\.sample_rate.*less than or equal to 1.*env\.yaml"):
+        load_settings(env_file, environ={})
+
+
+def test_wrong_type_in_base_names_base_file(tmp_path):
+    env_file = write_env_file(tmp_path, "{}\n")
+    (tmp_path / "base.yaml").write_text("dataset:\n  target_months: thirteen\n")
+    with pytest.raises(ConfigError, match=r"dataset\.target_months.*base\.yaml"):
+        load_settings(env_file, environ={})
+
+
+def test_bad_env_value_names_the_variable(tmp_path):
+    env_file = write_env_file(tmp_path, "{}\n")
+    with pytest.raises(ConfigError, match="CLTV_COSTS__COST_PER_GB"):
+        load_settings(env_file, environ={"CLTV_COSTS__COST_PER_GB": "-1"})
+
+
+def test_unknown_env_section_is_an_error(tmp_path):
+    env_file = write_env_file(tmp_path, "{}\n")
+    with pytest.raises(ConfigError, match="CLTV_PATH__FEATURES"):
+        load_settings(env_file, environ={"CLTV_PATH__FEATURES": "x"})
+
+
+def test_amount_models_need_both_survival_models(tmp_path):
+    env_file = write_env_file(tmp_path, "models:\n  enabled: [paid, sm_mobile]\n")
+    with pytest.raises(ConfigError, match="enable both"):
+        load_settings(env_file, environ={})
+
+
+def test_subset_of_models_can_be_enabled(tmp_path):
+    env_file = write_env_file(tmp_path, "models:\n  enabled: [paid, active, data_gb]\n")
+    s = load_settings(env_file, environ={})
+    assert [p.model_id for p in s.models.enabled_profiles()] == ["paid", "active", "data_gb"]
+
+
+def test_missing_config_file_is_clear(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "nope.yaml", environ={})
+
+
+def test_config_show_prints_resolved_yaml(capsys):
+    assert main(["config", "show", "--conf", str(default_conf_file())]) == 0
+    out = capsys.readouterr().out
+    assert "paths:" in out and "model_name: cltv" in out
+
+
+def test_cli_reports_config_error_without_traceback(tmp_path, capsys):
+    env_file = write_env_file(tmp_path, "nonsense: 1\n")
+    assert main(["config", "show", "--conf", str(env_file)]) == 2
+    err = capsys.readouterr().err
+    assert "nonsense: Extra inputs are not permitted" in err and "Traceback" not in err
