@@ -52,6 +52,10 @@ class PathsConfig(_Section):
     datasets: str = "work/datasets"
     scores: str = "work/scores"
     monitoring: str = "work/monitoring"
+    # inputs_ready.py (issue #6): `cltv wait-for-inputs` checks hdfs:// inputs over WebHDFS, without a JVM
+    webhdfs_url: str | None = None  # e.g. http://namenode:9870; None = hdfs:// inputs cannot be checked
+    webhdfs_user: str | None = None  # user name for simple auth (ignored with kerberos)
+    kerberos: bool = False  # SPNEGO via the ticket cache (kinit from the keytab Secret first)
 
 
 class MlflowConfig(_Section):
