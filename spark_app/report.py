@@ -778,17 +778,14 @@ def log_report(
     release_run_id: str | None,
 ) -> str | None:
     """Attach the page to the monitoring run; tag the run, the model version and its training run."""
-    import mlflow
-
     client = mlflow_client(settings)
     run_id = summary.get("run_id")
     if not run_id:
         return None
     name = f"cltv-report-{month:%Y-%m}.html"
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_text(page, f"report/{name}")
-        uri = mlflow.get_artifact_uri(f"report/{name}")
-        mlflow.set_tag("report", uri)
+    client.log_text(run_id, page, f"report/{name}")
+    uri = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/report/{name}"
+    client.set_tag(run_id, "report", uri)
     key = f"monitoring_report.{fmt(month)}"
     try:
         client.set_model_version_tag(settings.mlflow.model_name, str(version), key, uri)
