@@ -103,7 +103,9 @@ class WebHdfsStub(BaseHTTPRequestHandler):
         data = self.rfile.read(length) if length else b""
         if query["op"][0] == "CREATE" and "datanode" not in query:  # NameNode step: redirect to a DataNode
             host, port = self.server.server_address[:2]
-            location = f"http://{host}:{port}{urlparse(self.path).path}?{urlparse(self.path).query}&datanode=1"
+            location = (
+                f"http://{host}:{port}{urlparse(self.path).path}?{urlparse(self.path).query}&datanode=1"
+            )
             return self._reply(307, None, {"Location": location})
         if query["op"][0] == "CREATE":
             local.parent.mkdir(parents=True, exist_ok=True)
@@ -266,9 +268,7 @@ def test_cli_wait_for_inputs_exit_codes(tmp_path):
     from spark_app.cli import main
 
     conf = tmp_path / "env.yaml"
-    conf.write_text(
-        f"paths:\n  features: {tmp_path / 'features'}\n  facts: {tmp_path / 'facts'}\n"
-    )
+    conf.write_text(f"paths:\n  features: {tmp_path / 'features'}\n  facts: {tmp_path / 'facts'}\n")
     for name in ("base.yaml", "models.yaml"):
         (tmp_path / name).write_text((CONF / name).read_text())
     make_table(tmp_path / "features", root_success=True)

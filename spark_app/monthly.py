@@ -1,0 +1,136 @@
+"""The checks and the hand-off around the monthly scoring job (steps of argo/monthly-scoring.yaml).
+
+validate-inputs runs the input contract on the month before any scoring starts; validate-output proves the
+scores partition is whole (marker, one row per subscriber of the month's features, no null CLTV) before
+anyone reads it; publish writes `_PUBLISHED` beside the partition — the marker downstream consumers wait
+for — and notifies a webhook. publish needs no JVM: it writes through inputs_ready's filesystem layer
+(WebHDFS for hdfs://).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import urllib.request
+from dataclasses import dataclass
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from spark_app.config import Settings
+from spark_app.contract import FACTS_SPEC, ID, MONTH, InputContractError, features_spec, read_table, validate
+from spark_app.inputs_ready import SUCCESS, filesystem_for
+from spark_app.months import fmt
+
+log = logging.getLogger(__name__)
+
+PUBLISHED = "_PUBLISHED"
+SCORE_MONTH = "score_month"
+
+
+class OutputContractError(InputContractError):
+    """The month's scores are incomplete or wrong; nothing downstream should read them (CLI exit code 2)."""
+
+
+@dataclass(frozen=True)
+class OutputCheck:
+    month: str
+    path: str
+    rows: int
+    subscribers: int
+    expected_subscribers: int
+    null_cltv: int
+
+
+def score_partition(settings: Settings, month: dt.date) -> str:
+    return f"{settings.paths.scores.rstrip('/')}/{SCORE_MONTH}={month:%Y-%m-%d}"
+
+
+def validate_inputs(spark: SparkSession, settings: Settings, month: dt.date) -> None:
+    """Raise InputContractError when either input table breaks the contract for `month`."""
+    models = settings.models
+    cols = models.input_feature_cols()
+    categorical = [c for c in cols if c in models.categorical]
+    numeric = [c for c in cols if c not in models.categorical]
+    context = f"validate-inputs {fmt(month)}"
+    features = read_table(spark, settings.paths.features, "features")
+    validate(features, features_spec(numeric, categorical), [month], context=context)
+    facts = read_table(spark, settings.paths.facts, "facts")
+    validate(facts, FACTS_SPEC, [month], context=context)
+    log.info("inputs of %s satisfy the contract (features: %d columns, facts)", fmt(month), len(cols))
+
+
+def output_counts(scores: DataFrame) -> dict[str, int]:
+    row = scores.agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.countDistinct(ID).alias("subscribers"),
+        F.sum(F.col("cltv").isNull().cast("long")).alias("null_cltv"),
+    ).collect()[0]
+    return {k: int(row[k] or 0) for k in ("rows", "subscribers", "null_cltv")}
+
+
+def validate_output(spark: SparkSession, settings: Settings, month: dt.date) -> OutputCheck:
+    """The month's scores exist with _SUCCESS, one row per subscriber of its features, no null cltv."""
+    from spark_app.storage import Storage
+
+    target = score_partition(settings, month)
+    storage = Storage(spark)
+    if not storage.has_success_marker(target):
+        what = "does not exist" if not storage.exists(target) else f"has no {SUCCESS} marker"
+        raise OutputContractError(f"scores {fmt(month)}: {target} {what} (did `cltv score` finish?)")
+    scores = spark.read.parquet(target)
+    if "cltv" not in scores.columns or ID not in scores.columns:
+        raise OutputContractError(f"scores {fmt(month)}: {target} lacks column 'cltv' or {ID!r}")
+    counts = output_counts(scores)
+    features = read_table(spark, settings.paths.features, "features")
+    expected = features.where(F.col(MONTH) == F.lit(month)).select(ID).distinct().count()
+    check = OutputCheck(
+        fmt(month), target, counts["rows"], counts["subscribers"], expected, counts["null_cltv"]
+    )
+    problems = []
+    if check.rows != check.subscribers:
+        problems.append(f"{check.rows - check.subscribers} duplicate {ID} rows")
+    if check.subscribers != expected:
+        problems.append(f"{check.subscribers} subscribers scored, features of {fmt(month)} have {expected}")
+    if check.null_cltv:
+        problems.append(f"{check.null_cltv} rows with null cltv")
+    if problems:
+        raise OutputContractError(f"scores {fmt(month)} at {target}: " + "; ".join(problems))
+    log.info("scores of %s are complete: %s subscribers, no null cltv", fmt(month), f"{check.rows:,}")
+    return check
+
+
+def post_json(url: str, payload: dict[str, object], timeout: float = 30.0) -> int:
+    """POST `payload` as JSON; an HTTP error status raises, so a failed notification fails the step."""
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(payload).encode("utf-8"),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return int(response.status)
+
+
+def publish(settings: Settings, month: dt.date, webhook_url: str | None) -> dict[str, object]:
+    """Write `{scores}/score_month=YYYY-MM-01/_PUBLISHED` (JSON) and POST it to `webhook_url` when given."""
+    target = score_partition(settings, month)
+    fs = filesystem_for(target, settings.paths)
+    if fs.status(f"{target}/{SUCCESS}") is None:
+        raise OutputContractError(
+            f"publish {fmt(month)}: {target}/{SUCCESS} not found; run score and validate-output first"
+        )
+    record: dict[str, object] = {
+        "event": "cltv-scores-published",
+        "month": fmt(month),
+        "path": target,
+        "published_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "config_hash": settings.config_hash(),
+    }
+    fs.write_text(f"{target}/{PUBLISHED}", json.dumps(record, indent=2, sort_keys=True))
+    log.info("published %s: %s/%s", fmt(month), target, PUBLISHED)
+    if webhook_url:
+        status = post_json(webhook_url, record)
+        log.info("notified %s (HTTP %d)", webhook_url, status)
+    return record
