@@ -120,6 +120,9 @@ class TrainingConfig(_Section):
     thread_count: PositiveInt = 2
     oof_folds: int = Field(default=3, ge=2)
     random_seed: int = 42
+    # training.py / evaluation.py (issue #4)
+    tenure_bands: list[int] = Field(default_factory=lambda: [0, 3, 6, 12, 24, 48])  # naive-baseline bands
+    calibration_bins: int = Field(default=10, ge=2)  # equal-width probability bins of calibration tables
 
 
 class PromotionConfig(_Section):

@@ -1,0 +1,520 @@
+"""Releases in the MLflow registry: log one (run + pyfunc + ONE model version), load one, promote one.
+
+A release is one version of the registered model `mlflow.model_name`: an `mlflow.pyfunc` model whose
+artifacts are the bundle (release.json, the .cbm files, reference.parquet). New versions get alias
+`challenger`; production runs on alias `champion`, which `promote` moves only when the challenger is not
+worse than the champion on the challenger's OOT month (per-model tolerance). Every MLflow call goes
+through an `MlflowClient` built from the settings: no process-global tracking URI is set.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from spark_app.cli import UserError
+from spark_app.config import MlflowConfig, Settings
+from spark_app.evaluation import markdown_table, metrics_for, relative_worsening
+from spark_app.models import RELEASE_JSON, Learner
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+MODEL_DIR = "release"  # run artifact path of the pyfunc model
+BUNDLE_KEY = "bundle"  # pyfunc artifact key of the bundle directory
+EVALUATION_DIR = "evaluation"
+OOT_SAMPLE = "oot.parquet"
+
+
+class ReleaseNotFoundError(UserError, LookupError):
+    """No registered version behind an alias or number; the message names the model and the reference."""
+
+
+# ---------------------------------------------------------------- client and experiment
+def mlflow_client(cfg: MlflowConfig) -> MlflowClient:
+    return MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.registry_uri or cfg.tracking_uri)
+
+
+def artifact_location_uri(location: str | None) -> str | None:
+    """A local path (relative to the working directory) as a file: URI; URIs pass through."""
+    if not location:
+        return None
+    if urlparse(location).scheme and len(urlparse(location).scheme) > 1:
+        return location
+    return Path(location).resolve().as_uri()
+
+
+def experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location_uri(artifact_location))
+    except MlflowException:  # created concurrently
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def ensure_registered_model(client: MlflowClient, name: str) -> None:
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        try:
+            client.create_registered_model(
+                name, description="CLTV release: the CatBoost models of one training, as one version."
+            )
+        except MlflowException:
+            client.get_registered_model(name)  # created concurrently; raises if really absent
+
+
+# ---------------------------------------------------------------- the pyfunc
+def forecast_frame(learner: Learner, features: pd.DataFrame, horizons: list[int]) -> pd.DataFrame:
+    """One row per input row × horizon with every model's forecast (probabilities / DAILY amounts).
+
+    The calendar month of the target comes from `feature_month` (or `report_month`): the month the
+    features describe; T = that month + h.
+    """
+    month_col = next((c for c in ("feature_month", "report_month") if c in features.columns), None)
+    if month_col is None:
+        raise KeyError(
+            "model input needs a feature_month (or report_month) column: the month of the features"
+        )
+    n, hs = len(features), np.asarray(horizons, dtype=np.int64)
+    rows = np.repeat(np.arange(n), len(hs))
+    frame = features.iloc[rows].reset_index(drop=True)
+    month = pd.to_datetime(frame[month_col]).dt.month.to_numpy(np.int64)
+    frame["horizon"] = np.tile(hs, n)
+    frame["target_calendar_month"] = (month - 1 + frame["horizon"].to_numpy()) % 12 + 1
+    predictions = learner.predict(frame)
+    out = pd.DataFrame(
+        {"row": rows, "horizon": frame["horizon"], "target_calendar_month": frame["target_calendar_month"]}
+    )
+    if "subscriber_id" in frame:
+        out.insert(0, "subscriber_id", frame["subscriber_id"].to_numpy())
+    for model_id, values in predictions.items():
+        out[model_id] = values
+    return out
+
+
+class CltvRelease(mlflow.pyfunc.PythonModel):
+    """pyfunc of a release: features of a month (one row per subscriber) → 24-horizon forecasts.
+
+    Output: one row per input row per horizon (`row`, `horizon`, `target_calendar_month`, then one column
+    per model: probability for paid/active, DAILY-unit forecast for the amounts).
+    """
+
+    def load_context(self, context) -> None:
+        self._learner = Learner.from_bundle(context.artifacts[BUNDLE_KEY])
+        self._horizons = list(self._learner.meta.get("horizons") or range(1, 25))
+
+    def predict(
+        self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        return forecast_frame(self._learner, pd.DataFrame(model_input), self._horizons)
+
+
+def pip_requirements() -> list[str]:
+    import catboost
+    import pyarrow
+    import pydantic
+    import yaml  # noqa: F401
+
+    return [
+        f"catboost=={catboost.__version__}",
+        f"pandas=={pd.__version__}",
+        f"numpy=={np.__version__}",
+        f"pyarrow=={pyarrow.__version__}",
+        f"pydantic=={pydantic.VERSION}",
+        "pydantic-settings>=2.2",
+        "PyYAML>=6",
+        "scipy>=1.11",
+        f"mlflow=={mlflow.__version__}",
+    ]
+
+
+def save_pyfunc(bundle_dir: Path, out: Path) -> Path:
+    """The release as an MLflow pyfunc directory; the package travels along (code_paths)."""
+    package = Path(__file__).resolve().parent
+    mlflow.pyfunc.save_model(
+        path=str(out),
+        python_model=CltvRelease(),
+        artifacts={BUNDLE_KEY: str(bundle_dir)},
+        code_paths=[str(package)],
+        pip_requirements=pip_requirements(),
+    )
+    return out
+
+
+# ---------------------------------------------------------------- logging a release
+def release_description(learner: Learner, evaluation: Any, rows: dict[str, int]) -> str:
+    """Markdown for the model version page: what it was trained on and whether it beats naive."""
+    meta = learner.meta
+    quality = evaluation.quality.copy()
+    if len(quality):
+        quality["beats_naive"] = quality["beats_naive"].map({True: "yes", False: "**NO**"})
+    fits = pd.DataFrame(
+        [
+            {
+                "model_id": m,
+                "rows": r.rows,
+                "best_iteration": r.best_iteration,
+                "trees": r.tree_count,
+                "seconds": round(r.seconds, 1),
+            }
+            for m, r in learner.fit_reports.items()
+        ]
+    )
+    failing = (
+        []
+        if not len(evaluation.quality)
+        else list(evaluation.quality.loc[~evaluation.quality["beats_naive"], "model_id"])
+    )
+    verdict = (
+        "Every model beats its naive baseline on OOT."
+        if not failing
+        else f"**Models not beating their naive baseline on OOT: {', '.join(failing)}.**"
+    )
+    return "\n\n".join(
+        [
+            f"### CLTV release — dataset `{meta.get('dataset_id')}`, "
+            f"target window {meta.get('target_window')}",
+            f"Package {meta.get('package_version')}, trained {meta.get('trained_at')}. "
+            f"Rows per split: {', '.join(f'{k} {v:,}' for k, v in rows.items())}.",
+            verdict,
+            "#### OOT main metric vs naive baseline (all horizons)",
+            markdown_table(quality) if len(quality) else "(no OOT rows)",
+            "#### Fits",
+            markdown_table(fits),
+            "Per-horizon tables: run artifacts `evaluation/metrics_by_horizon.csv`; calibration and "
+            "plots under `evaluation/`.",
+        ]
+    )
+
+
+def log_release(
+    settings: Settings,
+    *,
+    learner: Learner,
+    bundle_dir: Path,
+    evaluation_dir: Path,
+    evaluation: Any,
+    rows: dict[str, int],
+) -> tuple[int, str]:
+    """ONE run (params, metrics, evaluation artifacts, the pyfunc) → ONE new version, alias challenger."""
+    cfg = settings.mlflow
+    client = mlflow_client(cfg)
+    exp = experiment_id(client, cfg.experiment, cfg.artifact_location)
+    meta = learner.meta
+    tags = {
+        "cltv.job": "train",
+        "cltv.dataset_id": str(meta.get("dataset_id")),
+        "cltv.target_window": str(meta.get("target_window")),
+        "cltv.package_version": str(meta.get("package_version")),
+        "cltv.models": ",".join(learner.models),
+        "cltv.config_hash": settings.config_hash(),
+    }
+    run = client.create_run(exp, run_name=f"train {meta.get('dataset_id')}", tags=tags)
+    run_id = run.info.run_id
+    try:
+        params = {
+            "dataset_id": meta.get("dataset_id"),
+            "target_window": meta.get("target_window"),
+            "models": ",".join(learner.models),
+            "max_rows_per_model": settings.training.max_rows_per_model,
+            "thread_count": settings.training.thread_count,
+            "random_seed": settings.training.random_seed,
+            **{f"rows.{k}": v for k, v in rows.items()},
+        }
+        for model_id, spec in learner.specs.items():
+            for key, value in spec.params.items():
+                params[f"{model_id}.{key}"] = value
+        metrics = evaluation.summary_metrics()
+        for model_id, report in learner.fit_reports.items():
+            metrics[f"{model_id}.fit_seconds"] = report.seconds
+            metrics[f"{model_id}.rows"] = report.rows
+            if report.best_iteration is not None:
+                metrics[f"{model_id}.best_iteration"] = report.best_iteration
+        now = int(dt.datetime.now(dt.timezone.utc).timestamp() * 1000)
+        param_list = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        metric_list = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+        for i in range(0, len(param_list), 100):
+            client.log_batch(run_id, params=param_list[i : i + 100])
+        for i in range(0, len(metric_list), 500):
+            client.log_batch(run_id, metrics=metric_list[i : i + 500])
+        client.log_dict(run_id, settings.resolved(), "config/resolved.json")
+        client.log_artifacts(run_id, str(evaluation_dir), EVALUATION_DIR)
+        description = release_description(learner, evaluation, rows)
+        client.set_tag(run_id, "mlflow.note.content", description)
+        with tempfile.TemporaryDirectory(prefix="cltv-pyfunc-") as tmp:
+            model_dir = save_pyfunc(bundle_dir, Path(tmp) / MODEL_DIR)
+            client.log_artifacts(run_id, str(model_dir), MODEL_DIR)
+        ensure_registered_model(client, cfg.model_name)
+        version = client.create_model_version(
+            cfg.model_name,
+            source=f"{run.info.artifact_uri}/{MODEL_DIR}",
+            run_id=run_id,
+            tags={k.removeprefix("cltv."): v for k, v in tags.items() if k != "cltv.job"},
+            description=description,
+        )
+        client.set_registered_model_alias(cfg.model_name, CHALLENGER, version.version)
+        client.set_tag(run_id, "cltv.release_version", str(version.version))
+        client.set_terminated(run_id)
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    log.info(
+        "logged run %s; registered %s version %s with alias %s",
+        run_id,
+        cfg.model_name,
+        version.version,
+        CHALLENGER,
+    )
+    return int(version.version), run_id
+
+
+# ---------------------------------------------------------------- loading a release
+@dataclass
+class Release:
+    """A registered release, its bundle in memory (`files`: name → bytes) and its release.json."""
+
+    version: int
+    run_id: str
+    files: dict[str, bytes]
+    manifest: dict[str, Any]
+    model_name: str = ""
+    aliases: list[str] = field(default_factory=list)
+
+    def learner(self) -> Learner:
+        return Learner.from_bundle_bytes(self.files)
+
+
+def model_version(client: MlflowClient, name: str, release: str):
+    """The version behind "champion", "challenger" (any alias) or a version number."""
+    ref = str(release).strip()
+    try:
+        if ref.isdigit():
+            return client.get_model_version(name, ref)
+        return client.get_model_version_by_alias(name, ref)
+    except MlflowException as exc:
+        what = f"version {ref}" if ref.isdigit() else f"alias {ref!r}"
+        hint = "run `cltv train` and `cltv promote` first" if ref == CHAMPION else exc.message.splitlines()[0]
+        raise ReleaseNotFoundError(f"registered model {name!r} has no {what} ({hint})") from None
+
+
+def load_release(settings: Settings, release: str) -> Release:
+    """Download the bundle of `release` ("champion", "challenger" or a version number) into memory."""
+    cfg = settings.mlflow
+    client = mlflow_client(cfg)
+    mv = model_version(client, cfg.model_name, release)
+    source = client.get_model_version_download_uri(cfg.model_name, mv.version)
+    with tempfile.TemporaryDirectory(prefix="cltv-load-") as tmp:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{source.rstrip('/')}/artifacts/{BUNDLE_KEY}",
+            dst_path=tmp,
+            tracking_uri=cfg.tracking_uri,
+        )
+        files = {p.name: p.read_bytes() for p in Path(local).iterdir() if p.is_file()}
+    if RELEASE_JSON not in files:
+        raise ReleaseNotFoundError(
+            f"registered model {cfg.model_name!r} version {mv.version}: no {RELEASE_JSON} in {source}"
+        )
+    log.info("loaded %s version %s (%s): %d files", cfg.model_name, mv.version, release, len(files))
+    return Release(
+        version=int(mv.version),
+        run_id=mv.run_id,
+        files=files,
+        manifest=json.loads(files[RELEASE_JSON]),
+        model_name=cfg.model_name,
+        aliases=list(getattr(mv, "aliases", []) or []),
+    )
+
+
+# ---------------------------------------------------------------- promotion
+@dataclass
+class PromotionDecision:
+    promoted: bool
+    reason: str
+    challenger: int | None
+    champion: int | None  # the champion before the decision
+    comparison: list[dict[str, Any]] = field(default_factory=list)
+
+
+def compare_releases(
+    challenger: Learner, champion: Learner, data: pd.DataFrame, settings: Settings
+) -> pd.DataFrame:
+    """Per challenger model: main metric of both releases on the same rows, and the tolerance verdict."""
+    new = challenger.predict(data)
+    old = champion.predict(data)
+    rows = []
+    for model_id, spec in challenger.specs.items():
+        metric = settings.promotion.main_metric[spec.kind]
+        tolerance = float(settings.promotion.tolerance.get(model_id, 0.0))
+        y = data[f"{model_id}_fact"].to_numpy(np.float64)
+        value = metrics_for(spec.kind, y, new[model_id])[metric]
+        if model_id not in old:
+            rows.append(
+                dict(
+                    model_id=model_id,
+                    metric=metric,
+                    challenger=value,
+                    champion=np.nan,
+                    worsening=np.nan,
+                    tolerance=tolerance,
+                    ok=True,
+                    note="new model",
+                )
+            )
+            continue
+        before = metrics_for(spec.kind, y, old[model_id])[metric]
+        worse = relative_worsening(metric, value, before)
+        rows.append(
+            dict(
+                model_id=model_id,
+                metric=metric,
+                challenger=value,
+                champion=before,
+                worsening=worse,
+                tolerance=tolerance,
+                ok=bool(worse <= tolerance),
+                note="",
+            )
+        )
+    for model_id in champion.models:
+        if model_id not in challenger.models:
+            rows.append(
+                dict(
+                    model_id=model_id,
+                    metric="",
+                    challenger=np.nan,
+                    champion=np.nan,
+                    worsening=np.nan,
+                    tolerance=np.nan,
+                    ok=True,
+                    note="not in the challenger (disabled)",
+                )
+            )
+    return pd.DataFrame(rows)
+
+
+def evaluation_sample(client: MlflowClient, run_id: str) -> pd.DataFrame:
+    with tempfile.TemporaryDirectory(prefix="cltv-oot-") as tmp:
+        path = client.download_artifacts(run_id, f"{EVALUATION_DIR}/{OOT_SAMPLE}", tmp)
+        return pd.read_parquet(path)
+
+
+def record_decision(
+    client: MlflowClient, settings: Settings, decision: PromotionDecision, table: pd.DataFrame | None
+) -> None:
+    """A `promote` run with the comparison table, and tags on the challenger's model version."""
+    cfg = settings.mlflow
+    exp = experiment_id(client, cfg.experiment, cfg.artifact_location)
+    verdict = "promoted" if decision.promoted else "refused"
+    run = client.create_run(
+        exp,
+        run_name=f"promote v{decision.challenger}",
+        tags={
+            "cltv.job": "promote",
+            "cltv.decision": verdict,
+            "cltv.challenger_version": str(decision.challenger),
+            "cltv.champion_version": str(decision.champion),
+            "mlflow.note.content": f"**{verdict}**: {decision.reason}\n\n"
+            + (markdown_table(table) if table is not None and len(table) else ""),
+        },
+    )
+    if table is not None and len(table):
+        client.log_table(run.info.run_id, table, "promotion/comparison.json")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "comparison.csv"
+            table.to_csv(path, index=False)
+            client.log_artifact(run.info.run_id, str(path), "promotion")
+    client.set_terminated(run.info.run_id)
+    if decision.challenger is not None:
+        stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        for key, value in {
+            "promotion.decision": verdict,
+            "promotion.reason": decision.reason[:5000],
+            "promotion.compared_with": str(decision.champion),
+            "promotion.run_id": run.info.run_id,
+            "promotion.at": stamp,
+        }.items():
+            client.set_model_version_tag(cfg.model_name, str(decision.challenger), key, value)
+
+
+def promote(settings: Settings, version: int | None = None, auto: bool = False) -> PromotionDecision:
+    """Move alias champion to `version` (or to the challenger) if no model is worse than its tolerance.
+
+    Both releases are scored on the challenger's OOT sample (the newer month). With no champion yet the
+    candidate is promoted. A refusal leaves the champion untouched; the reason is logged and recorded.
+    """
+    cfg = settings.mlflow
+    client = mlflow_client(cfg)
+    candidate = model_version(client, cfg.model_name, str(version) if version is not None else CHALLENGER)
+    cand_v = int(candidate.version)
+    try:
+        current = client.get_model_version_by_alias(cfg.model_name, CHAMPION)
+    except MlflowException:
+        current = None
+    champ_v = int(current.version) if current is not None else None
+    table: pd.DataFrame | None = None
+    if champ_v is None:
+        decision = PromotionDecision(True, "no champion yet: the first release is promoted", cand_v, None)
+    elif champ_v == cand_v:
+        decision = PromotionDecision(True, f"version {cand_v} already is the champion", cand_v, champ_v)
+    else:
+        challenger = load_release(settings, str(cand_v)).learner()
+        champion = load_release(settings, str(champ_v)).learner()
+        data = evaluation_sample(client, candidate.run_id)
+        if not len(data):
+            decision = PromotionDecision(False, f"version {cand_v}: its OOT sample is empty", cand_v, champ_v)
+        else:
+            try:
+                table = compare_releases(challenger, champion, data, settings)
+            except KeyError as exc:
+                decision = PromotionDecision(
+                    False,
+                    f"champion v{champ_v} cannot be evaluated on v{cand_v}'s OOT sample: {exc}",
+                    cand_v,
+                    champ_v,
+                )
+            else:
+                worse = table[~table["ok"]]
+                if len(worse):
+                    details = "; ".join(
+                        f"{r.model_id} {r.metric} {r.challenger:.4f} vs champion {r.champion:.4f} "
+                        f"({r.worsening:+.2%} worse, tolerance {r.tolerance:.2%})"
+                        for r in worse.itertuples(index=False)
+                    )
+                    reason = (
+                        f"v{cand_v} is worse than champion v{champ_v} on {len(data):,} OOT rows: {details}"
+                    )
+                    decision = PromotionDecision(False, reason, cand_v, champ_v, table.to_dict("records"))
+                else:
+                    reason = (
+                        f"v{cand_v} is not worse than champion v{champ_v} beyond tolerance on every model "
+                        f"({len(data):,} OOT rows)"
+                    )
+                    decision = PromotionDecision(True, reason, cand_v, champ_v, table.to_dict("records"))
+    if decision.promoted and champ_v != cand_v:
+        client.set_registered_model_alias(cfg.model_name, CHAMPION, str(cand_v))
+    record_decision(client, settings, decision, table)
+    if decision.promoted:
+        log.info("promotion: %s is now %s — %s", f"v{cand_v}", CHAMPION, decision.reason)
+    else:
+        log.error("promotion refused, champion stays v%s: %s", champ_v, decision.reason)
+    return decision

@@ -1,0 +1,336 @@
+"""`cltv train`: fit the enabled models on a training set, evaluate them beside naive baselines, and log
+everything as ONE MLflow run registered as ONE new version (alias `challenger`) of the release model.
+
+Flow: read_dataset → capped, hash-chosen samples of each split to the driver through Arrow → `Learner.fit`
+(survival on train_surv; regressors on train_reg with stacked survival predictions; early stopping on
+val) → metrics per model × split × horizon beside naive baselines → bundle + evaluation artifacts →
+`registry.log_release`. docs/training.md explains the choices.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+
+from spark_app.config import DERIVED_FEATURES, Settings
+from spark_app.evaluation import (
+    ALL_HORIZONS,
+    NaiveBaseline,
+    calibration_table,
+    metric_rows,
+    metric_table,
+    plot_calibration,
+    plot_importance,
+    plot_metric_by_horizon,
+    quality_table,
+)
+from spark_app.models import Learner
+from spark_app.progress import StageTimer
+
+log = logging.getLogger(__name__)
+
+ID = "subscriber_id"
+KEY_COLUMNS = (ID, "feature_month", "target_month", "horizon", "target_calendar_month")
+EVAL_SPLITS = ("train", "val", "test", "oot")
+ARROW_CONF = "spark.sql.execution.arrow.pyspark.enabled"
+OOT_SAMPLE = "oot.parquet"  # the evaluation data promotion re-scores both releases on
+
+
+class TrainingError(ValueError):
+    """The training set cannot train this configuration; the message names the dataset and column."""
+
+
+@dataclass(frozen=True)
+class ReleaseInfo:
+    """What `cltv train` produced: the registered version and the run that holds its evidence."""
+
+    version: int
+    run_id: str
+    model_name: str
+    dataset_id: str
+    target_window: str
+    models: tuple[str, ...]
+    quality: list[dict[str, Any]] = field(default_factory=list)  # OOT main metric vs naive per model
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.model_name} v{self.version} (run {self.run_id}, dataset {self.dataset_id})"
+
+
+@dataclass
+class Evaluation:
+    """Everything measured about a fitted learner, ready to be logged."""
+
+    table: pd.DataFrame  # long: model_id, kind, split, horizon, rows, metric, value, naive
+    calibration: dict[str, dict[str, pd.DataFrame]]  # model_id → split → table
+    quality: pd.DataFrame  # one row per model: OOT main metric vs naive
+
+    def summary_metrics(self) -> dict[str, float]:
+        """MLflow metrics kept few: every metric on val/oot over all horizons, main metrics on train/test."""
+        agg = self.table[self.table["horizon"] == ALL_HORIZONS]
+        main = set(self.quality["metric"]) if len(self.quality) else set()
+        out: dict[str, float] = {}
+        for row in agg.itertuples(index=False):
+            if row.split not in ("val", "oot") and row.metric not in main:
+                continue
+            for suffix, value in (("", row.value), ("_naive", row.naive)):
+                if value is not None and np.isfinite(value):
+                    out[f"{row.model_id}.{row.split}.{row.metric}{suffix}"] = float(value)
+        return out
+
+
+# ---------------------------------------------------------------- Spark → driver
+@contextlib.contextmanager
+def arrow_enabled(spark: SparkSession) -> Iterator[None]:
+    previous = spark.conf.get(ARROW_CONF, None)
+    spark.conf.set(ARROW_CONF, "true")
+    try:
+        yield
+    finally:
+        if previous is None:
+            spark.conf.unset(ARROW_CONF)
+        else:
+            spark.conf.set(ARROW_CONF, previous)
+
+
+def capped(df: DataFrame, *, rows: int, cap: int, salt: str) -> DataFrame:
+    """Keep a hash-chosen cap/rows share of the subscribers: deterministic, and about `cap` rows."""
+    if rows <= cap:
+        return df
+    from spark_app.dataset import unit_hash
+
+    return df.where(unit_hash(ID, salt, "train-cap") < float(cap) / rows)
+
+
+def needed_columns(settings: Settings) -> list[str]:
+    inputs = [c for c in settings.models.input_feature_cols() if c not in DERIVED_FEATURES]
+    targets = [f"{p.model_id}_fact" for p in settings.models.enabled_profiles()]
+    return [*KEY_COLUMNS, *inputs, *targets]
+
+
+def to_driver(
+    spark: SparkSession,
+    frames: dict[str, DataFrame],
+    manifest: dict[str, Any],
+    settings: Settings,
+    dataset_id: str,
+) -> dict[str, pd.DataFrame]:
+    """Each split's capped sample as pandas (Arrow on), with only the columns the models need."""
+    columns = needed_columns(settings)
+    cap = settings.training.max_rows_per_model
+    out: dict[str, pd.DataFrame] = {}
+    with arrow_enabled(spark):
+        for name, df in frames.items():
+            missing = [c for c in columns if c not in df.columns]
+            if missing and len(df.columns):
+                raise TrainingError(
+                    f"training set {dataset_id}, split {name}: columns {missing} missing "
+                    "(built for other model profiles? rebuild it with `cltv build-dataset`)"
+                )
+            if not len(df.columns):
+                out[name] = pd.DataFrame(columns=columns)
+                continue
+            rows = int(manifest.get("splits", {}).get(name, {}).get("rows", 0)) or df.count()
+            sample = capped(df.select(*columns), rows=rows, cap=cap, salt=settings.dataset.salt)
+            out[name] = sample.toPandas()
+            log.info(
+                "split %s: %s of %s rows to the driver (cap training.max_rows_per_model=%s)",
+                name,
+                f"{len(out[name]):,}",
+                f"{rows:,}",
+                f"{cap:,}",
+            )
+    return out
+
+
+# ---------------------------------------------------------------- evaluation
+def evaluate(
+    learner: Learner, frames: dict[str, pd.DataFrame], naive: NaiveBaseline, settings: Settings
+) -> Evaluation:
+    """Metrics per model × split × horizon beside the naive baseline; `train` = each model's own split."""
+    kinds = {m: s.kind for m, s in learner.specs.items()}
+    model_ids = list(learner.models)
+    surv = [m for m in model_ids if kinds[m] == "classification"]
+    reg = [m for m in model_ids if kinds[m] == "regression"]
+    sources: list[tuple[str, pd.DataFrame, list[str]]] = [
+        ("train", frames["train_surv"], surv),
+        ("train", frames["train_reg"], reg),
+        *[(s, frames[s], model_ids) for s in ("val", "test", "oot")],
+    ]
+    rows: list[dict[str, Any]] = []
+    calibration: dict[str, dict[str, pd.DataFrame]] = {m: {} for m in surv}
+    for split, frame, wanted in sources:
+        if not len(frame) or not wanted:
+            continue
+        predictions = learner.predict(frame)
+        baseline = naive.predict(frame, wanted)
+        rows += metric_rows(frame, {m: predictions[m] for m in wanted}, baseline, kinds, split)
+        for m in wanted:
+            if kinds[m] == "classification":
+                y = frame[f"{m}_fact"].to_numpy(np.float64)
+                calibration[m][split] = calibration_table(
+                    y, predictions[m], settings.training.calibration_bins
+                )
+    table = metric_table(rows)
+    quality = (
+        quality_table(table, settings.promotion.main_metric, split="oot") if len(table) else pd.DataFrame()
+    )
+    return Evaluation(table=table, calibration=calibration, quality=quality)
+
+
+def write_evaluation(
+    evaluation: Evaluation, learner: Learner, out: Path, main_metric: dict[str, str]
+) -> None:
+    """Per-horizon tables as CSV, calibration tables, fit reports and PNG plots under `out`."""
+    plots = out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    evaluation.table.to_csv(out / "metrics_by_horizon.csv", index=False)
+    evaluation.quality.to_csv(out / "quality_oot.csv", index=False)
+    calib = [
+        t.assign(model_id=m, split=s)
+        for m, by_split in evaluation.calibration.items()
+        for s, t in by_split.items()
+    ]
+    if calib:
+        pd.concat(calib, ignore_index=True).to_csv(out / "calibration.csv", index=False)
+    reports = {m: asdict(r) for m, r in learner.fit_reports.items()}
+    (out / "fit_report.json").write_text(json.dumps(reports, indent=2))
+    import matplotlib.pyplot as plt
+
+    for model_id, spec in learner.specs.items():
+        if model_id not in learner.models:
+            continue
+        metric = main_metric[spec.kind]
+        figures = {
+            f"{model_id}_{metric}_by_horizon.png": plot_metric_by_horizon(evaluation.table, model_id, metric)
+        }
+        if spec.kind == "classification" and evaluation.calibration.get(model_id):
+            figures[f"{model_id}_calibration.png"] = plot_calibration(
+                evaluation.calibration[model_id], model_id
+            )
+        model = learner.models[model_id]
+        figures[f"{model_id}_importance.png"] = plot_importance(
+            list(model.feature_names_), model.get_feature_importance(), model_id
+        )
+        for name, fig in figures.items():
+            fig.savefig(plots / name, dpi=90)
+            plt.close(fig)
+
+
+# ---------------------------------------------------------------- bundle contents
+def categories_seen(frames: list[pd.DataFrame], columns: list[str]) -> dict[str, list[str]]:
+    """Categorical values the models were trained on (scoring and monitoring flag unseen ones)."""
+    out: dict[str, list[str]] = {}
+    for col in columns:
+        values: set[str] = set()
+        for frame in frames:
+            if col in frame:
+                values.update(str(v) for v in frame[col].dropna().unique())
+        out[col] = sorted(values)
+    return out
+
+
+def reference_sample(frames: list[pd.DataFrame], columns: list[str], rows: int, seed: int) -> pd.DataFrame:
+    """At most `rows` rows of the input feature columns of the training data, for the drift monitor."""
+    data = pd.concat([f[columns] for f in frames if len(f)], ignore_index=True)
+    if len(data) > rows:
+        data = data.sample(n=rows, random_state=seed).reset_index(drop=True)
+    return data
+
+
+def target_window(manifest: dict[str, Any]) -> str:
+    months = manifest.get("target_months") or []
+    return f"{months[0]}..{months[-1]}" if months else str(manifest.get("target_end", "?"))
+
+
+def package_version() -> str:
+    return (Path(__file__).resolve().parent / "VERSION").read_text().strip()
+
+
+# ---------------------------------------------------------------- the job
+def train_release(spark: SparkSession, settings: Settings, dataset_id: str | None = None) -> ReleaseInfo:
+    """Train, evaluate and register one release from training set `dataset_id` (default: the newest)."""
+    from spark_app.dataset import read_dataset
+    from spark_app.registry import log_release
+
+    timer = StageTimer()
+    with timer.stage("read training set", spark):
+        dataset_id, manifest, splits = read_dataset(spark, settings, dataset_id)
+        frames = to_driver(spark, splits, manifest, settings, dataset_id)
+    for name in ("train_surv", "train_reg"):
+        if not len(frames[name]):
+            raise TrainingError(f"training set {dataset_id}: split {name} is empty")
+    learner = Learner.from_settings(settings)
+    with timer.stage("fit models"):
+        learner.fit(frames["train_surv"], frames["train_reg"], frames["val"])
+    with timer.stage("evaluate"):
+        model_ids = list(learner.models)
+        naive = NaiveBaseline.fit(
+            frames["train_surv"], frames["train_reg"], model_ids, settings.training.tenure_bands
+        )
+        evaluation = evaluate(learner, frames, naive, settings)
+    for row in evaluation.quality.itertuples(index=False):
+        log.log(
+            logging.INFO if row.beats_naive else logging.WARNING,
+            "OOT %s %s: model %.4f vs naive %.4f%s",
+            row.model_id,
+            row.metric,
+            row.value,
+            row.naive,
+            "" if row.beats_naive else "  <-- does NOT beat the naive baseline",
+        )
+    train_frames = [frames["train_surv"], frames["train_reg"]]
+    inputs = [c for c in settings.models.input_feature_cols() if c not in DERIVED_FEATURES]
+    learner.meta = {
+        "horizons": list(manifest.get("horizons") or settings.dataset.horizons),
+        "dataset_id": dataset_id,
+        "target_window": target_window(manifest),
+        "package_version": package_version(),
+        "trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "config": settings.resolved(),
+        "input_feature_cols": inputs,
+        "categories": categories_seen(train_frames, list(settings.models.categorical)),
+        "fit": {m: asdict(r) for m, r in learner.fit_reports.items()},
+    }
+    with tempfile.TemporaryDirectory(prefix="cltv-release-") as tmp:
+        bundle_dir = Path(tmp) / "bundle"
+        eval_dir = Path(tmp) / "evaluation"
+        with timer.stage("write bundle and evaluation"):
+            reference = reference_sample(
+                train_frames, inputs, settings.monitoring.reference_rows, settings.training.random_seed
+            )
+            learner.save_bundle(bundle_dir, reference=reference)
+            write_evaluation(evaluation, learner, eval_dir, settings.promotion.main_metric)
+            frames["oot"].to_parquet(eval_dir / OOT_SAMPLE, index=False)
+        with timer.stage("log release to MLflow"):
+            version, run_id = log_release(
+                settings,
+                learner=learner,
+                bundle_dir=bundle_dir,
+                evaluation_dir=eval_dir,
+                evaluation=evaluation,
+                rows={name: len(f) for name, f in frames.items()},
+            )
+    info = ReleaseInfo(
+        version=version,
+        run_id=run_id,
+        model_name=settings.mlflow.model_name,
+        dataset_id=dataset_id,
+        target_window=learner.meta["target_window"],
+        models=tuple(learner.models),
+        quality=evaluation.quality.to_dict("records"),
+        seconds=dict(timer.seconds),
+    )
+    log.info("release %s registered with alias challenger; %s", info, timer.summary())
+    return info
