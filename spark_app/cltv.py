@@ -32,7 +32,8 @@ CARRIER = {
 MARGINS = ("sm_mobile", "sm_fmc", "sm_fttb")
 SURVIVAL_POINTS = (12, 24, 60)
 
-_LOG_MIN, _LOG_MAX = -12.0, 12.0  # bounds of log(alpha), log(beta): beyond them the curve no longer changes
+_LOG_MIN, _LOG_MAX = -3.0, 12.0  # bounds of log(alpha + beta): polarised base .. geometric limit
+_X_MAX = 25.0  # bound of |log(beta / alpha)|
 _EPS = 1e-9
 
 
@@ -64,7 +65,7 @@ class Extrapolation:
     months: int = 60
     trend_floor: float = 0.8  # bounds on the year-over-year change of the per-survivor amount
     trend_cap: float = 1.25
-    newton_steps: int = 40
+    newton_steps: int = 20
 
 
 # ---------------------------------------------------------------- calendar and discounting
@@ -127,13 +128,21 @@ def _initial_guess(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.log(alpha), np.log(beta)
 
 
+def _from_xy(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(logit of first-month retention, log(alpha + beta)) → (alpha, beta)."""
+    m = np.exp(y)
+    return m / (1.0 + np.exp(x)), m / (1.0 + np.exp(-x))
+
+
 def fit_sbg(survival: np.ndarray, steps: int = 40) -> tuple[np.ndarray, np.ndarray]:
     """Maximum-likelihood sBG (alpha, beta) for every row of survival proportions s(1..T), s(0) = 1 implied.
 
-    Damped Newton in (log alpha, log beta) on all rows at once, with the analytic gradient and Hessian,
-    gradient steps where the Hessian is not negative definite, and step halving so the likelihood never
-    falls. Rows without losses or without heterogeneity run into the parameter bounds, where the fitted
-    curve is flat or geometric — the limits the data point to.
+    Damped Newton on all rows at once in x = log(beta/alpha) (logit of the first-month retention) and
+    y = log(alpha + beta) (how homogeneous the base is), with the analytic gradient and Hessian, gradient
+    steps where the Hessian is not negative definite, and step halving so the likelihood never falls.
+    In these coordinates the geometric limit (alpha + beta -> inf at fixed retention) is one axis, so
+    rows without heterogeneity converge quickly towards the bound of y, where the fitted curve is
+    geometric; rows without losses are flat (alpha -> 0).
     """
     s = np.clip(np.asarray(survival, dtype=np.float64), 0.0, 1.0)
     s = np.minimum.accumulate(s, axis=1)  # a survival curve cannot rise
@@ -142,56 +151,76 @@ def fit_sbg(survival: np.ndarray, steps: int = 40) -> tuple[np.ndarray, np.ndarr
     t = np.arange(1, horizon + 1, dtype=np.float64)[None, :]
     lost = 1.0 - s[:, -1]
     u, v = _initial_guess(s)
-    u, v = np.clip(u, _LOG_MIN, _LOG_MAX), np.clip(v, _LOG_MIN, _LOG_MAX)
-    # no losses at all: the likelihood rises towards alpha -> 0, beta -> inf, i.e. a flat curve
+    x = np.clip(v - u, -_X_MAX, _X_MAX)
+    y = np.clip(np.logaddexp(u, v), _LOG_MIN, _LOG_MAX)
+    ll = sbg_loglik(*_from_xy(x, y), s)
+    # second start at the geometric limit with the curve's mean retention: losses that do not slow
+    # down with tenure have their optimum there, a long way from the moment start
+    mean_ret = np.clip(np.maximum(s[:, -1], 1e-12) ** (1.0 / horizon), 1e-9, 1 - 1e-9)
+    gx = np.clip(np.log(mean_ret / (1 - mean_ret)), -_X_MAX, _X_MAX)
+    gy = np.full(n, _LOG_MAX)
+    gll = sbg_loglik(*_from_xy(gx, gy), s)
+    use = gll > ll
+    x[use], y[use], ll[use] = gx[use], gy[use], gll[use]
+    # no losses at all: the likelihood rises towards alpha -> 0, i.e. a flat curve
     flat = lost <= 1e-12
-    u[flat], v[flat] = _LOG_MIN, _LOG_MAX
-    ll = sbg_loglik(np.exp(u), np.exp(v), s)
+    x[flat], y[flat] = _X_MAX, _LOG_MAX
+    ll[flat] = sbg_loglik(*_from_xy(x[flat], y[flat]), s[flat])
     active = ~flat
     for _ in range(steps):
         if not active.any():
             break
         idx = np.nonzero(active)[0]
-        a, b = np.exp(u[idx]), np.exp(v[idx])
+        a, b = _from_xy(x[idx], y[idx])
+        m = a + b
+        sig = b / m
+        dsig = m * sig * (1.0 - sig)  # m * sigma'(x)
         sa, sp = s[idx], prev[idx]
-        inv_ab = 1.0 / (a[:, None] + b[:, None] + t - 1)
+        inv_ab = 1.0 / (m[:, None] + t - 1)
         inv_b = 1.0 / (b[:, None] + t - 1)
-        g_a = lost[idx] / a - (sp * inv_ab).sum(axis=1)
-        g_b = (sa * inv_b).sum(axis=1) - (sp * inv_ab).sum(axis=1)
-        q_ab = (sp * inv_ab**2).sum(axis=1)
-        h_aa = -lost[idx] / a**2 + q_ab
-        h_bb = -(sa * inv_b**2).sum(axis=1) + q_ab
-        # chain rule to log parameters
-        gu, gv = a * g_a, b * g_b
-        huu = a * a * h_aa + gu
-        hvv = b * b * h_bb + gv
-        huv = a * b * q_ab
-        det = huu * hvv - huv * huv
-        newton = (huu < 0) & (det > 0)
+        sp_ab = (sp * inv_ab).sum(axis=1)
+        g_a = lost[idx] / a - sp_ab
+        g_b = (sa * inv_b).sum(axis=1) - sp_ab
+        h_ab = (sp * inv_ab**2).sum(axis=1)
+        h_aa = -lost[idx] / a**2 + h_ab
+        h_bb = -(sa * inv_b**2).sum(axis=1) + h_ab
+        # chain rule: alpha = m (1 - sigma(x)), beta = m sigma(x), m = exp(y)
+        gx = dsig * (g_b - g_a)
+        gy = a * g_a + b * g_b
+        hxx = dsig**2 * (h_aa - 2 * h_ab + h_bb) + dsig * (1 - 2 * sig) * (g_b - g_a)
+        hxy = dsig * (a * (h_ab - h_aa) + b * (h_bb - h_ab)) + gx
+        hyy = a * a * h_aa + 2 * a * b * h_ab + b * b * h_bb + gy
+        det = hxx * hyy - hxy * hxy
+        newton = (hxx < 0) & (det > 0)
         safe_det = np.where(newton, det, 1.0)
-        du = np.where(newton, -(hvv * gu - huv * gv) / safe_det, 0.5 * np.tanh(gu))
-        dv = np.where(newton, -(huu * gv - huv * gu) / safe_det, 0.5 * np.tanh(gv))
-        scale = np.minimum(1.0, 2.0 / np.maximum(np.abs(du), np.abs(dv)).clip(_EPS))
-        du, dv = du * scale, dv * scale
+        # elsewhere a unit step up the gradient (the line search shortens it)
+        norm = np.sqrt(gx * gx + gy * gy).clip(_EPS)
+        dx = np.where(newton, -(hyy * gx - hxy * gy) / safe_det, gx / norm)
+        dy = np.where(newton, -(hxx * gy - hxy * gx) / safe_det, gy / norm)
+        scale = np.minimum(1.0, 2.0 / np.maximum(np.abs(dx), np.abs(dy)).clip(_EPS))
+        dx, dy = dx * scale, dy * scale
         step = np.ones(len(idx))
         accepted = np.zeros(len(idx), dtype=bool)
-        new_u, new_v, new_ll = u[idx].copy(), v[idx].copy(), ll[idx].copy()
-        for _ in range(12):
-            todo = ~accepted
-            if not todo.any():
+        x0, y0, ll0 = x[idx], y[idx], ll[idx]
+        new_x, new_y, new_ll = x0.copy(), y0.copy(), ll0.copy()
+        for _ in range(8):
+            todo = np.nonzero(~accepted)[0]
+            if not len(todo):
                 break
-            cu = np.clip(u[idx] + step * du, _LOG_MIN, _LOG_MAX)
-            cv = np.clip(v[idx] + step * dv, _LOG_MIN, _LOG_MAX)
-            cll = sbg_loglik(np.exp(cu[todo]), np.exp(cv[todo]), sa[todo])
-            better = cll >= ll[idx][todo] - 1e-12
-            hit = np.nonzero(todo)[0][better]
-            new_u[hit], new_v[hit], new_ll[hit] = cu[todo][better], cv[todo][better], cll[better]
+            cx = np.clip(x0[todo] + step[todo] * dx[todo], -_X_MAX, _X_MAX)
+            cy = np.clip(y0[todo] + step[todo] * dy[todo], _LOG_MIN, _LOG_MAX)
+            cll = sbg_loglik(*_from_xy(cx, cy), sa[todo])
+            better = cll >= ll0[todo] - 1e-12
+            hit = todo[better]
+            new_x[hit], new_y[hit], new_ll[hit] = cx[better], cy[better], cll[better]
             accepted[hit] = True
-            step = np.where(accepted, step, step * 0.5)
-        moved = np.maximum(np.abs(new_u - u[idx]), np.abs(new_v - v[idx]))
-        u[idx], v[idx], ll[idx] = new_u, new_v, new_ll
-        active[idx] = accepted & (moved > 1e-7)
-    return np.exp(u), np.exp(v)
+            step[todo[~better]] *= 0.5
+        moved = np.maximum(np.abs(new_x - x0), np.abs(new_y - y0))
+        gain = new_ll - ll0
+        x[idx], y[idx], ll[idx] = new_x, new_y, new_ll
+        # done when the step is tiny, or when it no longer buys likelihood (a ridge towards a bound)
+        active[idx] = accepted & (moved > 1e-7) & (gain > 1e-10)
+    return _from_xy(x, y)
 
 
 def extend_survival(p: np.ndarray, months: int, steps: int = 40) -> np.ndarray:

@@ -1,0 +1,200 @@
+"""The monthly scoring job against a real (tiny) release registered in MLflow and a generated panel."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import make_settings
+from pyspark.sql import functions as F
+
+from spark_app.cltv import CostRates, Extrapolation, cltv_columns
+from spark_app.config import ALL_MODELS, AMOUNT_MODELS
+from spark_app.contract import InputContractError
+from spark_app.models import Learner
+from spark_app.months import add_months, days_in_month_index, month_index
+from spark_app.registry import forecast_frame, load_release, log_release
+from spark_app.scoring import (
+    _LEARNERS,
+    cached_learner,
+    make_plan,
+    model_files,
+    score_dir,
+    score_month,
+    write_month_scores,
+)
+from spark_app.storage import Storage
+from spark_app.training import Evaluation, categories_seen
+
+MONTH = dt.date(2025, 4, 1)  # the panel's last month (2022-01 + 39)
+EVAL_COLUMNS = ["model_id", "kind", "split", "horizon", "rows", "metric", "value", "naive"]
+FACT_OF = {"paid": "in_paid_base", "active": "in_active_base", **{m: m for m in AMOUNT_MODELS}}
+
+
+def training_frames(features: pd.DataFrame, facts: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A small horizon-lagged training set built in pandas: each row gets one random horizon."""
+    rng = np.random.default_rng(1)
+    rows = features.sample(n=min(len(features), 24_000), random_state=1).reset_index(drop=True)
+    rows["horizon"] = rng.integers(1, 25, len(rows))
+    fm = rows["report_month"].map(month_index).to_numpy()
+    target = fm + rows["horizon"].to_numpy()
+    rows["target_calendar_month"] = target % 12 + 1
+    rows["target_month"] = [dt.date(int(t // 12), int(t % 12) + 1, 1) for t in target]
+    facts = facts.rename(columns={"report_month": "target_month"})
+    joined = rows.merge(facts, on=["subscriber_id", "target_month"], how="left")
+    days = days_in_month_index(target)
+    for model_id, col in FACT_OF.items():
+        values = joined[col].fillna(0.0).to_numpy(dtype=np.float64)
+        joined[f"{model_id}_fact"] = values if model_id in ("paid", "active") else values / days
+    half = joined["subscriber_id"].str[-1].astype(int) % 2 == 0
+    return joined[half].reset_index(drop=True), joined[~half].reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def release_env(spark, panel_dir, tmp_path_factory):
+    """Settings in a tmp dir, a features table we can tamper with, and a tiny release registered in MLflow."""
+    work = tmp_path_factory.mktemp("scoring")
+    panel = work / "panel"
+    shutil.copytree(panel_dir / "features", panel / "features")
+    shutil.copytree(panel_dir / "facts", panel / "facts")
+    small = {"iterations": 25, "depth": 4}
+    settings = make_settings(
+        work, panel, models={"profiles": {m: {"params": small} for m in ALL_MODELS}},
+        scoring={"arrow_batch_rows": 500},
+    )
+    features = spark.read.parquet(str(panel / "features")).where(F.col("report_month") < F.lit(MONTH))
+    facts = spark.read.parquet(str(panel / "facts"))
+    surv, reg = training_frames(features.toPandas(), facts.toPandas())
+    learner = Learner.from_settings(settings).fit(surv, reg)
+    learner.meta = {
+        "horizons": list(range(1, 25)),
+        "dataset_id": "test-scoring",
+        "categories": categories_seen([surv, reg], list(settings.models.categorical)),
+    }
+    bundle = learner.save_bundle(work / "bundle")
+    (work / "evaluation").mkdir()
+    evaluation = Evaluation(
+        table=pd.DataFrame(columns=EVAL_COLUMNS),
+        calibration={},
+        quality=pd.DataFrame(columns=["model_id", "metric", "value", "naive", "beats_naive"]),
+    )
+    version, _ = log_release(
+        settings, learner=learner, bundle_dir=bundle, evaluation_dir=work / "evaluation",
+        evaluation=evaluation, rows={"train_surv": len(surv), "train_reg": len(reg)},
+    )
+    return settings, version, panel
+
+
+def tamper_with_month(panel: Path, spark) -> dict[str, int]:
+    """Nulls in a numeric and a categorical column and a tariff never seen in training, for 3 subscribers."""
+    path = panel / "features" / f"report_month={MONTH:%Y-%m-%d}"
+    month = spark.read.parquet(str(path)).toPandas()
+    month.loc[:2, "price"] = np.nan
+    month.loc[3:4, "region"] = None
+    month.loc[5:7, "tariff"] = "M_BRAND_NEW"
+    shutil.rmtree(path)
+    path.mkdir()
+    month.to_parquet(path / "part-0.parquet", index=False)
+    return {"rows": len(month)}
+
+
+def read_scores(settings, month=MONTH) -> pd.DataFrame:
+    return pd.read_parquet(score_dir(settings, month)).sort_values("subscriber_id").reset_index(drop=True)
+
+
+def test_scores_equal_the_releases_own_predictions_and_cltv_recomputes_from_detail(spark, release_env):
+    settings, version, panel = release_env
+    info = tamper_with_month(panel, spark)
+    summary = score_month(spark, settings, MONTH, release="challenger", detail=True)
+
+    scores = read_scores(settings)
+    assert summary.rows == len(scores) == info["rows"] == scores["subscriber_id"].nunique()
+    assert (scores["release_version"] == version).all() and summary.release_version == version
+    assert (scores["score_month"] == MONTH).all()
+    assert Path(score_dir(settings, MONTH), "_SUCCESS").exists()
+    # bad inputs are scored, and counted
+    assert summary.missing_values == {"price": 3, "region": 2}
+    assert summary.unseen_categorical == {"tariff": 3}
+    assert set(summary.cltv_quantiles) >= {"p01", "p50", "p99"}
+
+    # the release's in-process Learner on the same rows, through the registry's own horizon expansion
+    release = load_release(settings, str(version))
+    features = pd.read_parquet(panel / "features" / f"report_month={MONTH:%Y-%m-%d}")
+    features["report_month"] = MONTH
+    features = features.sort_values("subscriber_id").reset_index(drop=True)
+    expected = forecast_frame(release.learner(), features, list(range(1, 25)))
+    days = days_in_month_index(month_index(MONTH) + np.arange(1, 25))
+    for model_id in ALL_MODELS:
+        got = np.stack(scores[f"{model_id}_h"].to_numpy())
+        want = expected[model_id].to_numpy().reshape(len(features), 24)
+        if model_id in AMOUNT_MODELS:
+            want = want * days[None, :]
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6, err_msg=model_id)
+
+    # CLTV from the detail arrays alone, with the same code
+    forecasts = {m: np.stack(scores[f"{m}_h"].to_numpy()) for m in ALL_MODELS}
+    cfg = settings.scoring
+    ext = Extrapolation(months=60, trend_floor=cfg.trend_floor, trend_cap=cfg.trend_cap)
+    cols = cltv_columns(forecasts, month_index(MONTH), CostRates.from_config(settings.costs), ext)
+    for name, values in cols.items():
+        np.testing.assert_allclose(scores[name].to_numpy(), values, rtol=1e-9, atol=1e-9, err_msg=name)
+    parts = scores[["sm_mobile_60m", "sm_fmc_60m", "sm_fttb_60m"]].sum(axis=1) - scores[
+        ["sac_60m", "data_cost_60m", "voice_cost_60m", "overheads_60m"]
+    ].sum(axis=1)
+    np.testing.assert_allclose(scores["cltv"], parts, rtol=1e-9, atol=1e-9)
+    assert scores[["p_paid_12m", "p_paid_24m", "p_paid_60m"]].apply(np.isfinite).all().all()
+    assert (scores["p_paid_60m"] <= scores["p_paid_24m"] + 1e-12).all()
+
+
+def test_rerun_is_identical_and_a_failed_write_keeps_the_previous_partition(spark, release_env):
+    settings, version, _ = release_env
+    score_month(spark, settings, MONTH, release=str(version))
+    first = read_scores(settings)
+    score_month(spark, settings, MONTH, release="challenger")
+    second = read_scores(settings)
+    pd.testing.assert_frame_equal(first, second)
+    assert "paid_h" not in second.columns  # no --detail this time
+    share = second["holdout"].mean()
+    assert 0.0 < share < 0.15  # holdout_share 0.05 of ~1.5k subscribers
+
+    # a write that dies inside the staged block: the month keeps the previous rows, no staging left
+    target = score_dir(settings, MONTH)
+
+    @F.udf("double")
+    def explode(x):
+        raise RuntimeError("executor lost")
+
+    broken = spark.read.parquet(target).withColumn("cltv", explode(F.col("cltv")))
+    with pytest.raises(Exception, match="executor lost"):
+        write_month_scores(Storage(spark), broken, target)
+    pd.testing.assert_frame_equal(read_scores(settings), second)
+    leftovers = [p.name for p in Path(target).parent.iterdir() if p.name.startswith("_")]
+    assert leftovers == []
+
+
+def test_missing_month_is_a_clear_error_before_anything_is_written(spark, release_env):
+    settings, version, _ = release_env
+    later = add_months(MONTH, 1)
+    with pytest.raises(InputContractError, match=r"features: months missing \[2025-05\]"):
+        score_month(spark, settings, later, release=str(version))
+    assert not Path(score_dir(settings, later)).exists()
+
+
+def test_release_columns_come_from_the_manifest_and_workers_cache_one_learner(release_env):
+    settings, version, _ = release_env
+    release = load_release(settings, str(version))
+    files = model_files(release.files)
+    assert "reference.parquet" not in files and "release.json" in files
+    plan = make_plan(settings, release.manifest, version, "digest-a", MONTH, detail=False)
+    assert plan.models == ALL_MODELS and plan.horizons == 24
+    assert set(plan.categorical) == {"segment", "tariff", "region", "device_type"}
+    assert "horizon" not in plan.input_cols and "p_paid" not in plan.input_cols
+    _LEARNERS.clear()
+    first = cached_learner(plan, files)
+    assert cached_learner(plan, files) is first
+    other = make_plan(settings, release.manifest, version, "digest-b", MONTH, detail=False)
+    assert cached_learner(other, files) is not first and len(_LEARNERS) == 1
