@@ -1,0 +1,469 @@
+"""The training set: one row per sampled subscriber, features at month T−h, targets at month T.
+
+Every subscriber is hashed to exactly one (target month T, horizon h) slot, so it enters the training
+set at most once and rows of one subscriber never straddle two splits. The whole set is one scan of the
+features table, one scan of the facts table and one join: the slot is a column computed from the id,
+so neither the plan nor the work grows with the number of target months or horizons.
+See docs/dataset.md.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from spark_app.config import AMOUNT_MODELS, DatasetConfig, ModelsConfig, Settings
+from spark_app.contract import (
+    DATE,
+    FACTS_SPEC,
+    ID,
+    MONTH,
+    STRING,
+    InputContractError,
+    TableSpec,
+    data_problems,
+    features_spec,
+    kind_of,
+    read_table,
+    schema_problems,
+    validate,
+)
+from spark_app.months import add_months, describe_months, fmt, month_range
+from spark_app.progress import StageTimer
+from spark_app.storage import Storage
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train_surv", "train_reg", "val", "test", "oot")
+SPLIT = "split"
+FEATURE_MONTH = "feature_month"
+TARGET_MONTH = "target_month"
+HORIZON = "horizon"
+CALENDAR_MONTH = "target_calendar_month"
+DERIVED_COLUMNS = (HORIZON, CALENDAR_MONTH)
+LATEST = "latest"
+MANIFEST = "manifest.json"
+
+# Fact column behind each model's target; survival targets are 0/1 flags, the rest daily averages.
+FACT_OF_MODEL = {"paid": "in_paid_base", "active": "in_active_base", **{m: m for m in AMOUNT_MODELS}}
+POPULATION_FLAG = {"active": "in_active_base", "paid": "in_paid_base"}
+
+_UNIT = 1 << 53  # hash → uniform [0, 1) with double precision
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """No training set under paths.datasets (or not the requested id)."""
+
+
+@dataclass(frozen=True)
+class DatasetPlan:
+    """The target window and horizons of one build, and the hash parameters that pick rows."""
+
+    target_months: tuple[dt.date, ...]
+    horizons: tuple[int, ...]
+    salt: str
+    sample_rate: float
+    population: str
+    val_share: float
+    test_share: float
+    train_reg_share: float
+
+    @classmethod
+    def from_config(cls, cfg: DatasetConfig, target_end: dt.date) -> DatasetPlan:
+        first = add_months(target_end, -(cfg.target_months - 1))
+        return cls(
+            target_months=tuple(month_range(first, target_end)),
+            horizons=tuple(cfg.horizons),
+            salt=cfg.salt,
+            sample_rate=cfg.sample_rate,
+            population=cfg.population,
+            val_share=cfg.val_share,
+            test_share=cfg.test_share,
+            train_reg_share=cfg.train_reg_share,
+        )
+
+    @property
+    def first_target(self) -> dt.date:
+        return self.target_months[0]
+
+    @property
+    def last_target(self) -> dt.date:
+        return self.target_months[-1]
+
+    @property
+    def n_slots(self) -> int:
+        return len(self.target_months) * len(self.horizons)
+
+    @property
+    def feature_months(self) -> list[dt.date]:
+        """Months rows are read from: T1 − max(h) .. T2 − min(h)."""
+        first = add_months(self.first_target, -max(self.horizons))
+        return month_range(first, add_months(self.last_target, -min(self.horizons)))
+
+    @property
+    def fact_months(self) -> list[dt.date]:
+        """Target months, plus the feature months when the population is read from the facts."""
+        months = set(self.target_months)
+        if self.population != "base":
+            months |= set(self.feature_months)
+        return sorted(months)
+
+    def describe(self) -> str:
+        return (
+            f"target window {fmt(self.first_target)}..{fmt(self.last_target)}, "
+            f"horizons {min(self.horizons)}..{max(self.horizons)}"
+        )
+
+
+@dataclass(frozen=True)
+class DatasetResult:
+    dataset_id: str
+    path: str
+    manifest: dict[str, Any] = field(hash=False)
+
+
+# ---------------------------------------------------------------- pure transformations
+def unit_hash(key: str, *salts: str) -> Column:
+    """A uniform [0, 1) number from a 64-bit hash of column `key` and `salts`: deterministic, whatever
+    the partitioning, and independent of any hash with other salts."""
+    hashed = F.xxhash64(F.col(key), *[F.lit(s) for s in salts])
+    return F.pmod(hashed, F.lit(_UNIT)).cast("double") / float(_UNIT)
+
+
+def with_slot(df: DataFrame, *, plan: DatasetPlan) -> DataFrame:
+    """Add the subscriber's one slot: `target_month`, `horizon` and `feature_month` = T − h.
+
+    slot = xxhash64(id, salt) mod (months × horizons); slot div n_h picks T, slot mod n_h picks h. A
+    contiguous horizon range is plain arithmetic, so the plan is the same for 3 horizons or 24.
+    """
+    n_h = len(plan.horizons)
+    slot = F.pmod(F.xxhash64(F.col(ID), F.lit(plan.salt)), F.lit(plan.n_slots))
+    h_index = F.pmod(slot, F.lit(n_h))
+    contiguous = list(plan.horizons) == list(range(plan.horizons[0], plan.horizons[0] + n_h))
+    if contiguous:
+        horizon = (h_index + F.lit(plan.horizons[0])).cast("int")
+    else:
+        horizon = F.element_at(F.array(*[F.lit(h) for h in plan.horizons]), (h_index + 1).cast("int"))
+    t_index = ((slot - h_index) / F.lit(n_h)).cast("int")
+    target_month = F.add_months(F.lit(plan.first_target), t_index)
+    return (
+        df.withColumn(TARGET_MONTH, target_month)
+        .withColumn(HORIZON, horizon)
+        .withColumn(FEATURE_MONTH, F.add_months(F.col(TARGET_MONTH), -F.col(HORIZON)))
+    )
+
+
+def keep_sampled(df: DataFrame, *, plan: DatasetPlan) -> DataFrame:
+    """Keep the hash-chosen `sample_rate` share of subscribers (a hash independent of the slot's)."""
+    if plan.sample_rate >= 1:
+        return df
+    return df.where(unit_hash(ID, plan.salt, "sample") < F.lit(plan.sample_rate))
+
+
+def feature_rows(features: DataFrame, *, plan: DatasetPlan, columns: list[str]) -> DataFrame:
+    """Each sampled subscriber's feature row at T − h of its slot (none when absent from the base then)."""
+    months = plan.feature_months
+    return (
+        features.where(F.col(MONTH).between(F.lit(months[0]), F.lit(months[-1])))
+        .select(ID, MONTH, *columns)
+        .transform(keep_sampled, plan=plan)
+        .transform(with_slot, plan=plan)
+        .where(F.col(MONTH) == F.col(FEATURE_MONTH))
+        .drop(MONTH)
+    )
+
+
+def fact_rows(facts: DataFrame, *, plan: DatasetPlan, columns: list[str]) -> DataFrame:
+    """Each sampled subscriber's facts at T of its slot, keyed (subscriber_id, target_month).
+
+    With population active/paid the fact row at T − h comes along too, folded into the same row as
+    `_population` (the base flag at T − h), so the population needs no second join.
+    """
+    months = plan.fact_months
+    in_window = facts.where(F.col(MONTH).between(F.lit(months[0]), F.lit(months[-1])))
+    slotted = in_window.transform(keep_sampled, plan=plan).transform(with_slot, plan=plan)
+    if plan.population == "base":
+        return slotted.where(F.col(MONTH) == F.col(TARGET_MONTH)).select(ID, TARGET_MONTH, *columns)
+    flag = POPULATION_FLAG[plan.population]
+    at_target = F.col(MONTH) == F.col(TARGET_MONTH)
+    return (
+        slotted.where(at_target | (F.col(MONTH) == F.col(FEATURE_MONTH)))
+        .groupBy(ID, TARGET_MONTH)
+        .agg(
+            *[F.max(F.when(at_target, F.col(c))).alias(c) for c in columns],
+            F.max(F.when(~at_target, F.col(flag))).alias("_population"),
+        )
+    )
+
+
+def target_columns(models: ModelsConfig) -> dict[str, str]:
+    """`<model_id>_fact` column → fact column, for every enabled model."""
+    return {f"{p.model_id}_fact": FACT_OF_MODEL[p.model_id] for p in models.enabled_profiles()}
+
+
+def with_targets(df: DataFrame, *, targets: dict[str, str]) -> DataFrame:
+    """Flags as 0/1 ints, amounts as daily averages over month T; absent from facts at T → 0."""
+    days = F.dayofmonth(F.last_day(F.col(TARGET_MONTH))).cast("double")
+    out = df
+    for name, fact in targets.items():
+        value = F.coalesce(F.col(fact).cast("double"), F.lit(0.0))
+        out = out.withColumn(name, value.cast("int") if fact.startswith("in_") else value / days)
+    return out
+
+
+def with_split(df: DataFrame, *, plan: DatasetPlan) -> DataFrame:
+    """oot = T2; the rest by a third independent hash: test, val, then train_reg / train_surv."""
+    u = unit_hash(ID, plan.salt, "split")
+    held_out = plan.val_share + plan.test_share
+    train_u = (u - F.lit(held_out)) / F.lit(1.0 - held_out)
+    split = (
+        F.when(F.col(TARGET_MONTH) == F.lit(plan.last_target), F.lit("oot"))
+        .when(u < F.lit(plan.test_share), F.lit("test"))
+        .when(u < F.lit(held_out), F.lit("val"))
+        .when(train_u < F.lit(plan.train_reg_share), F.lit("train_reg"))
+        .otherwise(F.lit("train_surv"))
+    )
+    return df.withColumn(SPLIT, split)
+
+
+def training_rows(
+    features: DataFrame, facts: DataFrame, *, plan: DatasetPlan, models: ModelsConfig
+) -> DataFrame:
+    """The whole training set with its `split` column: one features scan, one facts scan, one join."""
+    feature_cols = models.input_feature_cols()
+    targets = target_columns(models)
+    fact_cols = sorted(set(targets.values()))
+    joined = feature_rows(features, plan=plan, columns=feature_cols).join(
+        fact_rows(facts, plan=plan, columns=fact_cols), on=[ID, TARGET_MONTH], how="left"
+    )
+    if plan.population != "base":
+        joined = joined.where(F.col("_population") == 1)
+    return (
+        joined.withColumn(CALENDAR_MONTH, F.month(F.col(TARGET_MONTH)))
+        .transform(with_targets, targets=targets)
+        .transform(with_split, plan=plan)
+        .select(ID, FEATURE_MONTH, TARGET_MONTH, HORIZON, CALENDAR_MONTH, *feature_cols, *targets, SPLIT)
+    )
+
+
+# ---------------------------------------------------------------- I/O at the edges
+def read_inputs(spark: SparkSession, settings: Settings, plan: DatasetPlan) -> tuple[DataFrame, DataFrame]:
+    """Read both tables and check them against the contract; raise one InputContractError if not."""
+    features = read_table(spark, settings.paths.features, "features")
+    facts = read_table(spark, settings.paths.facts, "facts")
+    specs = (input_features_spec(settings.models), FACTS_SPEC)
+    context = f"needed by {plan.describe()}"
+    if settings.dataset.validate_all_rows:
+        validate(features, specs[0], plan.feature_months, context=context)
+        validate(facts, specs[1], plan.fact_months, context=context)
+    else:
+        feature_keys = read_feature_keys(features, plan=plan)
+        problems = table_problems(features, specs[0], plan.feature_months, feature_keys)
+        problems += table_problems(facts, specs[1], plan.fact_months, read_fact_keys(facts, plan=plan))
+        if problems:
+            raise InputContractError(f"input contract violated ({context}):\n  " + "\n  ".join(problems))
+    return features, facts
+
+
+def input_features_spec(models: ModelsConfig) -> TableSpec:
+    """The features contract as the models see it: their input columns, categorical ones as strings."""
+    categorical = list(models.categorical)
+    return features_spec([c for c in models.input_feature_cols() if c not in categorical], categorical)
+
+
+def read_feature_keys(features: DataFrame, *, plan: DatasetPlan) -> DataFrame:
+    """(subscriber_id, report_month) of exactly the feature rows the build reads."""
+    return feature_rows(features.select(ID, MONTH), plan=plan, columns=[]).select(
+        ID, F.col(FEATURE_MONTH).alias(MONTH)
+    )
+
+
+def read_fact_keys(facts: DataFrame, *, plan: DatasetPlan) -> DataFrame:
+    """Keys and base flags of exactly the fact rows the build reads (at T, and at T − h for a population)."""
+    months = plan.fact_months
+    wanted = F.col(MONTH) == F.col(TARGET_MONTH)
+    if plan.population != "base":
+        wanted = wanted | (F.col(MONTH) == F.col(FEATURE_MONTH))
+    return (
+        facts.where(F.col(MONTH).between(F.lit(months[0]), F.lit(months[-1])))
+        .select(ID, MONTH, *FACTS_SPEC.flags)
+        .transform(keep_sampled, plan=plan)
+        .transform(with_slot, plan=plan)
+        .where(wanted)
+        .select(ID, MONTH, *FACTS_SPEC.flags)
+    )
+
+
+def table_problems(df: DataFrame, spec: TableSpec, months: list[dt.date], read_keys: DataFrame) -> list[str]:
+    """The contract checks that matter to this build, at a fraction of a full-table check.
+
+    Schema on the whole table; months present and null ids over every row of the months read (one
+    narrow scan of id + month); duplicate keys and 0/1 flags over the rows the build actually reads
+    (one per sampled subscriber and month), because only those can reach the training set. A full
+    duplicate check shuffles every key of the window and costs more than the build itself;
+    `dataset.validate_all_rows` turns it on.
+    """
+    problems = schema_problems(df, spec)
+    typed = {f.name for f in df.schema.fields if kind_of(f.dataType) == spec.columns.get(f.name)}
+    if not {ID, MONTH} <= typed:
+        return problems
+    per_month = (
+        df.where(F.col(MONTH).between(F.lit(months[0]), F.lit(months[-1])))
+        .groupBy(MONTH)
+        .agg(F.sum(F.col(ID).isNull().cast("long")).alias("null_ids"))
+        .collect()
+    )
+    null_ids = sum(r["null_ids"] for r in per_month if r[MONTH] in set(months))
+    if null_ids:
+        problems.append(f"{spec.name}: column {ID!r} has {null_ids} null values")
+    found = {r[MONTH] for r in per_month}
+    missing = [m for m in months if m not in found]
+    if missing:
+        problems.append(f"{spec.name}: months missing {describe_months(missing)}")
+    flags = tuple(f for f in spec.flags if f in typed)
+    checkable = TableSpec(spec.name, {ID: STRING, MONTH: DATE}, flags)
+    keys = read_keys.select(ID, MONTH, *flags).where(F.col(ID).isNotNull()).cache()
+    try:
+        return problems + data_problems(keys, checkable, None)
+    finally:
+        keys.unpersist()
+
+
+def dataset_id_for(settings: Settings, target_end: dt.date) -> str:
+    """Same target end + same resolved config → same id, so a rerun replaces the dataset it rebuilds."""
+    return f"ds-{target_end:%Y%m}-{settings.config_hash()[:8]}"
+
+
+def package_version() -> str:
+    return (Path(__file__).resolve().parent / "VERSION").read_text().strip()
+
+
+def split_stats(written: DataFrame, targets: list[str]) -> dict[str, dict[str, Any]]:
+    """Rows per split × horizon and target means per split, from the written Parquet (one small job)."""
+    rows = (
+        written.groupBy(SPLIT, HORIZON)
+        .agg(F.count(F.lit(1)).alias("rows"), *[F.sum(c).alias(c) for c in targets])
+        .collect()
+    )
+    stats: dict[str, dict[str, Any]] = {}
+    for name in SPLITS:
+        mine = sorted((r for r in rows if r[SPLIT] == name), key=lambda r: r[HORIZON])
+        n = sum(r["rows"] for r in mine)
+        stats[name] = {
+            "rows": n,
+            "rows_by_horizon": {str(r[HORIZON]): r["rows"] for r in mine},
+            "target_means": {c: (sum(r[c] for r in mine) / n if n else None) for c in targets},
+        }
+    return stats
+
+
+def read_splits(spark: SparkSession, storage: Storage, path: str) -> DataFrame:
+    """All split directories under `path` as one DataFrame with a `split` column."""
+    dirs = [f"{path}/{name}" for name in storage.list_dir(path) if name.startswith(f"{SPLIT}=")]
+    if not dirs:
+        raise DatasetNotFoundError(f"{path}: no {SPLIT}=<name> directories")
+    return spark.read.option("basePath", path).parquet(*dirs)
+
+
+def build_dataset(spark: SparkSession, settings: Settings, target_end: dt.date) -> DatasetResult:
+    """Build, validate-first, the training set ending at `target_end` and swap it in atomically."""
+    plan = DatasetPlan.from_config(settings.dataset, target_end)
+    storage = Storage(spark)
+    timer = StageTimer()
+    dataset_id = dataset_id_for(settings, target_end)
+    root = settings.paths.datasets.rstrip("/")
+    target = f"{root}/{dataset_id}"
+    log.info(
+        "building dataset %s: %s, %d slots, sample rate %s, population %s",
+        dataset_id,
+        plan.describe(),
+        plan.n_slots,
+        plan.sample_rate,
+        plan.population,
+    )
+    with timer.stage("validate inputs", spark):
+        features, facts = read_inputs(spark, settings, plan)
+    targets = target_columns(settings.models)
+    feature_cols = settings.models.input_feature_cols()
+    with storage.staged(target) as staging:
+        with timer.stage("build and write splits", spark):
+            rows = training_rows(features, facts, plan=plan, models=settings.models)
+            rows.write.mode("overwrite").partitionBy(SPLIT).parquet(staging)
+        with timer.stage("summarize splits", spark):
+            stats = split_stats(read_splits(spark, storage, staging), list(targets))
+        manifest = {
+            "dataset_id": dataset_id,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "package_version": package_version(),
+            "config_hash": settings.config_hash(),
+            "target_end": fmt(plan.last_target),
+            "target_months": [fmt(m) for m in plan.target_months],
+            "horizons": list(plan.horizons),
+            "population": plan.population,
+            "sample_rate": plan.sample_rate,
+            "salt": plan.salt,
+            "inputs": {
+                "features": {
+                    "path": storage.qualify(settings.paths.features),
+                    "months": [fmt(m) for m in plan.feature_months],
+                },
+                "facts": {
+                    "path": storage.qualify(settings.paths.facts),
+                    "months": [fmt(m) for m in plan.fact_months],
+                },
+            },
+            "columns": [ID, FEATURE_MONTH, TARGET_MONTH, *DERIVED_COLUMNS, *feature_cols, *targets],
+            "feature_columns": [*DERIVED_COLUMNS, *feature_cols],
+            "categorical_columns": [c for c in feature_cols if c in settings.models.categorical],
+            "target_columns": {name.removesuffix("_fact"): name for name in targets},
+            "rows": sum(s["rows"] for s in stats.values()),
+            "splits": stats,
+            "seconds": {k: round(v, 1) for k, v in timer.seconds.items()},
+        }
+        storage.write_json(f"{staging}/{MANIFEST}", manifest)
+    storage.write_text(f"{root}/{LATEST}", dataset_id + "\n")
+    log.info(
+        "dataset %s: %s rows (%s) in %s; %s",
+        dataset_id,
+        f"{manifest['rows']:,}",
+        ", ".join(f"{k} {v['rows']:,}" for k, v in stats.items()),
+        target,
+        timer.summary(),
+    )
+    return DatasetResult(dataset_id=dataset_id, path=storage.qualify(target), manifest=manifest)
+
+
+def read_dataset(
+    spark: SparkSession, settings: Settings, dataset_id: str | None = None
+) -> tuple[str, dict, dict[str, DataFrame]]:
+    """(id, manifest, split → DataFrame) of `dataset_id`, or of the newest one (`latest`) when None.
+
+    A split with no rows (e.g. val_share 0) comes back as an empty DataFrame with the dataset's schema.
+    """
+    storage = Storage(spark)
+    root = settings.paths.datasets.rstrip("/")
+    if dataset_id is None:
+        if not storage.exists(f"{root}/{LATEST}"):
+            raise DatasetNotFoundError(
+                f"no training set under paths.datasets={root} (no '{LATEST}' file): "
+                "run `cltv build-dataset` first"
+            )
+        dataset_id = storage.read_text(f"{root}/{LATEST}").strip()
+    path = f"{root}/{dataset_id}"
+    if not storage.exists(f"{path}/{MANIFEST}"):
+        raise DatasetNotFoundError(f"training set {dataset_id!r} not found: no {path}/{MANIFEST}")
+    manifest = storage.read_json(f"{path}/{MANIFEST}")
+    present = {name: f"{path}/{SPLIT}={name}" for name in SPLITS if storage.exists(f"{path}/{SPLIT}={name}")}
+    frames = {name: spark.read.parquet(p) for name, p in present.items()}
+    schema = next(iter(frames.values())).schema if frames else T.StructType([])
+    for name in SPLITS:
+        if name not in frames:
+            frames[name] = spark.createDataFrame([], schema)
+    return dataset_id, manifest, {name: frames[name] for name in SPLITS}
