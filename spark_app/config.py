@@ -76,6 +76,8 @@ class DatasetConfig(_Section):
     val_share: confloat(ge=0, lt=1) = 0.1
     test_share: confloat(ge=0, lt=1) = 0.1
     train_reg_share: confloat(gt=0, lt=1) = 0.5
+    # dataset.py (issue #3): check duplicate keys on every row of the window, not only the rows read
+    validate_all_rows: bool = False
 
     @field_validator("horizons")
     @classmethod
@@ -128,8 +130,9 @@ class TrainingConfig(_Section):
 class PromotionConfig(_Section):
     """Relative worsening allowed per model on its main metric before a challenger is refused."""
 
+    # per kind, or per model id (wins over its kind): sac is zero-inflated, WAPE/MAE reward forecasting 0
     main_metric: dict[str, str] = Field(
-        default_factory=lambda: {"classification": "roc_auc", "regression": "wape"}
+        default_factory=lambda: {"classification": "roc_auc", "regression": "wape", "sac": "rmse"}
     )
     tolerance: dict[str, confloat(ge=0)] = Field(default_factory=lambda: dict.fromkeys(ALL_MODELS, 0.01))
 

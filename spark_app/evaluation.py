@@ -38,6 +38,11 @@ SEGMENT_COL = "segment"
 TENURE_COL = "tenure_months"
 
 
+def main_metric_of(main_metric: Mapping[str, str], model_id: str, kind: str) -> str:
+    """promotion.main_metric: a model id's own entry (e.g. sac: rmse) wins over its kind's."""
+    return main_metric.get(model_id) or main_metric[kind]
+
+
 def is_better(metric: str, value: float, other: float) -> bool:
     """Strictly better on `metric` (direction-aware)."""
     return value > other if metric in HIGHER_IS_BETTER else value < other
@@ -227,7 +232,7 @@ def quality_table(table: pd.DataFrame, main_metric: Mapping[str, str], split: st
     agg = table[(table["split"] == split) & (table["horizon"] == ALL_HORIZONS)]
     for model_id, group in agg.groupby("model_id", sort=False):
         kind = group["kind"].iloc[0]
-        metric = main_metric[kind]
+        metric = main_metric_of(main_metric, str(model_id), kind)
         row = group[group["metric"] == metric].iloc[0]
         rows.append(
             {

@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 from catboost import CatBoost, CatBoostClassifier, CatBoostRegressor, FeaturesData, Pool
 
+from spark_app.config import ALL_MODELS
+
 log = logging.getLogger(__name__)
 
 BUNDLE_FORMAT = 1
@@ -145,10 +147,12 @@ class Learner:
     """Fits and predicts the enabled subset of models; `models` maps model id → fitted CatBoost model."""
 
     def __init__(self, specs: list[ModelSpec], thread_count: int = 2, random_seed: int = 42):
-        order = {"classification": 0, "regression": 1}
+        # canonical order (survival first: the regressors read their outputs), whatever the input order
+        rank = {m: i for i, m in enumerate(ALL_MODELS)}
         self.specs: dict[str, ModelSpec] = {
-            s.model_id: s for s in sorted(specs, key=lambda s: order[s.kind])
-        }  # survival (classification) first: the regressors read their outputs
+            s.model_id: s
+            for s in sorted(specs, key=lambda s: (s.kind != "classification", rank.get(s.model_id, 99)))
+        }
         self.thread_count = thread_count
         self.random_seed = random_seed
         self.models: dict[str, CatBoost] = {}
@@ -267,10 +271,8 @@ class Learner:
         pool = builder.pool(spec.layout)
         if spec.kind == "classification":
             return model.predict(pool, prediction_type="Probability", thread_count=self.thread_count)[:, 1]
-        return np.asarray(
-            model.predict(pool, prediction_type="RawFormulaVal", thread_count=self.thread_count),
-            dtype=np.float64,
-        )
+        # the regressor's own default: the raw value for RMSE/Huber, exp(raw) for log-link losses (Tweedie)
+        return np.asarray(model.predict(pool, thread_count=self.thread_count), dtype=np.float64)
 
     def predict(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
         """model id → prediction per row: probability of class 1, or the DAILY-unit amount forecast.

@@ -27,7 +27,7 @@ from mlflow.tracking import MlflowClient
 
 from spark_app.cli import UserError
 from spark_app.config import MlflowConfig, Settings
-from spark_app.evaluation import markdown_table, metrics_for, relative_worsening
+from spark_app.evaluation import main_metric_of, markdown_table, metrics_for, relative_worsening
 from spark_app.models import RELEASE_JSON, Learner
 
 log = logging.getLogger(__name__)
@@ -363,7 +363,7 @@ def compare_releases(
     old = champion.predict(data)
     rows = []
     for model_id, spec in challenger.specs.items():
-        metric = settings.promotion.main_metric[spec.kind]
+        metric = main_metric_of(settings.promotion.main_metric, model_id, spec.kind)
         tolerance = float(settings.promotion.tolerance.get(model_id, 0.0))
         y = data[f"{model_id}_fact"].to_numpy(np.float64)
         value = metrics_for(spec.kind, y, new[model_id])[metric]

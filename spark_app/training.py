@@ -28,6 +28,7 @@ from spark_app.evaluation import (
     ALL_HORIZONS,
     NaiveBaseline,
     calibration_table,
+    main_metric_of,
     metric_rows,
     metric_table,
     plot_calibration,
@@ -211,7 +212,7 @@ def write_evaluation(
     for model_id, spec in learner.specs.items():
         if model_id not in learner.models:
             continue
-        metric = main_metric[spec.kind]
+        metric = main_metric_of(main_metric, model_id, spec.kind)
         figures = {
             f"{model_id}_{metric}_by_horizon.png": plot_metric_by_horizon(evaluation.table, model_id, metric)
         }

@@ -1,0 +1,217 @@
+"""Learner (any subset of models, stacking, bundles) and the evaluation helpers, on small pandas frames."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import make_settings
+
+from spark_app.config import ALL_MODELS
+from spark_app.evaluation import (
+    NaiveBaseline,
+    calibration_table,
+    classification_metrics,
+    is_better,
+    metric_rows,
+    metric_table,
+    quality_table,
+    regression_metrics,
+    relative_worsening,
+    roc_auc,
+    tenure_band,
+)
+from spark_app.generate import FEATURE_NUMERIC
+from spark_app.models import RELEASE_JSON, BundleError, Learner
+
+
+def frame(n: int, seed: int) -> pd.DataFrame:
+    """Rows in the training-set layout whose targets depend on the features (so models can learn)."""
+    rng = np.random.default_rng(seed)
+    data = {c: rng.gamma(2.0, 1.0, n) for c in FEATURE_NUMERIC}
+    data["tenure_months"] = rng.integers(0, 80, n)
+    data["is_active"] = rng.integers(0, 2, n)
+    data["segment"] = rng.choice(["mobile", "fmc", "fttb"], n)
+    data["tariff"] = rng.choice(["M_S", "M_L", "FMC_DUO"], n)
+    data["region"] = rng.choice(["R01", "R02", None], n)
+    data["device_type"] = rng.choice(["ios", "android_low"], n)
+    df = pd.DataFrame(data)
+    df["subscriber_id"] = [f"s{seed}-{i}" for i in range(n)]
+    df["feature_month"] = pd.Timestamp("2025-01-01").date()
+    df["horizon"] = rng.integers(1, 25, n)
+    df["target_calendar_month"] = (df["horizon"] % 12) + 1
+    logit = 2.0 * df["is_active"] - 0.05 * df["horizon"] + 0.5 * (df["segment"] == "fmc") - 0.3
+    p = 1 / (1 + np.exp(-logit))
+    df["paid_fact"] = (rng.random(n) < p).astype(int)
+    df["active_fact"] = np.maximum(df["paid_fact"], (rng.random(n) < 0.3).astype(int))
+    for m in ("sm_mobile", "sm_fmc", "sm_fttb", "data_gb", "voice_min", "sac"):
+        df[f"{m}_fact"] = df["paid_fact"] * (0.02 * df["margin_1m"] + 0.1 * (df["segment"] == "fmc"))
+    return df
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return {
+        "train_surv": frame(1500, 1),
+        "train_reg": frame(1500, 2),
+        "val": frame(500, 3),
+        "oot": frame(500, 4),
+    }
+
+
+def fast(iterations: int = 30) -> dict:
+    """models-section override: every profile with few iterations (deep-merged into conf/models.yaml)."""
+    return {"profiles": {m: {"params": {"iterations": iterations}} for m in ALL_MODELS}}
+
+
+@pytest.fixture(scope="module")
+def fitted(frames, tmp_path_factory):
+    s = make_settings(tmp_path_factory.mktemp("m"), models=fast())
+    return Learner.from_settings(s).fit(frames["train_surv"], frames["train_reg"], frames["val"])
+
+
+def test_learner_predicts_every_enabled_model_survival_first(fitted, frames):
+    out = fitted.predict(frames["oot"])
+    assert list(out) == list(ALL_MODELS)
+    for model_id in ("paid", "active"):
+        assert ((out[model_id] >= 0) & (out[model_id] <= 1)).all()
+    assert all(len(v) == len(frames["oot"]) for v in out.values())
+    # the model learnt the signal: paid probability is higher for active subscribers
+    active = frames["oot"]["is_active"].to_numpy() == 1
+    assert out["paid"][active].mean() > out["paid"][~active].mean() + 0.2
+
+
+def test_regressors_are_stacked_on_the_survival_predictions(fitted, frames):
+    names = fitted.models["data_gb"].feature_names_
+    assert "p_paid" in names and "p_active" in names
+    assert "p_paid" not in fitted.models["paid"].feature_names_
+    # predict derives p_paid itself: a p_paid column in the input is overwritten, not trusted
+    oot = frames["oot"]
+    a = fitted.predict(oot)["data_gb"]
+    b = fitted.predict(oot.assign(p_paid=0.0, p_active=0.0))["data_gb"]
+    np.testing.assert_allclose(a, b)
+
+
+def test_a_subset_of_models_fits_and_predicts_only_that_subset(settings_factory, frames):
+    s = settings_factory(models={**fast(), "enabled": ["paid", "active", "voice_min"]})
+    learner = Learner.from_settings(s).fit(frames["train_surv"], frames["train_reg"], frames["val"])
+    assert list(learner.predict(frames["oot"])) == ["paid", "active", "voice_min"]
+    assert set(learner.fit_reports) == {"paid", "active", "voice_min"}
+    assert learner.fit_reports["voice_min"].rows == len(frames["train_reg"])
+    assert learner.fit_reports["paid"].rows == len(frames["train_surv"])
+
+
+def test_bundle_round_trip_from_dir_and_bytes_predicts_identically(fitted, frames, tmp_path):
+    fitted.meta = {"horizons": list(range(1, 25)), "dataset_id": "ds-x"}
+    fitted.save_bundle(tmp_path / "b", reference=frames["oot"][["tenure_months", "segment"]])
+    manifest = json.loads((tmp_path / "b" / RELEASE_JSON).read_text())
+    assert manifest["format"] == 1 and manifest["dataset_id"] == "ds-x"
+    assert manifest["models"]["sm_fmc"]["file"] == "sm_fmc.cbm"
+    assert manifest["models"]["paid"]["kind"] == "classification"
+    assert "segment" in manifest["models"]["paid"]["cat_features"]
+    assert (tmp_path / "b" / "reference.parquet").exists()
+    files = {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()}
+    expected = fitted.predict(frames["oot"])
+    for learner in (Learner.from_bundle(tmp_path / "b"), Learner.from_bundle_bytes(files)):
+        got = learner.predict(frames["oot"])
+        assert list(got) == list(expected)
+        for m in expected:
+            np.testing.assert_allclose(got[m], expected[m], rtol=1e-6)
+
+
+def test_bundle_missing_a_model_file_is_a_clear_error(fitted, tmp_path):
+    fitted.save_bundle(tmp_path / "b")
+    files = {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir() if p.name != "sac.cbm"}
+    with pytest.raises(BundleError, match=r"sac.*sac\.cbm"):
+        Learner.from_bundle_bytes(files)
+    with pytest.raises(BundleError, match=r"release\.json"):
+        Learner.from_bundle_bytes({"paid.cbm": b""})
+
+
+def test_missing_feature_column_is_named(fitted, frames):
+    with pytest.raises(KeyError, match="complaints_3m"):
+        fitted.predict(frames["oot"].drop(columns=["complaints_3m"]))
+
+
+def test_unseen_and_missing_categories_are_scored(fitted, frames):
+    oot = frames["oot"].head(20).copy()
+    oot["tariff"] = "NEW_TARIFF"
+    oot.loc[oot.index[:5], "segment"] = None
+    out = fitted.predict(oot)
+    assert all(np.isfinite(v).all() for v in out.values())
+
+
+# ---------------------------------------------------------------- evaluation helpers
+def test_roc_auc_matches_the_pairwise_definition():
+    y = np.array([0, 0, 1, 1, 0, 1])
+    p = np.array([0.1, 0.4, 0.35, 0.8, 0.4, 0.4])
+    pairs = [(i, j) for i in range(6) for j in range(6) if y[i] == 1 and y[j] == 0]
+    expected = np.mean([1.0 if p[i] > p[j] else 0.5 if p[i] == p[j] else 0.0 for i, j in pairs])
+    assert roc_auc(y, p) == pytest.approx(expected)
+    assert np.isnan(roc_auc(np.ones(3), np.ones(3)))
+
+
+def test_regression_metrics_and_wape_definition():
+    y = np.array([1.0, 2.0, 0.0, 3.0])
+    f = np.array([1.5, 1.0, 0.5, 3.0])
+    m = regression_metrics(y, f)
+    assert m["wape"] == pytest.approx(2.0 / 6.0)
+    assert m["mae"] == pytest.approx(0.5)
+    assert m["bias"] == pytest.approx(0.0)
+    assert m["rmse"] == pytest.approx(np.sqrt((0.25 + 1 + 0.25) / 4))
+    c = classification_metrics(np.array([1, 0]), np.array([0.75, 0.25]))
+    assert c["brier"] == pytest.approx(0.0625) and c["roc_auc"] == 1.0
+
+
+def test_metric_direction_and_relative_worsening():
+    assert is_better("roc_auc", 0.8, 0.7) and is_better("wape", 0.3, 0.4)
+    assert relative_worsening("roc_auc", 0.79, 0.80) == pytest.approx(0.0125)
+    assert relative_worsening("wape", 0.404, 0.4) == pytest.approx(0.01)
+    assert relative_worsening("wape", 0.3, 0.4) < 0
+
+
+def test_calibration_table_bins_and_rates():
+    p = np.array([0.05, 0.07, 0.55, 0.95, 0.99])
+    y = np.array([0, 0, 1, 1, 0])
+    t = calibration_table(y, p, bins=10)
+    assert list(t["bin"]) == [0, 5, 9]
+    assert list(t["rows"]) == [2, 1, 2]
+    assert t.loc[t["bin"] == 9, "observed"].item() == 0.5
+
+
+def test_naive_baseline_is_last_value_times_survival_rate(frames):
+    edges = [0, 12, 48]
+    naive = NaiveBaseline.fit(frames["train_surv"], frames["train_reg"], list(ALL_MODELS), edges)
+    oot = frames["oot"]
+    out = naive.predict(oot, list(ALL_MODELS))
+    band = tenure_band(oot["tenure_months"], edges)
+    # paid: base rate of the (horizon, tenure band) cell in train_surv
+    ts = frames["train_surv"]
+    ts_band = tenure_band(ts["tenure_months"], edges)
+    i = 0
+    h, b = oot["horizon"].iloc[i], band[i]
+    cell = ts[(ts["horizon"] == h) & (ts_band == b)]["paid_fact"]
+    expected_rate = cell.mean() if len(cell) else ts["paid_fact"].mean()
+    assert out["paid"][i] == pytest.approx(expected_rate)
+    # sm_fmc: margin_1m / 31 days (January) x paid rate, only for fmc subscribers
+    expected = np.where(oot["segment"] == "fmc", oot["margin_1m"] / 31.0, 0.0) * out["paid"]
+    np.testing.assert_allclose(out["sm_fmc"], expected)
+    np.testing.assert_allclose(out["data_gb"], oot["data_gb_1m"] / 31.0 * out["paid"])
+
+
+def test_quality_table_says_who_beats_naive():
+    y = np.array([0, 1, 0, 1, 1, 0])
+    good = np.array([0.1, 0.9, 0.2, 0.8, 0.7, 0.3])
+    bad = np.array([0.9, 0.1, 0.8, 0.2, 0.3, 0.7])
+    df = pd.DataFrame({"horizon": [1, 1, 2, 2, 3, 3], "paid_fact": y, "active_fact": y})
+    rows = metric_rows(
+        df,
+        {"paid": good, "active": bad},
+        {"paid": bad, "active": good},
+        {"paid": "classification", "active": "classification"},
+        "oot",
+    )
+    q = quality_table(metric_table(rows), {"classification": "roc_auc", "regression": "wape"})
+    assert dict(zip(q["model_id"], q["beats_naive"], strict=True)) == {"paid": True, "active": False}
