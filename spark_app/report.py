@@ -50,6 +50,13 @@ POP_STYLE = {"all": ("#37474f", "-"), "holdout": ("#1565c0", "--"), "rest": ("#e
 
 
 # ===================================================================== figures
+def _integer_x(*axes) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def close(fig: Figure) -> None:
     plt.close(fig)
 
@@ -138,6 +145,7 @@ def calibration_figure(backtest: pd.DataFrame) -> Figure | None:
         ax.set_xlabel("horizon (months before)")
         ax.set_ylim(0, 1.02)
         ax.legend(fontsize=7)
+        _integer_x(ax)
     fig.tight_layout()
     return fig
 
@@ -159,6 +167,7 @@ def wape_figure(backtest: pd.DataFrame) -> Figure | None:
     for ax in (a1, a2):
         ax.set_xlabel("horizon (months before)")
         ax.legend(fontsize=7)
+        _integer_x(ax)
     fig.tight_layout()
     return fig
 
@@ -195,6 +204,7 @@ def value_figure(backtest: pd.DataFrame) -> Figure | None:
     ax.set_title("Cumulative value per scored subscriber, score month → monitored month")
     ax.set_xlabel("months elapsed since the forecast")
     ax.legend(fontsize=7)
+    _integer_x(ax)
     fig.tight_layout()
     return fig
 
@@ -305,6 +315,7 @@ def release_metrics_figure(pivot: pd.DataFrame) -> Figure | None:
     a2.set_title("WAPE by horizon")
     for ax in (a1, a2):
         ax.set_xlabel("horizon")
+        _integer_x(ax)
         if ax.lines:
             ax.legend(fontsize=6)
     fig.tight_layout()
@@ -480,11 +491,12 @@ def backtest_tables(backtest: pd.DataFrame, horizons: list[int]) -> dict[str, pd
     overall = bt[(bt["dimension"] == "all")]
     surv = overall[overall["model_id"].isin(SURVIVAL_MODELS)]
     if not surv.empty:
-        t = surv[["model_id", "horizon", "score_month", "population", "n", "forecast_mean", "actual_mean"]]
+        t = surv[surv["horizon"].isin(horizons)]
+        t = t[["model_id", "horizon", "score_month", "population", "n", "forecast_mean", "actual_mean"]]
         t = t.rename(columns={"forecast_mean": "predicted_share", "actual_mean": "realized_share"})
         t = t.assign(difference=t["predicted_share"] - t["realized_share"])
-        out["Survival calibration (predicted vs realized share in base)"] = t.sort_values(
-            ["model_id", "horizon", "population"]
+        out["Survival calibration at selected horizons (predicted vs realized share in base)"] = (
+            t.sort_values(["model_id", "horizon", "population"])
         )
     amounts = overall[overall["model_id"].isin([*AMOUNT_MODELS, VALUE])]
     if not amounts.empty:
@@ -527,7 +539,10 @@ def backtest_tables(backtest: pd.DataFrame, horizons: list[int]) -> dict[str, pd
             )
         wide = wide[[c for c in cols if c in wide.columns]]
         wide.columns = [cols[c] for c in wide.columns]
-        out[f"By segment / region / tenure cohort at horizon {h}"] = wide.reset_index()
+        wide = wide.reset_index()
+        lead = wide["value"].str.extract(r"^(\d+)", expand=False).astype("float64")
+        wide = wide.assign(_k=lead.fillna(-1)).sort_values(["dimension", "_k", "value"]).drop(columns="_k")
+        out[f"By segment / region / tenure cohort at horizon {h}"] = wide
     return out
 
 
@@ -591,8 +606,9 @@ def _section_cltv(scores: DataFrame | None) -> str:
         return "<p class='note'>No scores for this month.</p>"
     body = img_html(cltv_histogram(scores), "CLTV distribution")
     if "holdout" in scores.columns:
+        group = F.when(F.coalesce(F.col("holdout"), F.lit(False)), "holdout").otherwise("rest")
         split = (
-            scores.groupBy(F.coalesce(F.col("holdout"), F.lit(False)).alias("holdout"))
+            scores.groupBy(group.alias("group"))
             .agg(
                 F.count(F.lit(1)).alias("subscribers"),
                 F.avg("cltv").alias("cltv_mean"),
