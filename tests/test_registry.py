@@ -1,0 +1,149 @@
+"""Releases through a real `mlflow server` on loopback: aliases, loading, and champion/challenger promotion.
+
+Three releases are trained from one small training set: v1 (first, promoted as there is no champion), v2
+(the same configuration, so not worse: promoted) and v3 (a deliberately starved model: refused).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import mlflow
+import pytest
+from conftest import make_settings
+from mlflow_server import mlflow_server
+
+from spark_app.config import ALL_MODELS
+from spark_app.dataset import build_dataset
+from spark_app.registry import (
+    CHALLENGER,
+    CHAMPION,
+    ReleaseNotFoundError,
+    load_release,
+    mlflow_client,
+    promote,
+)
+from spark_app.training import train_release
+
+TARGET_END = dt.date(2025, 4, 1)
+FAST = {"profiles": {m: {"params": {"iterations": 30}} for m in ALL_MODELS}}
+STARVED = {
+    "profiles": {m: {"params": {"iterations": 2, "depth": 1, "learning_rate": 0.01}} for m in ALL_MODELS}
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("registry")
+
+
+def settings_for(workdir: Path, panel: Path, url: str, models: dict):
+    return make_settings(
+        workdir, panel, models=models, mlflow={"tracking_uri": url, "artifact_location": None}
+    )
+
+
+@pytest.fixture(scope="module")
+def releases(spark, panel_dir, workdir, server):
+    """(settings, decisions): v1 and v2 promoted in turn, v3 refused."""
+    good = settings_for(workdir, panel_dir, server, FAST)
+    build_dataset(spark, good, TARGET_END)
+    decisions = {}
+    v1 = train_release(spark, good, None)
+    decisions[1] = promote(good, version=None, auto=True)
+    v2 = train_release(spark, good, None)
+    decisions[2] = promote(good, version=v2.version, auto=False)
+    starved = settings_for(workdir, panel_dir, server, STARVED)
+    v3 = train_release(spark, starved, None)
+    decisions[3] = promote(starved, version=None, auto=True)
+    assert (v1.version, v2.version, v3.version) == (1, 2, 3)
+    return good, decisions
+
+
+def alias_version(settings, alias: str) -> int:
+    client = mlflow_client(settings.mlflow)
+    return int(client.get_model_version_by_alias(settings.mlflow.model_name, alias).version)
+
+
+def test_first_release_is_promoted_when_there_is_no_champion(releases):
+    _, decisions = releases
+    first = decisions[1]
+    assert first.promoted and first.champion is None and first.challenger == 1
+    assert "no champion" in first.reason
+
+
+def test_a_challenger_not_worse_than_the_champion_is_promoted(releases):
+    _, decisions = releases
+    second = decisions[2]
+    assert second.promoted and second.champion == 1 and second.challenger == 2
+    rows = {r["model_id"]: r for r in second.comparison}
+    assert set(rows) == set(ALL_MODELS)
+    assert rows["paid"]["metric"] == "roc_auc" and rows["data_gb"]["metric"] == "wape"
+    assert all(abs(r["worsening"]) < 1e-9 for r in rows.values())  # same config, same data: same models
+
+
+def test_a_worse_challenger_is_refused_and_the_champion_stays(releases):
+    settings, decisions = releases
+    third = decisions[3]
+    assert not third.promoted and third.champion == 2 and third.challenger == 3
+    refused = [r["model_id"] for r in third.comparison if not r["ok"]]
+    assert refused and all(m in third.reason for m in refused)
+    assert alias_version(settings, CHAMPION) == 2
+    assert alias_version(settings, CHALLENGER) == 3
+
+
+def test_decisions_are_recorded_on_versions_and_as_runs(releases):
+    settings, _ = releases
+    client = mlflow_client(settings.mlflow)
+    name = settings.mlflow.model_name
+    assert client.get_model_version(name, "2").tags["promotion.decision"] == "promoted"
+    v3 = client.get_model_version(name, "3").tags
+    assert v3["promotion.decision"] == "refused" and v3["promotion.compared_with"] == "2"
+    run = client.get_run(v3["promotion.run_id"])
+    assert run.data.tags["cltv.decision"] == "refused"
+    names = {a.path for a in client.list_artifacts(run.info.run_id, "promotion")}
+    assert "promotion/comparison.csv" in names
+
+
+def test_load_release_by_alias_and_number_and_clear_errors(releases):
+    settings, _ = releases
+    champion = load_release(settings, CHAMPION)
+    assert champion.version == 2 and champion.manifest["format"] == 1
+    assert set(champion.files) >= {"release.json", "reference.parquet", *[f"{m}.cbm" for m in ALL_MODELS]}
+    assert load_release(settings, "1").version == 1
+    assert list(champion.learner().models) == list(ALL_MODELS)
+    with pytest.raises(ReleaseNotFoundError, match=r"'cltv'.*version 9"):
+        load_release(settings, "9")
+    with pytest.raises(ReleaseNotFoundError, match=r"'cltv'.*alias 'nightly'"):
+        load_release(settings, "nightly")
+
+
+def test_promoting_an_unknown_version_names_it(releases):
+    settings, _ = releases
+    with pytest.raises(ReleaseNotFoundError, match="version 42"):
+        promote(settings, version=42)
+
+
+def test_registered_pyfunc_loads_from_the_server(releases, tmp_path):
+    settings, _ = releases
+    client = mlflow_client(settings.mlflow)
+    uri = client.get_model_version_download_uri(settings.mlflow.model_name, "2")
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=uri, dst_path=str(tmp_path), tracking_uri=settings.mlflow.tracking_uri
+    )
+    model = mlflow.pyfunc.load_model(local)
+    reference = load_release(settings, "2").files["reference.parquet"]
+    import io
+
+    import pandas as pd
+
+    features = pd.read_parquet(io.BytesIO(reference)).head(3).assign(feature_month="2025-04-01")
+    out = model.predict(features)
+    assert len(out) == 3 * 24 and set(ALL_MODELS) <= set(out.columns)
