@@ -89,9 +89,11 @@ class MatrixBuilder:
 
     def numeric(self, col: str) -> np.ndarray:
         if col not in self._num:
-            self._num[col] = pd.to_numeric(self.frame[col], errors="raise").to_numpy(
-                dtype=np.float32, na_value=np.nan
-            )
+            try:
+                values = pd.to_numeric(self.frame[col], errors="raise")
+            except (ValueError, TypeError) as exc:
+                raise TypeError(f"feature column {col!r} is not numeric: {exc}") from None
+            self._num[col] = values.to_numpy(dtype=np.float32, na_value=np.nan)
         return self._num[col]
 
     def categorical(self, col: str) -> np.ndarray:
@@ -107,15 +109,12 @@ class MatrixBuilder:
 
     def features_data(self, layout: tuple[tuple[str, ...], tuple[str, ...]]) -> FeaturesData:
         num_cols, cat_cols = layout
-        n = len(self.frame)
         num = (
             np.column_stack([self.numeric(c) for c in num_cols]).astype(np.float32, copy=False)
             if num_cols
             else None
         )
         cat = np.column_stack([self.categorical(c) for c in cat_cols]) if cat_cols else None
-        if num is not None and num.shape[0] != n:
-            num = num.reshape(n, len(num_cols))
         return FeaturesData(
             num_feature_data=num,
             cat_feature_data=cat,

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 
+from spark_app.cli import UserError
 from spark_app.config import DERIVED_FEATURES, Settings
 from spark_app.evaluation import (
     ALL_HORIZONS,
@@ -48,7 +49,7 @@ ARROW_CONF = "spark.sql.execution.arrow.pyspark.enabled"
 OOT_SAMPLE = "oot.parquet"  # the evaluation data promotion re-scores both releases on
 
 
-class TrainingError(ValueError):
+class TrainingError(UserError, ValueError):
     """The training set cannot train this configuration; the message names the dataset and column."""
 
 

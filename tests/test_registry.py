@@ -26,6 +26,8 @@ from spark_app.registry import (
 )
 from spark_app.training import train_release
 
+pytestmark = pytest.mark.slow  # trains releases end to end (~1.5-2 min on an idle machine)
+
 TARGET_END = dt.date(2025, 4, 1)
 FAST = {"profiles": {m: {"params": {"iterations": 30}} for m in ALL_MODELS}}
 STARVED = {

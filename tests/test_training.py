@@ -19,6 +19,8 @@ from spark_app.models import Learner
 from spark_app.registry import CHALLENGER, forecast_frame, load_release, mlflow_client
 from spark_app.training import TrainingError, to_driver, train_release
 
+pytestmark = pytest.mark.slow  # trains releases end to end (~1.5-2 min on an idle machine)
+
 TARGET_END = dt.date(2025, 4, 1)  # the shared panel spans 2022-01..2025-04
 FAST = {"profiles": {m: {"params": {"iterations": 30}} for m in ALL_MODELS}}
 
