@@ -541,8 +541,16 @@ def topological_order(tasks: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]
 class _LocalRun:
     """State of one local run: parameters, statuses, and how to run a template."""
 
-    def __init__(self, label: str, spec: Mapping[str, Any], params: dict[str, str], env: Mapping[str, str]):
+    def __init__(
+        self,
+        label: str,
+        spec: Mapping[str, Any],
+        params: dict[str, str],
+        env: Mapping[str, str],
+        in_process: bool = False,
+    ):
         self.label = label
+        self.in_process = in_process
         self.spec = spec
         self.templates = {t["name"]: t for t in spec.get("templates") or []}
         self.params = params
@@ -621,7 +629,10 @@ class _LocalRun:
                 log.debug("%s: env %s comes from the cluster (%s); not set locally", where, var["name"], var)
         log.info("%s: %s", where, " ".join(argv))
         started = time.monotonic()
-        code = subprocess.run(argv, env=env, check=False).returncode
+        if self.in_process and argv[1:3] == ["-m", "spark_app"]:
+            code = run_cli_in_process(where, argv[3:])
+        else:
+            code = subprocess.run(argv, env=env, check=False).returncode
         log.info("%s: exit code %d after %.1f s", where, code, time.monotonic() - started)
         return code
 
@@ -660,6 +671,19 @@ class _LocalRun:
         return code
 
 
+def run_cli_in_process(where: str, args: list[str]) -> int:
+    """`cltv ARGS` in this process, sharing its SparkSession: one JVM for the whole local run."""
+    from spark_app.cli import main
+
+    try:
+        return int(main(args) or 0)
+    except SystemExit as exc:  # argparse
+        return exc.code if isinstance(exc.code, int) else 2
+    except Exception:
+        log.exception("%s: failed", where)
+        return 1
+
+
 def resolve_parameters(
     label: str, spec: Mapping[str, Any], given: Mapping[str, str], local_defaults: Mapping[str, str]
 ) -> dict[str, str]:
@@ -689,8 +713,13 @@ def run_local(
     *,
     local_defaults: Mapping[str, str] | None = None,
     environ: Mapping[str, str] | None = None,
+    in_process: bool = False,
 ) -> int:
-    """Run a WorkflowTemplate's DAG here, steps in dependency order; the exit code of the first failure."""
+    """Run a WorkflowTemplate's DAG here, steps in dependency order; the exit code of the first failure.
+
+    Each step is a subprocess, like a pod; `in_process` runs the `cltv` steps in this process instead
+    (one JVM for all Spark steps; the steps' env values are then not applied).
+    """
     template = Path(template)
     docs = [d for d in load_documents(template) if d["kind"] != "CronWorkflow"]
     if len(docs) != 1:
@@ -707,7 +736,7 @@ def run_local(
         local_defaults = {**LOCAL_DEFAULTS, "conf": str(default_conf_file())}
     values = resolve_parameters(label, doc["spec"], params, local_defaults)
     log.info("%s: local run with %s", label, values)
-    run = _LocalRun(label, doc["spec"], values, os.environ if environ is None else environ)
+    run = _LocalRun(label, doc["spec"], values, os.environ if environ is None else environ, in_process)
     code = run.run()
     log.info("%s: %s (exit code %d)", label, run.status, code)
     return code

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import json
 import os
 import sys
@@ -540,19 +541,54 @@ def _pipeline_ready() -> str | None:
 
 
 @pytest.mark.slow
-def test_monthly_dag_runs_locally_end_to_end(tmp_path):
-    """demo pipeline for a champion, then argo/monthly-scoring.yaml run-local for the panel's last month."""
+def test_monthly_dag_runs_locally_end_to_end(spark, panel_dir, tmp_path):
+    """A small champion, then argo/monthly-scoring.yaml run locally for the panel's last month.
+
+    The cltv steps run in this process (one JVM); the DAG, its parameters and commands are the manifest's.
+    """
     reason = _pipeline_ready()
     if reason:
         pytest.skip(reason)
-    from spark_app.pipeline import run_demo
+    from spark_app.config import load_settings
+    from spark_app.dataset import build_dataset
+    from spark_app.registry import promote
+    from spark_app.training import train_release
 
-    run_demo(subscribers=2000, months=40, workdir=tmp_path / "demo", conf=ROOT / "conf" / "local.yaml")
-    conf = tmp_path / "demo" / "conf" / "demo.yaml"
-    month = "2026-04"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    code = run_local(ARGO_DIR / "monthly-scoring.yaml", {"month": month, "conf": str(conf)}, environ=env)
+    conf_dir = tmp_path / "conf"
+    conf_dir.mkdir()
+    for name in ("base.yaml", "models.yaml"):
+        (conf_dir / name).write_text((ROOT / "conf" / name).read_text())
+    fast = {"iterations": 30, "depth": 4}
+    env = {
+        "paths": {
+            "features": str(panel_dir / "features"),
+            "facts": str(panel_dir / "facts"),
+            **{k: str(tmp_path / k) for k in ("datasets", "scores", "monitoring")},
+        },
+        "mlflow": {
+            "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "artifact_location": str(tmp_path / "art"),
+        },
+        "spark": {"master": "local[2]", "shuffle_partitions": 4},
+        "dataset": {"sample_rate": 0.5},
+        "monitoring": {"reference_rows": 2000, "backtest_max_horizon": 3, "report_shap_rows": 200},
+        "models": {
+            "profiles": {
+                m: {"params": fast}
+                for m in yaml.safe_load((conf_dir / "models.yaml").read_text())["models"]["enabled"]
+            }
+        },
+    }
+    conf = conf_dir / "e2e.yaml"
+    conf.write_text(yaml.safe_dump(env))
+    settings = load_settings(conf, environ={})
+    dataset = build_dataset(spark, settings, target_end=dt.date(2025, 3, 1))
+    train_release(spark, settings, dataset_id=dataset.dataset_id)
+    assert promote(settings, version=None, auto=True).promoted
+
+    code = run_local(
+        ARGO_DIR / "monthly-scoring.yaml", {"month": "2025-04", "conf": str(conf)}, in_process=True
+    )
     assert code == 0
-    scores = yaml.safe_load(conf.read_text())["paths"]["scores"]
-    marker = Path(scores) / "score_month=2026-04-01" / "_PUBLISHED"
-    assert json.loads(marker.read_text())["month"] == month
+    marker = tmp_path / "scores" / "score_month=2025-04-01" / "_PUBLISHED"
+    assert json.loads(marker.read_text())["month"] == "2025-04"
