@@ -15,7 +15,6 @@ import html
 import io
 import logging
 import re
-from collections.abc import Iterable
 from typing import Any
 
 import matplotlib
@@ -338,24 +337,82 @@ def release_info(settings: Settings, release: Any) -> dict[str, Any]:
             info.update(run_id=run_id, metrics=dict(run.data.metrics), run_name=run.info.run_name)
         except Exception as exc:  # the page still helps without the training run
             log.warning("release run %s not readable: %s", run_id, exc)
+        info.update(evaluation_tables(settings, run_id))
     return info
 
 
+EVALUATION_TABLES = {
+    "by_horizon": "evaluation/metrics_by_horizon.csv",
+    "quality": "evaluation/quality_oot.csv",
+}
+
+
+def evaluation_tables(settings: Settings, run_id: str) -> dict[str, pd.DataFrame]:
+    """The per-horizon evaluation tables the training job logs as run artifacts (empty when absent)."""
+    import tempfile
+
+    client = mlflow_client(settings)
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="cltv-report-") as tmp:
+        for key, path in EVALUATION_TABLES.items():
+            try:
+                out[key] = pd.read_csv(client.download_artifacts(run_id, path, tmp))
+            except Exception as exc:
+                log.info("release run %s: no %s (%s)", run_id, path, str(exc).splitlines()[0][:120])
+                out[key] = pd.DataFrame()
+    return out
+
+
+def main_metric_table(by_horizon: pd.DataFrame, settings: Settings, split: str = "oot") -> pd.DataFrame:
+    """Per model and horizon: the model's main metric (promotion.main_metric) and its naive baseline."""
+    from spark_app.evaluation import main_metric_of
+
+    if by_horizon.empty:
+        return by_horizon
+    t = by_horizon[by_horizon["split"] == split]
+    if t.empty:
+        t = by_horizon[by_horizon["split"] == by_horizon["split"].iloc[0]]
+    wanted = {
+        m: main_metric_of(settings.promotion.main_metric, m, k)
+        for m, k in t[["model_id", "kind"]].drop_duplicates().itertuples(index=False)
+    }
+    t = t[[wanted.get(m) == metric for m, metric in zip(t["model_id"], t["metric"], strict=True)]]
+    cols = ["model_id", "split", "metric", "horizon", "rows", "value", "naive"]
+    return t[cols].sort_values(["model_id", "horizon"])
+
+
+def main_metric_figure(table: pd.DataFrame) -> Figure | None:
+    """Main metric vs naive by horizon, one small panel per model."""
+    rows = table[table["horizon"] > 0] if not table.empty else table
+    if rows.empty:
+        return None
+    models = list(dict.fromkeys(rows["model_id"]))
+    cols = min(4, len(models))
+    n_rows = -(-len(models) // cols)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(3.3 * cols, 2.5 * n_rows), squeeze=False)
+    for ax in axes.ravel()[len(models) :]:
+        ax.axis("off")
+    for ax, m in zip(axes.ravel(), models, strict=False):
+        r = rows[rows["model_id"] == m]
+        ax.plot(r["horizon"], r["value"], "-o", ms=2.5, color="#1565c0", label="model")
+        ax.plot(r["horizon"], r["naive"], "--", color="#9e9e9e", label="naive")
+        ax.set_title(f"{m}: {r['metric'].iloc[0]} ({r['split'].iloc[0]})", fontsize=9)
+        ax.tick_params(labelsize=7)
+        _integer_x(ax)
+    axes.ravel()[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 # ----------------------------------------------------------------- drivers: importance and SHAP
-def catboost_models(release: Any) -> dict[str, Any]:
-    """model_id → CatBoost model of a release, whatever attribute the Learner keeps them in."""
+def release_learner(release: Any) -> Any | None:
     try:
-        learner = release.learner()
+        return release.learner()
     except Exception as exc:
         log.warning(
             "release %s: no learner (%s); drivers are left out", getattr(release, "version", "?"), exc
         )
-        return {}
-    for attr in ("models", "_models", "boosters"):
-        found = getattr(learner, attr, None)
-        if isinstance(found, dict) and all(hasattr(v, "get_feature_importance") for v in found.values()):
-            return dict(found)
-    return {}
+        return None
 
 
 def feature_frame(features: pd.DataFrame, month: dt.date, horizon: int) -> pd.DataFrame:
@@ -366,44 +423,33 @@ def feature_frame(features: pd.DataFrame, month: dt.date, horizon: int) -> pd.Da
     return frame
 
 
-def model_matrix(model: Any, frame: pd.DataFrame, cat_features: Iterable[str]) -> pd.DataFrame:
-    names = list(model.feature_names_)
-    missing = [c for c in names if c not in frame.columns]
-    if missing:
-        raise KeyError(f"columns {missing} are not in the frame")
-    x = frame[names].copy()
-    for c in names:
-        if c in set(cat_features):
-            x[c] = x[c].astype("string").fillna("<null>").astype(str)
-    return x
-
-
 def drivers(
-    models: dict[str, Any], sample: pd.DataFrame, month: dt.date, settings: Settings
+    learner: Any, sample: pd.DataFrame, month: dt.date, settings: Settings
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Top drivers per model: CatBoost's own importance, and mean |SHAP| over a sample of this month's
-    subscribers at the configured horizon (stacked p_paid / p_active filled from the survival models)."""
-    from catboost import Pool
+    subscribers at the configured horizon, with p_paid / p_active stacked in from the survival models
+    exactly as the Learner does when it predicts."""
+    from spark_app.models import SURVIVAL_FEATURE, MatrixBuilder
 
-    cats = set(settings.models.categorical) | {"horizon_str"}
     frame = feature_frame(sample, month, settings.monitoring.report_shap_horizon)
-    for base in ("paid", "active"):
-        if base in models:
-            x = model_matrix(models[base], frame, cats)
-            frame[f"p_{base}"] = models[base].predict(x, prediction_type="Probability")[:, 1]
+    builder = MatrixBuilder(frame)
     imp_rows, shap_rows = [], []
-    for model_id, model in models.items():
-        names = list(model.feature_names_)
-        for name, value in zip(names, model.get_feature_importance(), strict=True):
-            imp_rows.append((model_id, name, float(value)))
+    for model_id, spec in learner.specs.items():
+        model = learner.models.get(model_id)
+        if model is None:
+            continue
+        names = [*spec.layout[0], *spec.layout[1]]
+        pool = builder.pool(spec.layout)
+        importance = model.get_feature_importance()
+        imp_rows += [(model_id, n, float(v)) for n, v in zip(model.feature_names_, importance, strict=True)]
         try:
-            x = model_matrix(model, frame, cats)
-            cat_idx = [i for i, c in enumerate(names) if c in cats]
-            shap = model.get_feature_importance(Pool(x, cat_features=cat_idx), type="ShapValues")
-            for name, value in zip(names, np.abs(shap[:, :-1]).mean(axis=0), strict=True):
-                shap_rows.append((model_id, name, float(value)))
+            shap = np.abs(model.get_feature_importance(pool, type="ShapValues")[:, :-1]).mean(axis=0)
+            shap_rows += [(model_id, n, float(v)) for n, v in zip(names, shap, strict=True)]
         except Exception as exc:
             log.warning("SHAP values of %s not computed: %s", model_id, exc)
+        if model_id in SURVIVAL_FEATURE:
+            p = model.predict(pool, prediction_type="Probability")[:, 1]
+            builder.add_column(SURVIVAL_FEATURE[model_id], p)
     return (
         pd.DataFrame(imp_rows, columns=["model_id", "feature", "importance"]),
         pd.DataFrame(shap_rows, columns=["model_id", "feature", "mean_abs_shap"]),
@@ -581,15 +627,36 @@ def _section_release(settings: Settings, info: dict[str, Any]) -> str:
     body = table_html(
         pd.DataFrame([{"field": k, "value": v} for k, v in facts.items() if v is not None]), status_col=None
     )
+    quality = info.get("quality", pd.DataFrame())
+    if quality is not None and not quality.empty:
+        body += "<h3>Out-of-time quality over all horizons, against the naive baseline</h3>"
+        body += table_html(quality, status_col=None)
+    main = main_metric_table(info.get("by_horizon", pd.DataFrame()), settings)
+    if not main.empty:
+        body += img_html(main_metric_figure(main), "main metric by horizon")
+        keep = [0, *settings.monitoring.metric_horizons]
+        sel = main[main["horizon"].isin(keep)]
+        wide = sel.pivot_table(index=["model_id", "metric"], columns="horizon", values=["value", "naive"])
+        order = sorted(wide.columns, key=lambda c: (c[1], c[0] != "value"))
+        wide = wide[order]
+        wide.columns = [
+            f"{'model' if v == 'value' else 'naive'} {'all' if h == 0 else f'h{h}'}" for v, h in order
+        ]
+        body += "<h3>Main metric at selected horizons</h3>"
+        body += table_html(wide.reset_index(), status_col=None)
     pivot, flat = metrics_by_horizon(info["metrics"])
-    body += img_html(release_metrics_figure(pivot), "release metrics by horizon")
-    if not pivot.empty:
-        keep = [h for h in settings.monitoring.metric_horizons if h in pivot.columns] or list(pivot.columns)
-        body += "<h3>Metrics by horizon (selected horizons)</h3>"
-        body += table_html(pivot[keep].reset_index(), status_col=None, max_rows=400)
+    if main.empty:
+        body += img_html(release_metrics_figure(pivot), "release metrics by horizon")
+        if not pivot.empty:
+            keep = [h for h in settings.monitoring.metric_horizons if h in pivot.columns] or list(
+                pivot.columns
+            )
+            body += "<h3>Metrics by horizon (selected horizons)</h3>"
+            body += table_html(pivot[keep].reset_index(), status_col=None, max_rows=400)
     if not flat.empty:
-        body += "<h3>Other release metrics</h3>" + table_html(flat, status_col=None, max_rows=400)
-    if pivot.empty and flat.empty:
+        body += "<details><summary>All other metrics of the training run</summary>"
+        body += table_html(flat, status_col=None, max_rows=400) + "</details>"
+    if main.empty and pivot.empty and flat.empty:
         body += "<p class='note'>The release's MLflow run has no metrics (or is not readable).</p>"
     return body
 
@@ -623,8 +690,8 @@ def _section_cltv(scores: DataFrame | None) -> str:
 
 
 def _section_drivers(spark: SparkSession, settings: Settings, release: Any, month: dt.date) -> str:
-    models = catboost_models(release) if release is not None else {}
-    if not models:
+    learner = release_learner(release) if release is not None else None
+    if learner is None or not getattr(learner, "models", None):
         return "<p class='note'>The release's models are not available here; drivers left out.</p>"
     n = settings.monitoring.report_shap_rows
     features = read_month_features(spark, settings, month)
@@ -635,7 +702,7 @@ def _section_drivers(spark: SparkSession, settings: Settings, release: Any, mont
         .drop(ID, MONTH)
         .toPandas()
     )
-    importance, shap = drivers(models, sample, month, settings)
+    importance, shap = drivers(learner, sample, month, settings)
     body = img_html(
         drivers_figure(importance, "importance", "CatBoost feature importance (top 10)"), "feature importance"
     )

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
-from catboost import CatBoostClassifier, CatBoostRegressor
 from pyspark.sql import functions as F
 
 from spark_app.generate import FEATURE_CATEGORICAL, FEATURE_NUMERIC
+from spark_app.models import Learner, ModelSpec
 from spark_app.monitoring import monitor_month
 from spark_app.months import add_months
 from spark_app.report import build_report, metrics_by_horizon
@@ -66,36 +67,81 @@ def write_naive_scores(spark, panel: Path, scores: Path, month: dt.date) -> None
 
 
 @dataclass
-class TinyLearner:
-    models: dict
+class StoredRelease:
+    """What registry.load_release returns, built here without the registry: a real Learner, the
+    reference sample and a training run holding the evaluation tables."""
 
-
-@dataclass
-class TinyRelease:
-    """Reduced to what monitoring and the report read from registry.load_release."""
-
-    version: str
+    version: int
     run_id: str | None
     files: dict[str, bytes] = field(default_factory=dict)
     manifest: dict = field(default_factory=dict)
-    models: dict = field(default_factory=dict)
+    fitted: Learner | None = None
 
-    def learner(self) -> TinyLearner:
-        return TinyLearner(self.models)
+    def learner(self) -> Learner:
+        return self.fitted
 
 
-def tiny_models(train) -> dict:
-    """Two small CatBoost models with the project's feature layout (horizon, calendar month, stacking)."""
-    x = train[[*FEATURE_CATEGORICAL, *FEATURE_NUMERIC]].copy()
-    x["horizon"] = 12
-    x["target_calendar_month"] = 9
-    cats = list(FEATURE_CATEGORICAL)
-    paid = CatBoostClassifier(iterations=30, depth=4, verbose=False, cat_features=cats, thread_count=2)
-    paid.fit(x, train["is_paid"])
-    x["p_paid"] = paid.predict_proba(x)[:, 1]
-    sm = CatBoostRegressor(iterations=30, depth=4, verbose=False, cat_features=cats, thread_count=2)
-    sm.fit(x, train["margin_1m"])
-    return {"paid": paid, "sm_mobile": sm}
+def tiny_learner(sample: pd.DataFrame) -> Learner:
+    """paid + sm_mobile (stacked on p_paid), 30 trees each, with the project's feature layout."""
+    inputs = [*FEATURE_CATEGORICAL, *FEATURE_NUMERIC, "horizon", "target_calendar_month"]
+    cats = tuple(FEATURE_CATEGORICAL)
+    params = {"iterations": 30, "depth": 4}
+    learner = Learner(
+        [
+            ModelSpec("paid", "classification", tuple(inputs), cats, params),
+            ModelSpec("sm_mobile", "regression", (*inputs, "p_paid"), cats, params),
+        ]
+    )
+    train = sample.assign(
+        horizon=12,
+        target_calendar_month=9,
+        paid_fact=sample["is_paid"],
+        sm_mobile_fact=sample["margin_1m"] / 30,
+    )
+    half = len(train) // 2
+    return learner.fit(train.iloc[:half], train.iloc[half:])
+
+
+def evaluation_artifacts(client, run_id: str, tmp: Path) -> None:
+    """The evaluation tables in the layout training.write_evaluation logs."""
+    rows = []
+    for model_id, kind, metric in (
+        ("paid", "classification", "roc_auc"),
+        ("sm_mobile", "regression", "wape"),
+    ):
+        for h in range(0, 25):
+            value = 0.9 - h / 100 if kind == "classification" else 0.2 + h / 100
+            rows.append(
+                {
+                    "model_id": model_id,
+                    "kind": kind,
+                    "split": "oot",
+                    "horizon": h,
+                    "rows": 100,
+                    "metric": metric,
+                    "value": value,
+                    "naive": value * 0.8,
+                }
+            )
+    out = tmp / "evaluation"
+    out.mkdir()
+    pd.DataFrame(rows).to_csv(out / "metrics_by_horizon.csv", index=False)
+    pd.DataFrame(
+        [
+            {
+                "model_id": "paid",
+                "kind": "classification",
+                "metric": "roc_auc",
+                "split": "oot",
+                "rows": 2400,
+                "value": 0.85,
+                "naive": 0.7,
+                "beats_naive": True,
+            }
+        ]
+    ).to_csv(out / "quality_oot.csv", index=False)
+    client.log_artifacts(run_id, str(out), "evaluation")
+    client.log_metric(run_id, "paid.fit_seconds", 1.5)
 
 
 def test_report_page_has_every_section_and_is_linked_from_mlflow(
@@ -110,18 +156,15 @@ def test_report_page_has_every_section_and_is_linked_from_mlflow(
     buf = io.BytesIO()
     sample.drop(columns=["subscriber_id", "report_month"]).to_parquet(buf)
 
-    # a release run with metrics in some horizon-keyed layout
     client = mlflow.MlflowClient(settings.mlflow.tracking_uri)
     release_run = client.create_run(client.create_experiment(settings.mlflow.experiment))
-    for h in (1, 6, 12, 24):
-        client.log_metric(release_run.info.run_id, f"paid.oot.h{h:02d}.roc_auc", 0.9 - h / 100)
-        client.log_metric(release_run.info.run_id, f"sm_mobile.oot.h{h:02d}.wape", 0.2 + h / 100)
-    release = TinyRelease(
-        "1",
+    evaluation_artifacts(client, release_run.info.run_id, tmp_path)
+    release = StoredRelease(
+        1,
         release_run.info.run_id,
         {"reference.parquet": buf.getvalue()},
         {"dataset_id": "ds-test", "horizons": list(range(1, 25)), "models": {m: {} for m in MODELS}},
-        tiny_models(sample),
+        tiny_learner(sample),
     )
 
     result = monitor_month(spark, settings, MONTH, release=release)
@@ -142,7 +185,8 @@ def test_report_page_has_every_section_and_is_linked_from_mlflow(
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(images) >= 7  # metrics, histogram, importance, SHAP, PSI, calibration, WAPE, value
     assert all(len(i) > 2000 for i in images)
-    assert "paid.oot.roc_auc" in page and "ds-test" in page
+    assert "Main metric at selected horizons" in page and "naive h12" in page and "ds-test" in page
+    assert "paid.fit_seconds" in page
     run = client.get_run(result.run_id)
     assert run.data.tags["report"].endswith("report/cltv-report-2024-09.html")
     assert [a.path for a in client.list_artifacts(result.run_id, "report")] == [
