@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -263,12 +265,11 @@ def read_inputs(spark: SparkSession, settings: Settings, plan: DatasetPlan) -> t
     if settings.dataset.validate_all_rows:
         validate(features, specs[0], plan.feature_months, context=context)
         validate(facts, specs[1], plan.fact_months, context=context)
-    else:
-        feature_keys = read_feature_keys(features, plan=plan)
-        problems = table_problems(features, specs[0], plan.feature_months, feature_keys)
-        problems += table_problems(facts, specs[1], plan.fact_months, read_fact_keys(facts, plan=plan))
-        if problems:
-            raise InputContractError(f"input contract violated ({context}):\n  " + "\n  ".join(problems))
+        return features, facts
+    problems = table_problems(features, specs[0], plan.feature_months, partial(read_feature_keys, plan=plan))
+    problems += table_problems(facts, specs[1], plan.fact_months, partial(read_fact_keys, plan=plan))
+    if problems:
+        raise InputContractError(f"input contract violated ({context}):\n  " + "\n  ".join(problems))
     return features, facts
 
 
@@ -279,59 +280,64 @@ def input_features_spec(models: ModelsConfig) -> TableSpec:
 
 
 def read_feature_keys(features: DataFrame, *, plan: DatasetPlan) -> DataFrame:
-    """(subscriber_id, report_month) of exactly the feature rows the build reads."""
-    return feature_rows(features.select(ID, MONTH), plan=plan, columns=[]).select(
-        ID, F.col(FEATURE_MONTH).alias(MONTH)
+    """The rows of `features` the build reads: each sampled subscriber's row at T − h of its slot."""
+    return (
+        features.transform(keep_sampled, plan=plan)
+        .transform(with_slot, plan=plan)
+        .where(F.col(MONTH) == F.col(FEATURE_MONTH))
+        .select(*features.columns)
     )
 
 
 def read_fact_keys(facts: DataFrame, *, plan: DatasetPlan) -> DataFrame:
-    """Keys and base flags of exactly the fact rows the build reads (at T, and at T − h for a population)."""
-    months = plan.fact_months
+    """The rows of `facts` the build reads: at T of each slot, and at T − h for a population."""
     wanted = F.col(MONTH) == F.col(TARGET_MONTH)
     if plan.population != "base":
         wanted = wanted | (F.col(MONTH) == F.col(FEATURE_MONTH))
     return (
-        facts.where(F.col(MONTH).between(F.lit(months[0]), F.lit(months[-1])))
-        .select(ID, MONTH, *FACTS_SPEC.flags)
-        .transform(keep_sampled, plan=plan)
+        facts.transform(keep_sampled, plan=plan)
         .transform(with_slot, plan=plan)
         .where(wanted)
-        .select(ID, MONTH, *FACTS_SPEC.flags)
+        .select(*facts.columns)
     )
 
 
-def table_problems(df: DataFrame, spec: TableSpec, months: list[dt.date], read_keys: DataFrame) -> list[str]:
-    """The contract checks that matter to this build, at a fraction of a full-table check.
+def table_problems(
+    df: DataFrame, spec: TableSpec, months: list[dt.date], rows_read: Callable[[DataFrame], DataFrame]
+) -> list[str]:
+    """The contract checks that matter to this build, in one narrow scan of the table.
 
-    Schema on the whole table; months present and null ids over every row of the months read (one
-    narrow scan of id + month); duplicate keys and 0/1 flags over the rows the build actually reads
-    (one per sampled subscriber and month), because only those can reach the training set. A full
-    duplicate check shuffles every key of the window and costs more than the build itself;
-    `dataset.validate_all_rows` turns it on.
+    Schema on the whole table; months present and null ids over every row of the months read
+    (observed while scanning id + month); duplicate keys and 0/1 flags on the rows the build actually
+    reads (`rows_read`: one per sampled subscriber and month), because only those can reach the
+    training set. A full duplicate check shuffles every key of the window and costs more than the
+    build itself; `dataset.validate_all_rows` turns it on.
     """
     problems = schema_problems(df, spec)
     typed = {f.name for f in df.schema.fields if kind_of(f.dataType) == spec.columns.get(f.name)}
     if not {ID, MONTH} <= typed:
         return problems
-    per_month = (
-        df.where(F.col(MONTH).between(F.lit(months[0]), F.lit(months[-1])))
-        .groupBy(MONTH)
-        .agg(F.sum(F.col(ID).isNull().cast("long")).alias("null_ids"))
-        .collect()
-    )
-    null_ids = sum(r["null_ids"] for r in per_month if r[MONTH] in set(months))
-    if null_ids:
-        problems.append(f"{spec.name}: column {ID!r} has {null_ids} null values")
-    found = {r[MONTH] for r in per_month}
-    missing = [m for m in months if m not in found]
-    if missing:
-        problems.append(f"{spec.name}: months missing {describe_months(missing)}")
     flags = tuple(f for f in spec.flags if f in typed)
-    checkable = TableSpec(spec.name, {ID: STRING, MONTH: DATE}, flags)
-    keys = read_keys.select(ID, MONTH, *flags).where(F.col(ID).isNotNull()).cache()
+    seen = Observation(f"{spec.name}-months")
+    window = (
+        df.where(F.col(MONTH).isin(months))
+        .select(ID, MONTH, *flags)
+        .observe(
+            seen,
+            F.collect_set(MONTH).alias("months"),
+            F.coalesce(F.sum(F.col(ID).isNull().cast("long")), F.lit(0)).alias("null_ids"),
+        )
+    )
+    keys = rows_read(window).where(F.col(ID).isNotNull()).cache()
     try:
-        return problems + data_problems(keys, checkable, None)
+        keys.count()  # one scan: materializes the rows read and fills the observation
+        metrics = seen.get
+        if metrics["null_ids"]:
+            problems.append(f"{spec.name}: column {ID!r} has {metrics['null_ids']} null values")
+        missing = [m for m in months if m not in set(metrics["months"])]
+        if missing:
+            problems.append(f"{spec.name}: months missing {describe_months(missing)}")
+        return problems + data_problems(keys, TableSpec(spec.name, {ID: STRING, MONTH: DATE}, flags), None)
     finally:
         keys.unpersist()
 

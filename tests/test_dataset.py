@@ -313,7 +313,7 @@ def test_duplicate_keys_are_refused_and_nothing_is_written(spark, panel_dir, tmp
     """Duplicates in rows the build reads are refused; elsewhere only with dataset.validate_all_rows."""
     features, facts = tables
     plan = DatasetPlan.from_config(DatasetConfig(**SMALL), TARGET_END)
-    read_features = read_feature_keys(features, plan=plan).orderBy(ID).limit(1)
+    read_features = read_feature_keys(features, plan=plan).select(ID, MONTH).orderBy(ID).limit(1)
     read_facts = read_fact_keys(facts, plan=plan).select(ID, MONTH).orderBy(ID).limit(2)
     panel = tmp_path / "panel"
     features.unionByName(features.join(read_features, [ID, MONTH])).write.partitionBy(MONTH).parquet(
