@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from spark_app.scoring import (
     cached_learner,
     make_plan,
     model_files,
+    output_schema,
     score_dir,
     score_month,
     write_month_scores,
@@ -106,12 +108,17 @@ def read_scores(settings, month=MONTH) -> pd.DataFrame:
     return pd.read_parquet(score_dir(settings, month)).sort_values("subscriber_id").reset_index(drop=True)
 
 
-def test_scores_equal_the_releases_own_predictions_and_cltv_recomputes_from_detail(spark, release_env):
+@pytest.fixture(scope="module")
+def scored(spark, release_env):
+    """The month scored once with --detail, after some inputs were spoiled."""
     settings, version, panel = release_env
     info = tamper_with_month(panel, spark)
     summary = score_month(spark, settings, MONTH, release="challenger", detail=True)
+    return settings, version, panel, info, summary, read_scores(settings)
 
-    scores = read_scores(settings)
+
+def test_scores_equal_the_releases_own_predictions_and_cltv_recomputes_from_detail(scored):
+    settings, version, panel, info, summary, scores = scored
     assert summary.rows == len(scores) == info["rows"] == scores["subscriber_id"].nunique()
     assert (scores["release_version"] == version).all() and summary.release_version == version
     assert (scores["score_month"] == MONTH).all()
@@ -120,6 +127,7 @@ def test_scores_equal_the_releases_own_predictions_and_cltv_recomputes_from_deta
     assert summary.missing_values == {"price": 3, "region": 2}
     assert summary.unseen_categorical == {"tariff": 3}
     assert set(summary.cltv_quantiles) >= {"p01", "p50", "p99"}
+    assert np.isfinite(scores["cltv"]).all()
 
     # the release's in-process Learner on the same rows, through the registry's own horizon expansion
     release = load_release(settings, str(version))
@@ -150,14 +158,11 @@ def test_scores_equal_the_releases_own_predictions_and_cltv_recomputes_from_deta
     assert (scores["p_paid_60m"] <= scores["p_paid_24m"] + 1e-12).all()
 
 
-def test_rerun_is_identical_and_a_failed_write_keeps_the_previous_partition(spark, release_env):
-    settings, version, _ = release_env
-    score_month(spark, settings, MONTH, release=str(version))
-    first = read_scores(settings)
-    score_month(spark, settings, MONTH, release="challenger")
+def test_rerun_is_identical_and_a_failed_write_keeps_the_previous_partition(spark, scored):
+    settings, version, _, _, _, first = scored
+    score_month(spark, settings, MONTH, release=str(version), detail=True)
     second = read_scores(settings)
     pd.testing.assert_frame_equal(first, second)
-    assert "paid_h" not in second.columns  # no --detail this time
     share = second["holdout"].mean()
     assert 0.0 < share < 0.15  # holdout_share 0.05 of ~1.5k subscribers
 
@@ -191,6 +196,10 @@ def test_release_columns_come_from_the_manifest_and_workers_cache_one_learner(re
     assert "reference.parquet" not in files and "release.json" in files
     plan = make_plan(settings, release.manifest, version, "digest-a", MONTH, detail=False)
     assert plan.models == ALL_MODELS and plan.horizons == 24
+    names = output_schema(plan).names
+    assert names[:5] == ["subscriber_id", "score_month", "release_version", "cltv", "cltv_24m"]
+    assert "overheads_60m" in names and "p_active_60m" in names and "paid_h" not in names
+    assert "sac_h" in output_schema(replace(plan, detail=True)).names
     assert set(plan.categorical) == {"segment", "tariff", "region", "device_type"}
     assert "horizon" not in plan.input_cols and "p_paid" not in plan.input_cols
     _LEARNERS.clear()
