@@ -1,4 +1,4 @@
-# jobs/build_dataset.py — what spark-submit runs; the logic lives in spark_app (`cltv build-dataset --help`)
+# spark-submit entry point; the logic lives in spark_app (`cltv build-dataset --help`)
 import sys
 
 from spark_app.cli import main

@@ -1,4 +1,4 @@
-# jobs/generate.py — what spark-submit runs; the logic lives in spark_app (see `cltv generate --help`)
+# spark-submit entry point; the logic lives in spark_app (`cltv generate --help`)
 import sys
 
 from spark_app.cli import main

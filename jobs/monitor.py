@@ -1,4 +1,4 @@
-# jobs/monitor.py — what spark-submit runs; the logic lives in spark_app (see `cltv monitor --help`)
+# spark-submit entry point; the logic lives in spark_app (`cltv monitor --help`)
 import sys
 
 from spark_app.cli import main

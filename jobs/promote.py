@@ -1,4 +1,4 @@
-# jobs/promote.py — what spark-submit runs; the logic lives in spark_app (see `cltv promote --help`)
+# spark-submit entry point; the logic lives in spark_app (`cltv promote --help`)
 import sys
 
 from spark_app.cli import main

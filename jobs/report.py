@@ -1,4 +1,4 @@
-# jobs/report.py — what spark-submit runs; the logic lives in spark_app (see `cltv report --help`)
+# spark-submit entry point; the logic lives in spark_app (`cltv report --help`)
 import sys
 
 from spark_app.cli import main

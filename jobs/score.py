@@ -1,4 +1,4 @@
-# jobs/score.py — what spark-submit runs; the logic lives in spark_app (see `cltv score --help`)
+# spark-submit entry point; the logic lives in spark_app (`cltv score --help`)
 import sys
 
 from spark_app.cli import main

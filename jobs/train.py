@@ -1,4 +1,4 @@
-# jobs/train.py — what spark-submit runs; the logic lives in spark_app (see `cltv train --help`)
+# spark-submit entry point; the logic lives in spark_app (`cltv train --help`)
 import sys
 
 from spark_app.cli import main

@@ -115,6 +115,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_validate_inputs(args: argparse.Namespace) -> int:
+    from spark_app.monthly import validate_inputs
+
+    settings = _settings(args)
+    validate_inputs(_spark(settings), settings, month=args.month)
+    return 0
+
+
+def cmd_validate_output(args: argparse.Namespace) -> int:
+    from spark_app.monthly import validate_output
+
+    settings = _settings(args)
+    validate_output(_spark(settings), settings, month=args.month)
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from spark_app.monthly import publish
+
+    publish(_settings(args), month=args.month, webhook_url=args.webhook_url or None)
+    return 0
+
+
 # ------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cltv", description=__doc__)
@@ -164,6 +187,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subscribers", type=int, default=20_000)
     p.add_argument("--months", type=int, default=40)
     p.add_argument("--workdir", type=Path, default=Path("work/demo"))
+
+    p = command(
+        "validate-inputs",
+        cmd_validate_inputs,
+        "check a month's input tables against the contract",
+        "required",
+    )
+    p.add_argument("--month", type=_month, required=True)
+    p = command("validate-output", cmd_validate_output, "check a month's scores are complete", "required")
+    p.add_argument("--month", type=_month, required=True)
+    p = command("publish", cmd_publish, "write a month's _PUBLISHED marker and notify a webhook", "required")
+    p.add_argument("--month", type=_month, required=True)
+    p.add_argument("--webhook-url", default="", help="POST the published record here (empty: none)")
 
     cfg = sub.add_parser("config", help="inspect the configuration")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
@@ -239,11 +275,16 @@ def setup_logging(verbose: bool = False) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    from spark_app.argo import ArgoError
     from spark_app.contract import InputContractError
+    from spark_app.inputs_ready import InputsNotReady
 
     try:
         code = args.handler(args)
-    except (ConfigError, InputContractError, UserError) as exc:
+    except (ConfigError, InputContractError, ArgoError, UserError) as exc:
         log.error("%s", exc)
         code = 2
+    except InputsNotReady as exc:
+        log.error("%s", exc)
+        code = 3
     return code

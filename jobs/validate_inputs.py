@@ -1,0 +1,7 @@
+# spark-submit entry point; the logic lives in spark_app (`cltv validate-inputs --help`)
+import sys
+
+from spark_app.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["validate-inputs", *sys.argv[1:]]))

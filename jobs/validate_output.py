@@ -1,0 +1,7 @@
+# spark-submit entry point; the logic lives in spark_app (`cltv validate-output --help`)
+import sys
+
+from spark_app.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["validate-output", *sys.argv[1:]]))
