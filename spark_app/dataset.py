@@ -211,12 +211,21 @@ def target_columns(models: ModelsConfig) -> dict[str, str]:
 
 
 def with_targets(df: DataFrame, *, targets: dict[str, str]) -> DataFrame:
-    """Flags as 0/1 ints, amounts as daily averages over month T; absent from facts at T → 0."""
+    """Flags as 0/1 ints, amounts as daily averages over month T; absent from facts at T → 0.
+
+    A flag other than 0/1 becomes -1, which the check after the write turns into a contract error.
+    """
     days = F.dayofmonth(F.last_day(F.col(TARGET_MONTH))).cast("double")
     out = df
     for name, fact in targets.items():
-        value = F.coalesce(F.col(fact).cast("double"), F.lit(0.0))
-        out = out.withColumn(name, value.cast("int") if fact.startswith("in_") else value / days)
+        raw = F.col(fact).cast("double")
+        if fact.startswith("in_"):
+            value = (
+                F.when(raw.isNull(), F.lit(0)).when(raw.isin(0.0, 1.0), raw.cast("int")).otherwise(F.lit(-1))
+            )
+        else:
+            value = F.coalesce(raw, F.lit(0.0)) / days
+        out = out.withColumn(name, value)
     return out
 
 
@@ -257,7 +266,12 @@ def training_rows(
 
 # ---------------------------------------------------------------- I/O at the edges
 def read_inputs(spark: SparkSession, settings: Settings, plan: DatasetPlan) -> tuple[DataFrame, DataFrame]:
-    """Read both tables and check them against the contract; raise one InputContractError if not."""
+    """Read both tables and check, before any work, what can be checked cheaply; raise InputContractError.
+
+    Schema and months always. Null ids, duplicate keys and 0/1 flags: with `validate_all_rows` on every
+    row of the window (contract.validate); with population active/paid on the rows the build reads; with
+    population base after the build, on its output (`check_rows_read`), which costs no extra scan.
+    """
     features = read_table(spark, settings.paths.features, "features")
     facts = read_table(spark, settings.paths.facts, "facts")
     specs = (input_features_spec(settings.models), FACTS_SPEC)
@@ -266,11 +280,60 @@ def read_inputs(spark: SparkSession, settings: Settings, plan: DatasetPlan) -> t
         validate(features, specs[0], plan.feature_months, context=context)
         validate(facts, specs[1], plan.fact_months, context=context)
         return features, facts
-    problems = table_problems(features, specs[0], plan.feature_months, partial(read_feature_keys, plan=plan))
-    problems += table_problems(facts, specs[1], plan.fact_months, partial(read_fact_keys, plan=plan))
+    if plan.population != "base":
+        problems = rows_read_problems(features, facts, plan=plan, models=settings.models)
+    else:
+        problems = month_problems(features, specs[0], plan.feature_months)
+        problems += month_problems(facts, specs[1], plan.fact_months)
     if problems:
         raise InputContractError(f"input contract violated ({context}):\n  " + "\n  ".join(problems))
     return features, facts
+
+
+def month_problems(df: DataFrame, spec: TableSpec, months: list[dt.date]) -> list[str]:
+    """Schema, and every month present (a count per month reads no data column)."""
+    problems = schema_problems(df, spec)
+    if MONTH not in df.columns or kind_of(df.schema[MONTH].dataType) != DATE:
+        return problems
+    found = {r[MONTH] for r in df.where(F.col(MONTH).isin(months)).groupBy(MONTH).count().collect()}
+    missing = [m for m in months if m not in found]
+    if missing:
+        problems.append(f"{spec.name}: months missing {describe_months(missing)}")
+    return problems
+
+
+def rows_read_problems(
+    features: DataFrame, facts: DataFrame, *, plan: DatasetPlan, models: ModelsConfig
+) -> list[str]:
+    """Every contract problem of both tables that can reach the training set (see `table_problems`)."""
+    problems = table_problems(
+        features, input_features_spec(models), plan.feature_months, partial(read_feature_keys, plan=plan)
+    )
+    return problems + table_problems(facts, FACTS_SPEC, plan.fact_months, partial(read_fact_keys, plan=plan))
+
+
+def check_rows_read(
+    written: DataFrame, features: DataFrame, facts: DataFrame, *, plan: DatasetPlan, settings: Settings
+) -> None:
+    """After the write (still staged): a null or repeated id, or a flag outside 0/1, in the output can
+    only come from a contract breach in the rows read; name it precisely, or raise with the counts."""
+    flags = [name for name, fact in target_columns(settings.models).items() if fact.startswith("in_")]
+    per_id = written.groupBy(ID).agg(
+        F.count(F.lit(1)).alias("n"), *[F.sum((F.col(c) < 0).cast("long")).alias(c) for c in flags]
+    )
+    found = per_id.agg(
+        F.coalesce(F.sum((F.col("n") > 1).cast("long")), F.lit(0)).alias("repeated ids"),
+        F.coalesce(F.sum(F.when(F.col(ID).isNull(), F.col("n"))), F.lit(0)).alias("null ids"),
+        *[F.coalesce(F.sum(c), F.lit(0)).alias(f"{c} outside 0/1") for c in flags],
+    ).first()
+    if not any(found):
+        return
+    log.warning("training rows break the contract (%s); checking the inputs", found.asDict())
+    problems = rows_read_problems(features, facts, plan=plan, models=settings.models)
+    if not problems:
+        problems = [f"training rows: {k}: {v}" for k, v in found.asDict().items() if v]
+    context = f"needed by {plan.describe()}"
+    raise InputContractError(f"input contract violated ({context}):\n  " + "\n  ".join(problems))
 
 
 def input_features_spec(models: ModelsConfig) -> TableSpec:
@@ -351,13 +414,15 @@ def package_version() -> str:
     return (Path(__file__).resolve().parent / "VERSION").read_text().strip()
 
 
-def split_stats(written: DataFrame, targets: list[str]) -> dict[str, dict[str, Any]]:
+def split_stats(written: DataFrame | None, targets: list[str]) -> dict[str, dict[str, Any]]:
     """Rows per split × horizon and target means per split, from the written Parquet (one small job)."""
-    rows = (
-        written.groupBy(SPLIT, HORIZON)
-        .agg(F.count(F.lit(1)).alias("rows"), *[F.sum(c).alias(c) for c in targets])
-        .collect()
-    )
+    rows = []
+    if written is not None:
+        rows = (
+            written.groupBy(SPLIT, HORIZON)
+            .agg(F.count(F.lit(1)).alias("rows"), *[F.sum(c).alias(c) for c in targets])
+            .collect()
+        )
     stats: dict[str, dict[str, Any]] = {}
     for name in SPLITS:
         mine = sorted((r for r in rows if r[SPLIT] == name), key=lambda r: r[HORIZON])
@@ -370,12 +435,10 @@ def split_stats(written: DataFrame, targets: list[str]) -> dict[str, dict[str, A
     return stats
 
 
-def read_splits(spark: SparkSession, storage: Storage, path: str) -> DataFrame:
-    """All split directories under `path` as one DataFrame with a `split` column."""
+def read_splits(spark: SparkSession, storage: Storage, path: str) -> DataFrame | None:
+    """All split directories under `path` as one DataFrame with a `split` column (None: no rows at all)."""
     dirs = [f"{path}/{name}" for name in storage.list_dir(path) if name.startswith(f"{SPLIT}=")]
-    if not dirs:
-        raise DatasetNotFoundError(f"{path}: no {SPLIT}=<name> directories")
-    return spark.read.option("basePath", path).parquet(*dirs)
+    return spark.read.option("basePath", path).parquet(*dirs) if dirs else None
 
 
 def build_dataset(spark: SparkSession, settings: Settings, target_end: dt.date) -> DatasetResult:
@@ -394,7 +457,7 @@ def build_dataset(spark: SparkSession, settings: Settings, target_end: dt.date) 
         plan.sample_rate,
         plan.population,
     )
-    with timer.stage("validate inputs", spark):
+    with timer.stage("check inputs", spark):
         features, facts = read_inputs(spark, settings, plan)
     targets = target_columns(settings.models)
     feature_cols = settings.models.input_feature_cols()
@@ -402,8 +465,13 @@ def build_dataset(spark: SparkSession, settings: Settings, target_end: dt.date) 
         with timer.stage("build and write splits", spark):
             rows = training_rows(features, facts, plan=plan, models=settings.models)
             rows.write.mode("overwrite").partitionBy(SPLIT).parquet(staging)
-        with timer.stage("summarize splits", spark):
-            stats = split_stats(read_splits(spark, storage, staging), list(targets))
+        with timer.stage("check and summarize splits", spark):
+            written = read_splits(spark, storage, staging)
+            if written is None:
+                log.warning("dataset %s has no rows: nobody in the population at T - h", dataset_id)
+            elif plan.population == "base" and not settings.dataset.validate_all_rows:
+                check_rows_read(written, features, facts, plan=plan, settings=settings)
+            stats = split_stats(written, list(targets))
         manifest = {
             "dataset_id": dataset_id,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

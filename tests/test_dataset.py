@@ -28,7 +28,6 @@ from spark_app.dataset import (
     read_dataset,
     read_fact_keys,
     read_feature_keys,
-    read_inputs,
     training_rows,
     with_slot,
 )
@@ -314,19 +313,21 @@ def test_duplicate_keys_are_refused_and_nothing_is_written(spark, panel_dir, tmp
     features, facts = tables
     plan = DatasetPlan.from_config(DatasetConfig(**SMALL), TARGET_END)
     read_features = read_feature_keys(features, plan=plan).select(ID, MONTH).orderBy(ID).limit(1)
-    read_facts = read_fact_keys(facts, plan=plan).select(ID, MONTH).orderBy(ID).limit(2)
+    read_facts = read_fact_keys(facts, plan=plan).select(ID, MONTH).orderBy(ID).limit(3).collect()
+    dupes = facts.join(spark.createDataFrame(read_facts[:2]), [ID, MONTH])
+    bad_flag = (F.col(ID) == read_facts[2][ID]) & (F.col(MONTH) == read_facts[2][MONTH])
     panel = tmp_path / "panel"
     features.unionByName(features.join(read_features, [ID, MONTH])).write.partitionBy(MONTH).parquet(
         str(panel / "features")
     )
-    facts.unionByName(facts.join(read_facts, [ID, MONTH])).write.partitionBy(MONTH).parquet(
-        str(panel / "facts")
-    )
+    broken = facts.withColumn("in_paid_base", F.when(bad_flag, F.lit(2)).otherwise(F.col("in_paid_base")))
+    broken.unionByName(dupes).write.partitionBy(MONTH).parquet(str(panel / "facts"))
     settings = make_settings(tmp_path, panel, dataset=SMALL)
     with pytest.raises(InputContractError) as err:
         build_dataset(spark, settings, TARGET_END)
     assert "features: 1 duplicate (subscriber_id, report_month) keys" in str(err.value)
     assert "facts: 2 duplicate (subscriber_id, report_month) keys" in str(err.value)
+    assert "facts: column 'in_paid_base' has 1 values other than 0/1" in str(err.value)
     _assert_nothing_written(settings)
 
     # a duplicate in a row no training row reads cannot reach the set: refused only by validate_all_rows
@@ -335,7 +336,7 @@ def test_duplicate_keys_are_refused_and_nothing_is_written(spark, panel_dir, tmp
     unread = unread.where(F.col(MONTH) == F.lit(dt.date(2025, 3, 1))).orderBy(ID).limit(3)
     facts.unionByName(unread).write.partitionBy(MONTH).parquet(str(panel / "facts"))
     shutil.copytree(panel_dir / "features", panel / "features")
-    read_inputs(spark, make_settings(tmp_path / "lenient", panel, dataset=SMALL), plan)  # no error
+    build_dataset(spark, make_settings(tmp_path / "lenient", panel, dataset=SMALL), TARGET_END)
     strict = make_settings(tmp_path / "strict", panel, dataset={**SMALL, "validate_all_rows": True})
     with pytest.raises(InputContractError, match=r"facts: 3 duplicate \(subscriber_id, report_month\) keys"):
         build_dataset(spark, strict, TARGET_END)
