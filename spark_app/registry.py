@@ -412,9 +412,14 @@ def compare_releases(
     return pd.DataFrame(rows)
 
 
-def evaluation_sample(client: MlflowClient, run_id: str) -> pd.DataFrame:
+def evaluation_sample(client: MlflowClient, run_id: str) -> pd.DataFrame | None:
+    """The candidate's OOT sample (run artifact), or None when its run has none."""
     with tempfile.TemporaryDirectory(prefix="cltv-oot-") as tmp:
-        path = client.download_artifacts(run_id, f"{EVALUATION_DIR}/{OOT_SAMPLE}", tmp)
+        try:
+            path = client.download_artifacts(run_id, f"{EVALUATION_DIR}/{OOT_SAMPLE}", tmp)
+        except (MlflowException, OSError) as exc:
+            log.warning("run %s: no %s/%s (%s)", run_id, EVALUATION_DIR, OOT_SAMPLE, exc)
+            return None
         return pd.read_parquet(path)
 
 
@@ -480,8 +485,9 @@ def promote(settings: Settings, version: int | None = None, auto: bool = False) 
         challenger = load_release(settings, str(cand_v)).learner()
         champion = load_release(settings, str(champ_v)).learner()
         data = evaluation_sample(client, candidate.run_id)
-        if not len(data):
-            decision = PromotionDecision(False, f"version {cand_v}: its OOT sample is empty", cand_v, champ_v)
+        if data is None or not len(data):
+            reason = f"version {cand_v}: no OOT sample in run {candidate.run_id} to compare on"
+            decision = PromotionDecision(False, reason, cand_v, champ_v)
         else:
             try:
                 table = compare_releases(challenger, champion, data, settings)
