@@ -273,8 +273,13 @@ def prediction_drift(
     probs = [0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95]
     deciles = [i / max(cfg.psi_bins, 2) for i in range(1, max(cfg.psi_bins, 2))]
     grid = sorted(set(probs) | set(deciles))
+    if not columns:
+        return pd.DataFrame()
     prev_q = previous.approxQuantile(columns, grid, 1e-3)
     cur_q = current.approxQuantile(columns, probs, 1e-3)
+    if any(len(q) == 0 for q in [*prev_q, *cur_q]):  # a month with no rows (or only nulls)
+        log.warning("prediction drift skipped: a score month has no values in %s", columns)
+        return pd.DataFrame()
     edges = {}
     for c, qs in zip(columns, prev_q, strict=True):
         e = np.unique(np.array([q for p, q in zip(grid, qs, strict=True) if p in deciles], dtype=np.float64))
