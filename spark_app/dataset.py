@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -291,15 +292,31 @@ def read_inputs(spark: SparkSession, settings: Settings, plan: DatasetPlan) -> t
 
 
 def month_problems(df: DataFrame, spec: TableSpec, months: list[dt.date]) -> list[str]:
-    """Schema, and every month present (a count per month reads no data column)."""
+    """Schema, and every month present: from the data files' `report_month=` directories, which Spark
+    has listed already (no job), else from a count per month."""
     problems = schema_problems(df, spec)
     if MONTH not in df.columns or kind_of(df.schema[MONTH].dataType) != DATE:
         return problems
-    found = {r[MONTH] for r in df.where(F.col(MONTH).isin(months)).groupBy(MONTH).count().collect()}
+    found = months_of_files(df.inputFiles())
+    if not found:
+        found = {r[MONTH] for r in df.where(F.col(MONTH).isin(months)).groupBy(MONTH).count().collect()}
     missing = [m for m in months if m not in found]
     if missing:
         problems.append(f"{spec.name}: months missing {describe_months(missing)}")
     return problems
+
+
+_PARTITION_DIR = re.compile(rf"/{MONTH}=(\d{{4}})-(\d{{2}})(?:-\d{{2}})?/")
+
+
+def months_of_files(paths: list[str]) -> set[dt.date]:
+    """Months of Hive-style `report_month=YYYY-MM-DD/` data-file paths (empty: not laid out that way)."""
+    found = set()
+    for path in paths:
+        m = _PARTITION_DIR.search(path)
+        if m:
+            found.add(dt.date(int(m.group(1)), int(m.group(2)), 1))
+    return found
 
 
 def rows_read_problems(
