@@ -261,6 +261,25 @@ def cmd_argo_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exit_code_of(exc: Exception) -> int | None:
+    """2 for errors the user fixes from the message alone, 3 for inputs not there yet; None: a bug.
+
+    Imported on the failure path only, so light commands (wait-for-inputs) never load Spark or CatBoost.
+    """
+    from spark_app.inputs_ready import InputsNotReady
+
+    if isinstance(exc, InputsNotReady):
+        return 3
+    from spark_app.argo import ArgoError
+    from spark_app.contract import InputContractError
+    from spark_app.dataset import DatasetNotFoundError
+    from spark_app.models import BundleError
+    from spark_app.scoring import ScoringError
+
+    user_errors = (ConfigError, InputContractError, ArgoError, UserError, DatasetNotFoundError, BundleError)
+    return 2 if isinstance(exc, (*user_errors, ScoringError)) else None
+
+
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -275,16 +294,11 @@ def setup_logging(verbose: bool = False) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    from spark_app.argo import ArgoError
-    from spark_app.contract import InputContractError
-    from spark_app.inputs_ready import InputsNotReady
-
     try:
         code = args.handler(args)
-    except (ConfigError, InputContractError, ArgoError, UserError) as exc:
+    except Exception as exc:
+        code = _exit_code_of(exc)
+        if code is None:
+            raise
         log.error("%s", exc)
-        code = 2
-    except InputsNotReady as exc:
-        log.error("%s", exc)
-        code = 3
     return code

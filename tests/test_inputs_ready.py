@@ -264,7 +264,7 @@ def test_hdfs_without_webhdfs_url_is_a_config_error():
 
 
 def test_cli_wait_for_inputs_exit_codes(tmp_path):
-    """Through the wired CLI: 0 when ready; InputsNotReady (non-zero) when not."""
+    """Through the wired CLI: 0 when ready; 3 (inputs not ready, worth retrying later) when not."""
     from spark_app.cli import main
 
     conf = tmp_path / "env.yaml"
@@ -272,7 +272,7 @@ def test_cli_wait_for_inputs_exit_codes(tmp_path):
     for name in ("base.yaml", "models.yaml"):
         (tmp_path / name).write_text((CONF / name).read_text())
     make_table(tmp_path / "features", root_success=True)
-    with pytest.raises(InputsNotReady):
-        main(["wait-for-inputs", "--conf", str(conf), "--month", "2026-04", "--timeout", "0", "--poll", "0"])
+    args = ["wait-for-inputs", "--conf", str(conf), "--month", "2026-04", "--timeout", "0"]
+    assert main([*args, "--poll", "0"]) == 3
     make_table(tmp_path / "facts", root_success=True)
     assert main(["wait-for-inputs", "--conf", str(conf), "--month", "2026-04", "--timeout", "0"]) == 0
