@@ -11,8 +11,9 @@ def test_embedded_session_has_the_project_settings(spark):
         assert spark.conf.get(key) == EMBEDDED_DEFAULTS[key]
 
 
-def test_python_workers_run_this_interpreter(spark):
+def test_python_workers_run_this_environment(spark):
+    """Workers must import this virtualenv's packages; python vs python3 of one venv are the same."""
     import sys
 
-    worker_python = spark.sparkContext.parallelize([0], 1).map(lambda _: __import__("sys").executable).first()
-    assert worker_python == sys.executable
+    worker_prefix = spark.sparkContext.parallelize([0], 1).map(lambda _: __import__("sys").prefix).first()
+    assert worker_prefix == sys.prefix
