@@ -299,6 +299,9 @@ def cltv_columns(
     for base in ("paid", "active"):
         if base in forecasts:
             survival_ext[base] = extend_survival(forecasts[base], total, steps=ext.newton_steps)
+    if "paid" in survival_ext and "active" in survival_ext:
+        # The paid base is inside the active base; two independent classifiers can cross, the curves must not.
+        survival_ext["active"] = np.maximum(survival_ext["active"], survival_ext["paid"])
     monthly: dict[str, np.ndarray] = {}
     for model_id in AMOUNT_MODELS:
         if model_id not in forecasts:

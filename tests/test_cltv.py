@@ -173,3 +173,19 @@ def test_absent_models_count_as_zero():
 def test_cost_rates_from_config_sum_the_three_overheads():
     rates = CostRates.from_config(CostsConfig(overhead_sb=1.0, overhead_ga=0.5, overhead_am=0.25))
     assert rates.overhead_per_month == pytest.approx(1.75)
+
+
+def test_active_survival_never_falls_below_paid_survival():
+    """The paid base is inside the active base: crossing classifier outputs are lifted, not trusted."""
+    forecasts = _two_subscribers()
+    horizon = forecasts["paid"].shape[1]
+    # subscriber B's active classifier under-predicts: 0.4 against a paid probability of 0.5
+    forecasts["active"] = forecasts["active"].copy()
+    forecasts["active"][1] = np.full(horizon, 0.4)
+    cols = cltv_columns(forecasts, DEC, RATES, Extrapolation(months=60))
+    for point in (12, 24, 60):
+        assert (cols[f"p_active_{point}m"] >= cols[f"p_paid_{point}m"] - 1e-12).all()
+    np.testing.assert_allclose(cols["p_active_60m"][1], cols["p_paid_60m"][1], rtol=1e-9)
+    parts = cols["sm_mobile_60m"] + cols["sm_fmc_60m"] + cols["sm_fttb_60m"]
+    parts -= cols["sac_60m"] + cols["data_cost_60m"] + cols["voice_cost_60m"] + cols["overheads_60m"]
+    np.testing.assert_allclose(cols["cltv"], parts, rtol=1e-12)
