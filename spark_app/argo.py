@@ -9,7 +9,9 @@
   valid — plus this project's rules: every step has a retryStrategy, activeDeadlineSeconds and resource
   requests/limits, a synchronization mutex, and no credential written into the manifest.
 * `run_local` runs a template's DAG here, in dependency order: `spark-submit … jobs/x.py ARGS` becomes
-  `python -m spark_app x ARGS`, `cltv ARGS` becomes `python -m spark_app ARGS`.
+  `python -m spark_app x ARGS`, `cltv ARGS` becomes `python -m spark_app ARGS`. A task runs when its
+  `depends` expression holds (`Depends`: Argo's enhanced depends logic), is Omitted otherwise, and the DAG
+  fails as Argo's does: when a leaf task's branch ends in a failure.
 * `submit` starts a WorkflowTemplate on an Argo Server through Hera.
 """
 
@@ -242,11 +244,141 @@ def reference_problems(
     return problems
 
 
+# ------------------------------------------------------------------ depends
+# Task results a `depends` operand can name (argo-workflows.readthedocs.io/en/latest/enhanced-depends-logic/)
+DEPENDS_RESULTS = (
+    "Succeeded", "Failed", "Errored", "Skipped", "Omitted", "Daemoned", "AnySucceeded", "AllFailed",
+)  # fmt: skip
+_DEPENDS_TOKEN = re.compile(
+    r"\s*(?:(?P<op>&&|\|\||!|\(|\))|(?P<task>[A-Za-z0-9][A-Za-z0-9_-]*)(?:\.(?P<result>[A-Za-z]+))?)"
+)
+
+
+class Depends:
+    """A task's `depends` expression, parsed without eval: `A`, `A.Failed`, `&&`, `||`, `!`, parentheses.
+
+    A bare name means `(A.Succeeded || A.Skipped || A.Daemoned)`, as in Argo. `.AnySucceeded` and
+    `.AllFailed` look at the children of a task expanded with withItems/withParam; for a plain task Argo
+    evaluates both to false, and so does this. run-local has no daemons: `.Daemoned` is false.
+    """
+
+    def __init__(self, text: str):
+        self.text = text
+        self._tokens = self._tokenize(text)
+        self._pos = 0
+        self.tree = self._or()
+        if self._pos != len(self._tokens):
+            raise self._error(f"unexpected {self._tokens[self._pos][1]!r}")
+        self.tasks: list[str] = list(dict.fromkeys(self._names(self.tree)))
+
+    @classmethod
+    def of_task(cls, task: Mapping[str, Any]) -> Depends | None:
+        """The task's condition: `depends`, or `dependencies` [A, B] read as "A && B"; None at the root."""
+        if task.get("depends"):
+            return cls(str(task["depends"]))
+        if task.get("dependencies"):
+            return cls(" && ".join(str(d) for d in task["dependencies"]))
+        return None
+
+    def __call__(self, statuses: Mapping[str, str]) -> bool:
+        """Whether the task runs, given the phase of each task it names (Succeeded, Failed, Omitted, …)."""
+        missing = [t for t in self.tasks if t not in statuses]
+        if missing:
+            raise ArgoError(f"depends {self.text!r}: {missing} have not finished")
+        return self._eval(self.tree, statuses)
+
+    # parsing: or := and ('||' and)* ; and := unary ('&&' unary)* ;
+    #          unary := '!' unary | '(' or ')' | task[.Result]
+    def _error(self, what: str) -> ArgoError:
+        return ArgoError(f"depends {self.text!r}: {what}")
+
+    def _tokenize(self, text: str) -> list[tuple[str, str, str | None]]:
+        tokens, pos, text = [], 0, text.rstrip()
+        while pos < len(text):
+            m = _DEPENDS_TOKEN.match(text, pos)
+            if not m:
+                at = len(text) - len(text[pos:].lstrip())
+                raise self._error(f"unexpected {text[at : at + 20]!r} at position {at}")
+            if m.group("op"):
+                tokens.append(("op", m.group("op"), None))
+            else:
+                result = m.group("result")
+                if result is not None and result not in DEPENDS_RESULTS:
+                    raise self._error(f"{m.group('task')}.{result}: unknown result {result!r} "
+                                      f"(one of {', '.join(DEPENDS_RESULTS)})")  # fmt: skip
+                tokens.append(("task", m.group("task"), result))
+            pos = m.end()
+        if not tokens:
+            raise self._error("empty expression")
+        return tokens
+
+    def _peek(self) -> str | None:
+        return self._tokens[self._pos][1] if self._pos < len(self._tokens) else None
+
+    def _or(self) -> tuple:
+        terms = [self._and()]
+        while self._peek() == "||":
+            self._pos += 1
+            terms.append(self._and())
+        return ("or", terms) if len(terms) > 1 else terms[0]
+
+    def _and(self) -> tuple:
+        terms = [self._unary()]
+        while self._peek() == "&&":
+            self._pos += 1
+            terms.append(self._unary())
+        return ("and", terms) if len(terms) > 1 else terms[0]
+
+    def _unary(self) -> tuple:
+        if self._pos >= len(self._tokens):
+            raise self._error("ends where a task was expected")
+        kind, value, result = self._tokens[self._pos]
+        self._pos += 1
+        if value == "!":
+            return ("not", self._unary())
+        if value == "(":
+            inner = self._or()
+            if self._peek() != ")":
+                raise self._error("unbalanced '('")
+            self._pos += 1
+            return inner
+        if kind == "task":
+            return ("task", value, result)
+        raise self._error(f"unexpected {value!r} where a task was expected")
+
+    def _names(self, node: tuple) -> Iterator[str]:
+        if node[0] == "task":
+            yield node[1]
+        elif node[0] == "not":
+            yield from self._names(node[1])
+        else:
+            for term in node[1]:
+                yield from self._names(term)
+
+    def _eval(self, node: tuple, statuses: Mapping[str, str]) -> bool:
+        if node[0] == "task":
+            phase = statuses[node[1]]
+            result = node[2]
+            if result is None:
+                return phase in ("Succeeded", "Skipped")
+            if result in ("AnySucceeded", "AllFailed", "Daemoned"):
+                return False
+            return phase == result
+        if node[0] == "not":
+            return not self._eval(node[1], statuses)
+        values = (self._eval(term, statuses) for term in node[1])
+        return any(values) if node[0] == "or" else all(values)
+
+
 def _depends_on(task: Mapping[str, Any]) -> list[str]:
+    """Names of the tasks a DAG task waits for (`dependencies` and the operands of `depends`)."""
     names = list(task.get("dependencies") or [])
     expr = task.get("depends")
     if expr:
-        names += [n for n in _DEPENDS_NAME.findall(str(expr)) if n]
+        try:
+            names += Depends(str(expr)).tasks
+        except ArgoError:  # lint reports the syntax; the names still serve the cycle check
+            names += [n for n in _DEPENDS_NAME.findall(str(expr)) if n]
     return names
 
 
@@ -399,12 +531,19 @@ def _spec_problems(
             names = [t.get("name") for t in tasks]
             nodes = set(names)
             deps = {t.get("name"): _depends_on(t) for t in tasks}
+            if any(t.get("depends") for t in tasks) and any(t.get("dependencies") for t in tasks):
+                problems.append(f"{where}: a DAG uses either depends or dependencies, not both")
             for t in tasks:
                 tw = f"{where}: task {t.get('name')}"
                 problems += _call_problems(tw, t, templates)
                 problems += [
                     f"{tw}: depends on unknown task {d!r}" for d in deps[t.get("name")] if d not in nodes
                 ]
+                if t.get("depends"):
+                    try:
+                        Depends(str(t["depends"]))
+                    except ArgoError as exc:
+                        problems.append(f"{tw}: {exc}")
             cycle = dag_cycle(deps)
             if cycle:
                 problems.append(f"{where}: dependency cycle {' → '.join(cycle)}")
@@ -583,7 +722,7 @@ class _LocalRun:
                 raise ArgoError(f"{self.label}: template {name}: input {pname!r} has no value")
             values[f"inputs.parameters.{pname}"] = str(value)
         if "dag" in template:
-            return self._run_calls(name, topological_order(template["dag"].get("tasks") or []), values)
+            return self._run_dag(name, template["dag"].get("tasks") or [], values)
         if "steps" in template:
             for group in template["steps"] or []:
                 code = self._run_calls(name, group or [], values)
@@ -598,20 +737,59 @@ class _LocalRun:
         raise ArgoError(f"{where}: run-local runs container, script, http, dag and steps templates only")
 
     def _run_calls(self, parent: str, calls: list[Mapping[str, Any]], values: Mapping[str, str]) -> int:
+        """One group of steps: the first failing step fails the group."""
         for call in calls:
-            where = f"{self.label}: {parent}/{call['name']}"
-            if "when" in call and not evaluate_when(_substitute(str(call["when"]), values, where)):
-                log.info("%s: skipped (when %s)", where, call["when"])
-                continue
-            args = {
-                p["name"]: _substitute(str(p.get("value", "")), values, where)
-                for p in (call.get("arguments") or {}).get("parameters") or []
-            }
-            code = self.run_template(call["template"], args)
+            code = self._run_call(parent, call, values)
             if code:
-                self.failures.append({"step": call["name"], "message": f"exit code {code}"})
                 return code
         return 0
+
+    def _run_call(self, parent: str, call: Mapping[str, Any], values: Mapping[str, str]) -> int | None:
+        """Run one step or task; None when its `when` is false (Skipped), else its exit code."""
+        where = f"{self.label}: {parent}/{call['name']}"
+        if "when" in call and not evaluate_when(_substitute(str(call["when"]), values, where)):
+            log.info("%s: skipped (when %s)", where, call["when"])
+            return None
+        args = {
+            p["name"]: _substitute(str(p.get("value", "")), values, where)
+            for p in (call.get("arguments") or {}).get("parameters") or []
+        }
+        code = self.run_template(call["template"], args)
+        if code:
+            self.failures.append({"step": call["name"], "message": f"exit code {code}"})
+        return code
+
+    def _run_dag(self, parent: str, tasks: list[Mapping[str, Any]], values: Mapping[str, str]) -> int:
+        """A DAG as Argo runs it, one task at a time: each task's `depends` is evaluated against the phases
+        of the tasks it names (false: the task is Omitted), and the DAG fails when a leaf task's branch
+        ends in a failure (an Omitted or Skipped task carries its parents' failure on). Returns 0 or the
+        exit code of the earliest failure that reached a leaf.
+        """
+        phases: dict[str, str] = {}
+        # the failure a task's branch carries, as (run order, exit code); None: the branch has not failed
+        branch: dict[str, tuple[int, int] | None] = {}
+        depended_on: set[str] = set()
+        for order, task in enumerate(topological_order(tasks)):
+            name = task["name"]
+            depends = Depends.of_task(task)
+            parents = depends.tasks if depends else []
+            depended_on.update(parents)
+            code: int | None = None
+            if depends is not None and not depends(phases):
+                phases[name] = "Omitted"
+                seen = ", ".join(f"{t} {phases[t]}" for t in parents)
+                log.info("%s: %s/%s: omitted (depends %s; %s)", self.label, parent, name, depends.text, seen)
+            else:
+                code = self._run_call(parent, task, values)
+                phases[name] = "Skipped" if code is None else "Failed" if code else "Succeeded"
+            if phases[name] in ("Failed", "Succeeded"):
+                branch[name] = (order, code) if code else None
+            else:  # Omitted or Skipped: its parents' branch phase, a failure preferred
+                carried = [branch[t] for t in parents if branch[t] is not None]
+                branch[name] = min(carried) if carried else None
+        log.info("%s: %s: %s", self.label, parent, ", ".join(f"{k} {v}" for k, v in phases.items()))
+        failed = [branch[t["name"]] for t in tasks if t["name"] not in depended_on and branch[t["name"]]]
+        return min(failed)[1] if failed else 0
 
     def _run_container(self, where: str, template: Mapping[str, Any], values: Mapping[str, str]) -> int:
         if "script" in template:

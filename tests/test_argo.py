@@ -6,6 +6,7 @@ import copy
 import datetime as dt
 import json
 import os
+import re
 import sys
 import threading
 from collections.abc import Callable
@@ -17,6 +18,7 @@ import yaml
 
 from spark_app.argo import (
     ArgoError,
+    Depends,
     cron_problems,
     evaluate_when,
     lint,
@@ -128,6 +130,17 @@ TEMPLATE_BREAKERS: list[tuple[str, Breaker, str]] = [
     ("on-exit", lambda d: d["spec"].update(onExit="gone"), "onExit template 'gone'"),
     ("task-template", lambda d: task(d, "score").update(template="scor"), "template 'scor' does not exist"),
     ("depends-unknown", lambda d: task(d, "score").update(depends="validate"), "unknown task 'validate'"),
+    (
+        "depends-result",
+        lambda d: task(d, "publish").update(depends="monitor.Suceeded || monitor.Failed"),
+        "unknown result 'Suceeded'",
+    ),
+    ("depends-syntax", lambda d: task(d, "publish").update(depends="monitor.Failed ||"), "ends where a task"),
+    (
+        "depends-and-dependencies",
+        lambda d: task(d, "publish").update(depends=None, dependencies=["monitor"]),
+        "either depends or dependencies",
+    ),
     (
         "cycle",
         lambda d: task(d, "wait-for-inputs").update(depends="publish"),
@@ -278,6 +291,69 @@ def test_monthly_run_shape():
     assert cron["concurrencyPolicy"] == "Forbid" and cron["timezone"] and cron["startingDeadlineSeconds"] > 0
     month = cron["workflowSpec"]["arguments"]["parameters"][0]
     assert month["name"] == "month" and "workflow.scheduledTime" in month["value"]
+
+
+def _phases(**given: str) -> dict[str, str]:
+    return {k.replace("_", "-"): v for k, v in given.items()}
+
+
+@pytest.mark.parametrize(
+    "expr, phases, expected",
+    [
+        ("a", _phases(a="Succeeded"), True),
+        ("a", _phases(a="Skipped"), True),  # a bare name: Succeeded, Skipped or Daemoned
+        ("a", _phases(a="Failed"), False),
+        ("a", _phases(a="Omitted"), False),
+        ("a", _phases(a="Errored"), False),
+        ("a.Failed", _phases(a="Failed"), True),
+        ("a.Omitted", _phases(a="Omitted"), True),
+        ("a.Errored", _phases(a="Failed"), False),
+        ("a.AnySucceeded", _phases(a="Succeeded"), False),  # only a withItems task group has children
+        ("!a.Failed", _phases(a="Succeeded"), True),
+        ("!!a", _phases(a="Succeeded"), True),
+        ("a && b.Failed", _phases(a="Succeeded", b="Failed"), True),
+        ("a && b.Failed", _phases(a="Failed", b="Failed"), False),
+        ("a.Failed || b", _phases(a="Succeeded", b="Skipped"), True),
+        ("a || b && c", _phases(a="Succeeded", b="Failed", c="Failed"), True),  # && binds tighter
+        ("(a || b) && c", _phases(a="Succeeded", b="Failed", c="Failed"), False),
+        (
+            "(validate-output.Succeeded||validate-output.Skipped) && !wait-for.Failed",
+            _phases(validate_output="Skipped", wait_for="Succeeded"),
+            True,
+        ),
+    ],
+)
+def test_depends_evaluation(expr, phases, expected):
+    assert Depends(expr)(phases) is expected
+
+
+def test_depends_names_its_tasks_and_reads_dependencies_as_a_conjunction():
+    assert Depends("(a.Failed || b) && !a.Omitted").tasks == ["a", "b"]
+    conj = Depends.of_task({"name": "c", "dependencies": ["a", "b"]})
+    assert conj.tasks == ["a", "b"]
+    assert conj(_phases(a="Succeeded", b="Skipped")) and not conj(_phases(a="Succeeded", b="Failed"))
+    assert Depends.of_task({"name": "root"}) is None
+    with pytest.raises(ArgoError, match="have not finished"):
+        Depends("a && b")(_phases(a="Succeeded"))
+
+
+@pytest.mark.parametrize(
+    "expr, message",
+    [
+        ("", "empty expression"),
+        ("a &&", "ends where a task was expected"),
+        ("(a || b", "unbalanced"),
+        ("a)", "unexpected ')'"),
+        ("a b", "unexpected 'b'"),
+        ("a.Suceeded", "unknown result 'Suceeded'"),
+        ("a == b", "unexpected '== b' at position 2"),
+        ("__import__('os').system('x')", "unexpected"),
+        ("a.Failed.Succeeded", "unexpected"),
+    ],
+)
+def test_depends_rejects_what_is_not_a_depends_expression(expr, message):
+    with pytest.raises(ArgoError, match=re.escape(message)):
+        Depends(expr)
 
 
 def test_no_credentials_in_any_manifest():
@@ -482,6 +558,86 @@ def test_run_local_a_missing_month_fails_the_real_cli_step(tiny):
     )
     assert code != 0
     assert len(log_file.read_text().splitlines()) == 4  # a b c d ran, then config, then wait failed
+
+
+DEPENDS_DAG = """
+apiVersion: argoproj.io/v1alpha1
+kind: WorkflowTemplate
+metadata: {name: depends}
+spec:
+  entrypoint: main
+  arguments:
+    parameters:
+      - {name: a_code, value: "0"}
+      - {name: skip, value: "no"}
+  synchronization:
+    mutexes: [{name: depends}]
+  templates:
+    - name: main
+      dag:
+        tasks:
+TASKS
+    - name: step
+      inputs: {parameters: [{name: tag}, {name: code, value: "0"}]}
+      retryStrategy: {limit: "1", backoff: {duration: "1s"}}
+      activeDeadlineSeconds: "60"
+      container:
+        image: x
+        command: [PYTHON, -c]
+        args:
+          - |
+            import os, sys
+            open(os.environ["LOG"], "a").write("{{inputs.parameters.tag}}\\n")
+            sys.exit(int("{{inputs.parameters.code}}"))
+        env: [{name: LOG, value: LOGFILE}]
+        resources: {requests: {cpu: 100m, memory: 64Mi}, limits: {cpu: 100m, memory: 64Mi}}
+"""
+A_TASK = (
+    "{name: a, template: step, arguments: {parameters: [{name: tag, value: a}, "
+    '{name: code, value: "{{workflow.parameters.a_code}}"}]}}'
+)
+
+
+def _dag(tmp_path, *tasks: str) -> tuple[Path, Path]:
+    log_file = tmp_path / "steps.log"
+    text = DEPENDS_DAG.replace("TASKS", "\n".join(f"          - {t}" for t in tasks))
+    path = tmp_path / "argo" / "depends.yaml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text.replace("PYTHON", sys.executable).replace("LOGFILE", str(log_file)))
+    return path, log_file
+
+
+def _task(name: str, depends: str, when: str | None = None) -> str:
+    extra = f', when: "{when}"' if when else ""
+    return (f'{{name: {name}, template: step, depends: "{depends}"{extra}, '
+            f"arguments: {{parameters: [{{name: tag, value: {name}}}]}}}}")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "a_code, skip, ran, code",
+    [
+        ("0", "yes", ["a", "after-skipped"], 0),  # a bare name accepts a Skipped task
+        ("0", "no", ["a", "skipped", "after-skipped"], 0),
+        ("4", "no", ["a", "on-failure"], 4),  # after-skipped is omitted: its branch ends in a's failure
+    ],
+)
+def test_run_local_follows_depends(tmp_path, a_code, skip, ran, code):
+    path, log_file = _dag(
+        tmp_path,
+        A_TASK,
+        _task("skipped", "a", when="'{{workflow.parameters.skip}}' != 'yes'"),
+        _task("after-skipped", "skipped"),
+        _task("on-failure", "a.Failed"),
+    )
+    assert run_local(path, {"a_code": a_code, "skip": skip}, local_defaults={}) == code
+    assert log_file.read_text().split() == ran
+
+
+def test_run_local_a_failure_handled_by_its_only_dependent_does_not_fail_the_dag(tmp_path):
+    """As in Argo: a DAG fails when a leaf's branch ends in a failure, and on-failure ends a's branch."""
+    path, log_file = _dag(tmp_path, A_TASK, _task("on-failure", "a.Failed"))
+    assert run_local(path, {"a_code": "5"}, local_defaults={}) == 0
+    assert log_file.read_text().split() == ["a", "on-failure"]
 
 
 def test_run_local_parameter_errors(tiny):
