@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import spark_app.argo as argo
 from spark_app.argo import (
     ArgoError,
     Depends,
@@ -275,9 +276,10 @@ def test_monthly_run_shape():
         "validate-output": "score",
         "monitor": "validate-output",
         "publish": "monitor",
+        "report": "monitor.Succeeded || monitor.Failed",
     }
     assert doc["spec"]["synchronization"]["mutexes"][0]["name"].endswith("{{workflow.parameters.month}}")
-    for name in ("validate-inputs", "score", "validate-output", "monitor"):
+    for name in ("validate-inputs", "score", "validate-output", "monitor", "report"):
         args = template(doc, name)["container"]["args"]
         assert args[:5] == [
             "spark-submit",
@@ -293,8 +295,50 @@ def test_monthly_run_shape():
     assert month["name"] == "month" and "workflow.scheduledTime" in month["value"]
 
 
+def test_monthly_scores_carry_detail_and_the_report_follows_monitor():
+    """score --detail feeds later months' backtests; report runs after monitor, passed or failed."""
+    doc = monthly()
+    score_args = template(doc, "score")["container"]["args"]
+    assert "--detail" in score_args
+    assert local_command(score_args, python="py")[3] == "score"
+    report_args = template(doc, "report")["container"]["args"]
+    assert local_command(report_args, python="py")[3:] == [
+        "report",
+        "--conf",
+        "{{workflow.parameters.conf}}",
+        "--month",
+        "{{workflow.parameters.month}}",
+    ]
+    assert (ROOT / "jobs" / "report.py").is_file()
+    for key in ("env", "volumeMounts", "resources"):
+        assert template(doc, "report")["container"][key] == template(doc, "monitor")["container"][key]
+
+
+def test_monitor_retries_neither_a_crossed_threshold_nor_missing_inputs():
+    """Exit 1 (fail threshold) and 2 (inputs missing) are answers; other failures are retried."""
+    expression = template(monthly(), "monitor")["retryStrategy"]["expression"]
+    assert expression == 'lastRetry.exitCode != "1" && lastRetry.exitCode != "2"'
+    for name in ("validate-inputs", "score", "validate-output", "report"):
+        assert template(monthly(), name)["retryStrategy"]["expression"] == 'lastRetry.exitCode != "2"'
+
+
 def _phases(**given: str) -> dict[str, str]:
     return {k.replace("_", "-"): v for k, v in given.items()}
+
+
+@pytest.mark.parametrize(
+    "monitor, runs",
+    [
+        ("Succeeded", {"publish", "report"}),
+        ("Failed", {"report"}),
+        ("Errored", set()),
+        ("Omitted", set()),
+    ],
+)
+def test_monthly_depends_after_monitor(monitor, runs):
+    tasks = {t["name"]: t for t in template(monthly(), "monthly")["dag"]["tasks"]}
+    phases = {name: "Succeeded" for name in tasks} | {"monitor": monitor}
+    assert {n for n in ("publish", "report") if Depends.of_task(tasks[n])(phases)} == runs
 
 
 @pytest.mark.parametrize(
@@ -640,6 +684,35 @@ def test_run_local_a_failure_handled_by_its_only_dependent_does_not_fail_the_dag
     assert log_file.read_text().split() == ["a", "on-failure"]
 
 
+UP_TO_MONITOR = ["wait-for-inputs", "validate-inputs", "score", "validate-output", "monitor"]
+
+
+@pytest.mark.parametrize(
+    "codes, ran, code",
+    [
+        ({}, [*UP_TO_MONITOR, "publish", "report"], 0),
+        ({"monitor": 1}, [*UP_TO_MONITOR, "report"], 1),  # publish omitted, the run fails with 1
+        ({"report": 1}, [*UP_TO_MONITOR, "publish", "report"], 1),
+        ({"validate-output": 2}, UP_TO_MONITOR[:4], 2),
+    ],
+    ids=["passed", "drift-failed", "report-failed", "scores-incomplete"],
+)
+def test_run_local_the_monthly_dag_reports_after_a_failed_monitor(monkeypatch, codes, ran, code):
+    """The manifest's own DAG and commands, each cltv step answered with the exit code given here."""
+    calls: list[list[str]] = []
+
+    def cli(where: str, args: list[str]) -> int:
+        calls.append(args)
+        return codes.get(args[0], 0)
+
+    monkeypatch.setattr(argo, "run_cli_in_process", cli)
+    params = {"month": "2026-04", "conf": "conf/x.yaml"}
+    assert run_local(ARGO_DIR / "monthly-scoring.yaml", params, local_defaults={}, in_process=True) == code
+    assert [c[0] for c in calls] == ran
+    score = ["score", "--conf", "conf/x.yaml", "--month", "2026-04", "--release", "champion", "--detail"]
+    assert score in calls
+
+
 def test_run_local_parameter_errors(tiny):
     path, _, _ = tiny
     with pytest.raises(ArgoError, match="parameter 'month' has no default"):
@@ -698,7 +771,8 @@ def _pipeline_ready() -> str | None:
 
 @pytest.mark.slow
 def test_monthly_dag_runs_locally_end_to_end(spark, panel_dir, tmp_path):
-    """A small champion, then argo/monthly-scoring.yaml run locally for the panel's last month.
+    """A small champion, then argo/monthly-scoring.yaml run locally for the panel's last month: scores
+    with detail arrays, monitor, the published marker and the review page.
 
     The cltv steps run in this process (one JVM); the DAG, its parameters and commands are the manifest's.
     """
@@ -748,3 +822,7 @@ def test_monthly_dag_runs_locally_end_to_end(spark, panel_dir, tmp_path):
     assert code == 0
     marker = tmp_path / "scores" / "score_month=2025-04-01" / "_PUBLISHED"
     assert json.loads(marker.read_text())["month"] == "2025-04"
+    scores = spark.read.parquet(str(marker.parent))  # score --detail: the arrays later backtests read
+    assert {f"{m}_h" for m in settings.models.enabled} <= set(scores.columns)
+    report = tmp_path / "monitoring" / "reports" / "cltv-report-2025-04.html"
+    assert "2025-04" in report.read_text()
