@@ -127,9 +127,14 @@ def run_demo(*, subscribers: int, months: int, workdir: Path, conf: Path) -> dic
     log.info(
         "  dataset %s, release %s, champion promoted: %s", dataset.dataset_id, release, decision.promoted
     )
-    log.info(
-        "  monitor %s for %s; report: %s", "FAILED thresholds" if monitor.failed else "ok", fmt(last), report
+    verdict = (
+        f"FAILED thresholds ({len(monitor.failures)})"
+        if monitor.failed
+        else f"warn ({len(monitor.warnings)} warnings)"
+        if monitor.warnings
+        else "ok"
     )
+    log.info("  monitor %s for %s; report: %s", verdict, fmt(last), report)
     log.info(
         "  rerun any stage with --conf %s, e.g. cltv score --conf %s --month %s",
         demo_conf,
