@@ -85,12 +85,33 @@ class Storage:
     def has_success_marker(self, path: str) -> bool:
         return self.exists(f"{path.rstrip('/')}/{SUCCESS}")
 
+    def recover(self, target: str) -> None:
+        """Undo a run killed inside `staged`: put back a retired target, drop stale staging directories.
+
+        Readers skip `_`-prefixed directories, so leftovers never show as data; a killed run between the
+        two renames of the swap leaves only `_retired-…`, which becomes the target again here. Two live
+        runs of one target are not supported (the monthly DAG holds a mutex per month).
+        """
+        parent, name = target.rsplit("/", 1) if "/" in target else (".", target)
+        leftovers = [
+            n for n in self.list_dir(parent) if n.startswith((f"_staging-{name}-", f"_retired-{name}-"))
+        ]
+        retired = sorted(n for n in leftovers if n.startswith("_retired-"))
+        if retired and not self.exists(target):
+            self.rename(f"{parent}/{retired[-1]}", target)
+            log.warning("restored %s from %s, left by a run killed during its swap", target, retired[-1])
+            leftovers.remove(retired[-1])
+        for leftover in leftovers:
+            self.delete(f"{parent}/{leftover}")
+            log.warning("removed %s/%s, left by a killed run", parent, leftover)
+
     @contextlib.contextmanager
     def staged(self, target: str) -> Iterator[str]:
         """Yield a staging path beside `target`; on success swap it in, on failure drop it.
 
         The previous `target` is renamed aside first and deleted only after the new one is in place,
-        so a crash at any point leaves either the old or the new directory complete.
+        so a crash at any point leaves either the old or the new directory complete; what a killed run
+        left behind is cleaned up by the next run of the same target (`recover`).
         """
         target = target.rstrip("/")
         token = uuid.uuid4().hex[:8]
@@ -98,6 +119,7 @@ class Storage:
         staging = f"{parent}/_staging-{name}-{token}"
         retired = f"{parent}/_retired-{name}-{token}"
         self.mkdirs(parent)
+        self.recover(target)
         try:
             yield staging
         except BaseException:
