@@ -851,15 +851,15 @@ class _LocalRun:
 
 def run_cli_in_process(where: str, args: list[str]) -> int:
     """`cltv ARGS` in this process, sharing its SparkSession: one JVM for the whole local run."""
-    from spark_app.cli import main
+    from spark_app.cli import EXIT_CRASH, EXIT_USER_ERROR, main
 
     try:
         return int(main(args) or 0)
     except SystemExit as exc:  # argparse
-        return exc.code if isinstance(exc.code, int) else 2
+        return exc.code if isinstance(exc.code, int) else EXIT_USER_ERROR
     except Exception:
         log.exception("%s: failed", where)
-        return 1
+        return EXIT_CRASH
 
 
 def resolve_parameters(

@@ -81,7 +81,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     decision = promote(settings, version=args.version, auto=args.auto)
-    return 0 if decision.promoted else 1
+    return 0 if decision.promoted else EXIT_VERDICT
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -97,7 +97,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     result = monitor_month(_spark(settings), settings, month=args.month)
-    return 1 if result.failed else 0
+    return EXIT_VERDICT if result.failed else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -261,6 +261,12 @@ def cmd_argo_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+EXIT_VERDICT = 1  # the job ran and said no: promotion refused, drift beyond a fail threshold
+EXIT_USER_ERROR = 2  # fixable from the message alone (config, input contract, missing release)
+EXIT_NOT_READY = 3  # the month's inputs have not arrived (wait-for-inputs)
+EXIT_CRASH = 70  # EX_SOFTWARE: a bug or a lost cluster; the traceback is logged and Argo retries it
+
+
 def _exit_code_of(exc: Exception) -> int | None:
     """2 for errors the user fixes from the message alone, 3 for inputs not there yet; None: a bug.
 
@@ -269,7 +275,7 @@ def _exit_code_of(exc: Exception) -> int | None:
     from spark_app.inputs_ready import InputsNotReady
 
     if isinstance(exc, InputsNotReady):
-        return 3
+        return EXIT_NOT_READY
     from spark_app.argo import ArgoError
     from spark_app.contract import InputContractError
     from spark_app.dataset import DatasetNotFoundError
@@ -277,7 +283,7 @@ def _exit_code_of(exc: Exception) -> int | None:
     from spark_app.scoring import ScoringError
 
     user_errors = (ConfigError, InputContractError, ArgoError, UserError, DatasetNotFoundError, BundleError)
-    return 2 if isinstance(exc, (*user_errors, ScoringError)) else None
+    return EXIT_USER_ERROR if isinstance(exc, (*user_errors, ScoringError)) else None
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -299,6 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         code = _exit_code_of(exc)
         if code is None:
-            raise
+            log.exception("cltv %s: unexpected error (exit code %d)", args.command, EXIT_CRASH)
+            return EXIT_CRASH
         log.error("%s", exc)
     return code

@@ -422,8 +422,13 @@ def score_month(
         plan = replace(plan, threads=int(spark.conf.get("spark.task.cpus", "1")))
         log.info(
             "scoring %s with release v%s (%s), models %s, %d horizons → %d months%s",
-            fmt(month), plan.release_version, release, ",".join(plan.models), plan.horizons,
-            plan.total_months, ", with detail" if detail else "",
+            fmt(month),
+            plan.release_version,
+            release,
+            ",".join(plan.models),
+            plan.horizons,
+            plan.total_months,
+            ", with detail" if detail else "",
         )
     with timer.stage("check inputs", spark):
         features = read_month_features(spark, settings, month, plan)
@@ -467,8 +472,13 @@ def score_month(
         log_score_run(settings, summary)
     log.info(
         "scored %s: %s subscribers (%s holdout) with release v%s; CLTV mean %.1f, quantiles %s; %s",
-        fmt(month), f"{summary.rows:,}", f"{summary.holdout_rows:,}", summary.release_version,
-        summary.cltv_mean, {k: round(v, 1) for k, v in summary.cltv_quantiles.items()}, timer.summary(),
+        fmt(month),
+        f"{summary.rows:,}",
+        f"{summary.holdout_rows:,}",
+        summary.release_version,
+        summary.cltv_mean,
+        {k: round(v, 1) for k, v in summary.cltv_quantiles.items()},
+        timer.summary(),
     )
     return summary
 

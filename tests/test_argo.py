@@ -320,6 +320,9 @@ def test_monitor_retries_neither_a_crossed_threshold_nor_missing_inputs():
     assert expression == 'lastRetry.exitCode != "1" && lastRetry.exitCode != "2"'
     for name in ("validate-inputs", "score", "validate-output", "report"):
         assert template(monthly(), name)["retryStrategy"]["expression"] == 'lastRetry.exitCode != "2"'
+    # promote: a refused challenger (1) is a decision; a crash (70) or an evicted pod (-1) is retried
+    promote = template(load_documents(ARGO_DIR / "release.yaml")[0], "promote")["retryStrategy"]
+    assert promote["retryPolicy"] == "Always" and promote["expression"] == expression
 
 
 def _phases(**given: str) -> dict[str, str]:

@@ -26,7 +26,10 @@ from spark_app.months import month_index
 REGULAR = [63.1, 46.8, 38.2, 32.6, 28.9, 26.2, 24.1]
 HIGH_END = [86.9, 74.3, 65.3, 59.3, 55.1, 51.7, 49.1]
 RATES = CostRates(
-    cost_per_gb=0.5, cost_per_minute=0.01, overhead_per_month=2.0, overhead_base="paid",
+    cost_per_gb=0.5,
+    cost_per_minute=0.01,
+    overhead_per_month=2.0,
+    overhead_base="paid",
     annual_discount_rate=0.12,
 )
 DEC = month_index(dt.date(2025, 12, 1))
@@ -111,8 +114,14 @@ def _two_subscribers() -> dict[str, np.ndarray]:
     paid = np.vstack([np.ones(24), np.full(24, 0.5)])
     active = np.vstack([np.ones(24), np.full(24, 0.6)])
     days = forecast_days(DEC, 24)
-    daily = {"sm_mobile": [3.0, 1.0], "sm_fmc": [0.5, 0.0], "sm_fttb": [0.0, 2.0], "data_gb": [0.2, 0.1],
-             "voice_min": [10.0, 4.0], "sac": [0.4, 0.0]}
+    daily = {
+        "sm_mobile": [3.0, 1.0],
+        "sm_fmc": [0.5, 0.0],
+        "sm_fttb": [0.0, 2.0],
+        "data_gb": [0.2, 0.1],
+        "voice_min": [10.0, 4.0],
+        "sac": [0.4, 0.0],
+    }
     out = {"paid": paid, "active": active}
     for model_id, values in daily.items():
         out[model_id] = np.asarray(values)[:, None] * days[None, :]

@@ -95,6 +95,20 @@ def test_config_show_prints_resolved_yaml(capsys):
     assert "paths:" in out and "model_name: cltv" in out
 
 
+def test_an_unexpected_error_exits_70_with_its_traceback_logged(monkeypatch, capsys):
+    """70, not 1: Argo retries crashes but not verdicts (1 = promotion refused / drift failed)."""
+    import spark_app.cli as cli
+
+    def broken(args):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(cli, "cmd_config_show", broken)
+    assert main(["config", "show", "--conf", str(default_conf_file())]) == cli.EXIT_CRASH == 70
+    err = capsys.readouterr().err
+    assert "cltv config: unexpected error (exit code 70)" in err
+    assert "Traceback" in err and "ZeroDivisionError: a bug" in err
+
+
 def test_cli_reports_config_error_without_traceback(tmp_path, capsys):
     env_file = write_env_file(tmp_path, "nonsense: 1\n")
     assert main(["config", "show", "--conf", str(env_file)]) == 2

@@ -65,7 +65,9 @@ def release_env(spark, panel_dir, tmp_path_factory):
     shutil.copytree(panel_dir / "facts", panel / "facts")
     small = {"iterations": 25, "depth": 4}
     settings = make_settings(
-        work, panel, models={"profiles": {m: {"params": small} for m in ALL_MODELS}},
+        work,
+        panel,
+        models={"profiles": {m: {"params": small} for m in ALL_MODELS}},
         scoring={"arrow_batch_rows": 500},
     )
     features = spark.read.parquet(str(panel / "features")).where(F.col("report_month") < F.lit(MONTH))
@@ -85,8 +87,12 @@ def release_env(spark, panel_dir, tmp_path_factory):
         quality=pd.DataFrame(columns=["model_id", "metric", "value", "naive", "beats_naive"]),
     )
     version, _ = log_release(
-        settings, learner=learner, bundle_dir=bundle, evaluation_dir=work / "evaluation",
-        evaluation=evaluation, rows={"train_surv": len(surv), "train_reg": len(reg)},
+        settings,
+        learner=learner,
+        bundle_dir=bundle,
+        evaluation_dir=work / "evaluation",
+        evaluation=evaluation,
+        rows={"train_surv": len(surv), "train_reg": len(reg)},
     )
     return settings, version, panel
 
