@@ -128,6 +128,23 @@ class MemorySampler:
         self._thread.join(timeout=2)
 
 
+# ---------------------------------------------------------------- settings
+def bench_settings(panel: str, work: Path, features: Path):
+    """The embedded default pointed at the bench panel, with the bench's own scores and MLflow store."""
+    return load_settings(
+        ROOT / "conf" / "local.yaml",
+        overrides={
+            "paths": {"features": str(features), "facts": f"{panel}/facts", "scores": str(work / "scores")},
+            "mlflow": {
+                "tracking_uri": f"sqlite:///{work / 'mlflow.db'}",
+                "artifact_location": str(work / "mlartifacts"),
+            },
+            "spark": {"master": "local[2]"},
+        },
+        environ={},
+    )
+
+
 # ---------------------------------------------------------------- inputs
 def month_of_size(spark, panel: str, month: dt.date, subscribers: int, out: Path) -> int:
     """A features table holding one month of about `subscribers` distinct subscribers."""
@@ -346,25 +363,7 @@ def main() -> None:
     panel = str((ROOT / args.panel).resolve())
     spark = get_spark(SparkConfig(master="local[2]", driver_memory="6g", shuffle_partitions=8))
 
-    def settings_for(features: Path):
-        return load_settings(
-            ROOT / "conf" / "local.yaml",
-            overrides={
-                "paths": {
-                    "features": str(features),
-                    "facts": f"{panel}/facts",
-                    "scores": str(work / "scores"),
-                },
-                "mlflow": {
-                    "tracking_uri": f"sqlite:///{work / 'mlflow.db'}",
-                    "artifact_location": str(work / "mlartifacts"),
-                },
-                "spark": {"master": "local[2]"},
-            },
-            environ={},
-        )
-
-    base_settings = settings_for(Path(panel) / "features")
+    base_settings = bench_settings(panel, work, Path(panel) / "features")
     started = time.perf_counter()
     version = ensure_release(spark, base_settings, panel, month, args.train_rows)
     train_s = time.perf_counter() - started
@@ -377,7 +376,7 @@ def main() -> None:
     for size in sizes:
         inputs = work / f"inputs-{size}"
         n = month_of_size(spark, panel, month, size, inputs)
-        settings = settings_for(inputs / "features")
+        settings = bench_settings(panel, work, inputs / "features")
         with MemorySampler() as mem:
             start = time.perf_counter()
             summary = score_month(spark, settings, month, release="challenger")

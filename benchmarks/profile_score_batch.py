@@ -14,14 +14,15 @@ import json
 import logging
 import statistics
 import time
+from pathlib import Path
 
-from bench_score import ROOT, ensure_release
+from bench_score import ROOT, bench_settings, ensure_release
 from pyspark.sql import functions as F
 
 from spark_app import scoring
 from spark_app.cli import setup_logging
 from spark_app.cltv import cltv_columns
-from spark_app.config import SparkConfig, load_settings
+from spark_app.config import SparkConfig
 from spark_app.models import SURVIVAL_FEATURE, MatrixBuilder
 from spark_app.months import parse_month
 from spark_app.registry import load_release
@@ -65,21 +66,7 @@ def main() -> None:
     panel = str((ROOT / args.panel).resolve())
     work = (ROOT / args.work).resolve()
     spark = get_spark(SparkConfig(master="local[2]", driver_memory="6g", shuffle_partitions=8))
-    settings = load_settings(
-        ROOT / "conf" / "local.yaml",
-        overrides={
-            "paths": {
-                "features": f"{panel}/features",
-                "facts": f"{panel}/facts",
-                "scores": str(work / "scores"),
-            },
-            "mlflow": {
-                "tracking_uri": f"sqlite:///{work / 'mlflow.db'}",
-                "artifact_location": str(work / "mlartifacts"),
-            },
-        },
-        environ={},
-    )
+    settings = bench_settings(panel, work, Path(panel) / "features")
     ensure_release(spark, settings, panel, month, 60_000)
     release = load_release(settings, "challenger")
     plan = scoring.make_plan(settings, release.manifest, release.version, "profile", month, detail=False)
