@@ -10,10 +10,8 @@ setup(
     version=VERSION,
     description="Monthly 5-year customer lifetime value of telecom subscribers on Spark, CatBoost, MLflow",
     packages=find_packages(include=["spark_app", "spark_app.*"]),
-    package_data={"spark_app": ["VERSION"]},
-    data_files=[
-        ("share/cltv/conf", [str(p.relative_to(ROOT)) for p in sorted((ROOT / "conf").glob("*.yaml"))])
-    ],
+    # spark_app/conf links to conf/: the packaged defaults travel in the wheel and the --py-files zip
+    package_data={"spark_app": ["VERSION", "conf/*.yaml", "conf/examples/*.yaml"]},
     python_requires=">=3.10",
     install_requires=[
         "pyspark>=4.0,<5",

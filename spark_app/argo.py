@@ -45,6 +45,7 @@ WORKFLOW_VARIABLES = {
     "status", "failures", "scheduledTime", "creationTimestamp", "labels", "annotations", "parameters",
     "outputs", "labels.json", "annotations.json", "parameters.json",
 }  # fmt: skip
+IMAGE_ROOT = "/opt/cltv"  # where docker/Dockerfile puts spark_app.zip, jobs/ and conf/
 LOCAL_DEFAULTS = {"conf": "conf/local.yaml"}  # run-local: the embedded config instead of the image's
 
 _TAG = re.compile(r"\{\{(.*?)\}\}", re.S)
@@ -647,10 +648,29 @@ def evaluate_when(expr: str) -> bool:
     return result
 
 
-def local_command(args: list[str], python: str = sys.executable) -> list[str]:
-    """The command a step runs on this machine: spark-submit and cltv become `python -m spark_app`."""
+def spark_submit_path() -> str:
+    """spark-submit of $SPARK_HOME, else of the installed pyspark (which ships Spark's bin/)."""
+    home = os.environ.get("SPARK_HOME")
+    if not home:
+        import pyspark
+
+        home = str(Path(pyspark.__file__).resolve().parent)
+    return str(Path(home) / "bin" / "spark-submit")
+
+
+def local_command(args: list[str], python: str = sys.executable, image_root: Path | None = None) -> list[str]:
+    """The command a step runs on this machine.
+
+    Without `image_root`, spark-submit and cltv become `python -m spark_app` (one machine, no zip). With
+    it, spark-submit steps run as written — the real spark-submit against the manifest's master, the zip
+    on --py-files — with the image's /opt/cltv paths mapped to `image_root` (docker/image_root.py).
+    """
     if not args:
         raise ArgoError("a step has no command")
+    if Path(args[0]).name == "spark-submit" and image_root is not None:
+        root = str(Path(image_root).resolve())
+        mapped = [root + a[len(IMAGE_ROOT) :] if a.startswith(IMAGE_ROOT + "/") else a for a in args[1:]]
+        return [spark_submit_path(), *mapped]
     if Path(args[0]).name == "spark-submit":
         script = next((i for i, a in enumerate(args) if a.endswith(".py")), None)
         if script is None:
@@ -687,9 +707,11 @@ class _LocalRun:
         params: dict[str, str],
         env: Mapping[str, str],
         in_process: bool = False,
+        image_root: Path | None = None,
     ):
         self.label = label
         self.in_process = in_process
+        self.image_root = image_root
         self.spec = spec
         self.templates = {t["name"]: t for t in spec.get("templates") or []}
         self.params = params
@@ -798,7 +820,9 @@ class _LocalRun:
         else:
             spec = template["container"]
             argv = [*(spec.get("command") or []), *(spec.get("args") or [])]
-            argv = local_command([_substitute(str(a), values, where) for a in argv])
+            argv = local_command(
+                [_substitute(str(a), values, where) for a in argv], image_root=self.image_root
+            )
         env = dict(self.env)
         for var in spec.get("env") or []:
             if "value" in var:
@@ -892,11 +916,14 @@ def run_local(
     local_defaults: Mapping[str, str] | None = None,
     environ: Mapping[str, str] | None = None,
     in_process: bool = False,
+    image_root: Path | None = None,
 ) -> int:
     """Run a WorkflowTemplate's DAG here, steps in dependency order; the exit code of the first failure.
 
     Each step is a subprocess, like a pod; `in_process` runs the `cltv` steps in this process instead
-    (one JVM for all Spark steps; the steps' env values are then not applied).
+    (one JVM for all Spark steps; the steps' env values are then not applied). With `image_root`, the
+    spark-submit steps are submitted for real (see `local_command`), e.g. to a standalone cluster given
+    as `-p master=spark://…`.
     """
     template = Path(template)
     docs = [d for d in load_documents(template) if d["kind"] != "CronWorkflow"]
@@ -914,7 +941,8 @@ def run_local(
         local_defaults = {**LOCAL_DEFAULTS, "conf": str(default_conf_file())}
     values = resolve_parameters(label, doc["spec"], params, local_defaults)
     log.info("%s: local run with %s", label, values)
-    run = _LocalRun(label, doc["spec"], values, os.environ if environ is None else environ, in_process)
+    env = os.environ if environ is None else environ
+    run = _LocalRun(label, doc["spec"], values, env, in_process, image_root)
     code = run.run()
     log.info("%s: %s (exit code %d)", label, run.status, code)
     return code

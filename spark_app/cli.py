@@ -8,7 +8,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from spark_app.config import ConfigError, Settings, default_conf_file, dump_yaml, load_settings
+from spark_app import __version__
+from spark_app.config import ConfigError, Settings, dump_yaml, load_settings
 from spark_app.months import parse_month
 
 log = logging.getLogger("spark_app")
@@ -30,8 +31,9 @@ def _conf_arg(p: argparse.ArgumentParser, required: bool = False) -> None:
         "--conf",
         type=Path,
         required=required,
-        default=None if required else default_conf_file(),
-        help="environment config file; base.yaml and models.yaml beside it are loaded first",
+        default=None,
+        help="environment config file (default: the embedded conf/local.yaml); base.yaml and models.yaml "
+        "are read from beside it, else the packaged defaults are used",
     )
 
 
@@ -219,6 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argo_sub.add_parser("run-local", help="run a template's DAG on this machine, in dependency order")
     p.add_argument("template", type=Path)
     p.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument(
+        "--image-root",
+        type=Path,
+        default=None,
+        help="submit the spark-submit steps for real, the image's /opt/cltv mapped to this directory "
+        "(python docker/image_root.py DIR builds it); pass -p master=spark://… or yarn",
+    )
     p.set_defaults(handler=cmd_argo_run_local)
     p = argo_sub.add_parser(
         "submit", help="start a WorkflowTemplate on an Argo Server (ARGO_SERVER, ARGO_TOKEN)"
@@ -251,7 +260,7 @@ def cmd_wait_for_inputs(args: argparse.Namespace) -> int:
 def cmd_argo_run_local(args: argparse.Namespace) -> int:
     from spark_app.argo import run_local
 
-    return run_local(args.template, _parameters(args.parameter))
+    return run_local(args.template, _parameters(args.parameter), image_root=args.image_root)
 
 
 def cmd_argo_submit(args: argparse.Namespace) -> int:
@@ -300,6 +309,7 @@ def setup_logging(verbose: bool = False) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    log.info("cltv %s %s (spark_app from %s)", __version__, args.command, Path(__file__).parent)
     try:
         code = args.handler(args)
     except Exception as exc:

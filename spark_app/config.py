@@ -7,8 +7,9 @@ or environment variables for configuration.
 from __future__ import annotations
 
 import json
+import logging
 import os
-import sys
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +26,13 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+try:
+    from importlib.resources.abc import Traversable
+except ImportError:  # Python 3.10
+    from importlib.abc import Traversable
+
+log = logging.getLogger(__name__)
 
 ENV_PREFIX = "CLTV_"
 ENV_NESTING = "__"
@@ -256,28 +264,40 @@ class Settings(BaseSettings):
         return hashlib.sha256(json.dumps(self.resolved(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def default_conf_dir() -> Path:
-    """The conf/ shipped with the project: the source tree's, else the installed copy."""
-    source = Path(__file__).resolve().parent.parent / "conf"
-    if (source / "base.yaml").exists():
-        return source
-    return Path(sys.prefix) / "share" / "cltv" / "conf"
+def packaged_conf() -> Traversable:
+    """The defaults shipped inside the package (spark_app/conf, a link to conf/ in the source tree): readable
+    from a source tree, a wheel and a zip on --py-files alike."""
+    return resources.files("spark_app").joinpath("conf")
 
 
-def default_conf_file() -> Path:
-    return default_conf_dir() / "local.yaml"
+def default_conf_file() -> Traversable:
+    """The embedded environment file (`conf/local.yaml`) for commands given no --conf."""
+    return packaged_conf().joinpath("local.yaml")
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: Traversable | Path) -> dict[str, Any]:
+    if isinstance(path, Path) and path.is_dir():
+        raise ConfigError(f"config file {path} is a directory; pass a YAML file such as {path}/local.yaml")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file ({exc.reason})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
     return data
+
+
+def base_layers(conf_path: Path | None) -> list[Traversable | Path]:
+    """base.yaml and models.yaml: each from beside the environment file when it is there, else packaged."""
+    layers: list[Traversable | Path] = []
+    for name in BASE_FILES:
+        beside = conf_path.parent / name if conf_path is not None else None
+        layers.append(beside if beside is not None and beside.is_file() else packaged_conf().joinpath(name))
+    return layers
 
 
 def _merge(into: dict[str, Any], layer: dict[str, Any], origin: dict[str, str], source: str, prefix=()):
@@ -324,31 +344,39 @@ def _origin_of(loc: tuple, origin: dict[str, str]) -> str:
 
 
 def load_settings(
-    conf_file: str | Path | None = None,
+    conf_file: str | Path | Traversable | None = None,
     *,
     overrides: dict[str, Any] | None = None,
     environ: dict[str, str] | None = None,
 ) -> Settings:
-    """Resolve base.yaml and models.yaml (beside `conf_file`), then `conf_file`, then CLTV_* env vars.
+    """Resolve base.yaml and models.yaml, then `conf_file`, then CLTV_* env vars (later wins).
 
-    `overrides` is a last YAML-shaped layer used by `cltv demo` to point paths at its work dir.
+    The base layers come from beside `conf_file` when it has them, else from the packaged defaults, so
+    an environment file works from any directory. `overrides` is a last YAML-shaped layer (`cltv demo`).
     """
-    conf_path = Path(conf_file) if conf_file else default_conf_file()
+    if conf_file is None:
+        env_file: Traversable | Path = default_conf_file()
+        conf_path = None
+    elif isinstance(conf_file, str | Path):
+        env_file = conf_path = Path(conf_file)
+    else:
+        env_file, conf_path = conf_file, None
     environ = dict(os.environ if environ is None else environ)
     merged: dict[str, Any] = {}
     origin: dict[str, str] = {}
-    layers = [conf_path.parent / name for name in BASE_FILES if (conf_path.parent / name).exists()]
-    if conf_path.name not in BASE_FILES or not conf_path.exists():
-        layers.append(conf_path)
+    layers = base_layers(conf_path)
+    if conf_path is None or conf_path.name not in BASE_FILES:
+        layers.append(env_file)
     for layer in layers:
         _merge(merged, _read_yaml(layer), origin, str(layer))
+    log.debug("config layers: %s", ", ".join(str(layer) for layer in layers))
     if overrides:
         _merge(merged, overrides, origin, "command-line overrides")
     env_layer, env_names = _env_layer(environ)
     _merge(merged, env_layer, origin, "env")
     origin.update(env_names)
     try:
-        return Settings(**merged)
+        settings = Settings(**merged)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
@@ -356,6 +384,8 @@ def load_settings(
             key = ".".join(str(p) for p in loc)
             problems.append(f"  {key}: {err['msg']} (from {_origin_of(loc, origin)})")
         raise ConfigError("invalid configuration:\n" + "\n".join(problems)) from None
+    log.info("config: %s", " <- ".join([*(str(layer) for layer in layers), *sorted(env_names.values())]))
+    return settings
 
 
 def dump_yaml(settings: Settings) -> str:

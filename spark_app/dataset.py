@@ -15,13 +15,13 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from spark_app import __version__
 from spark_app.config import AMOUNT_MODELS, DatasetConfig, ModelsConfig, Settings
 from spark_app.contract import (
     DATE,
@@ -427,10 +427,6 @@ def dataset_id_for(settings: Settings, target_end: dt.date) -> str:
     return f"ds-{target_end:%Y%m}-{settings.config_hash()[:8]}"
 
 
-def package_version() -> str:
-    return (Path(__file__).resolve().parent / "VERSION").read_text().strip()
-
-
 def split_stats(written: DataFrame | None, targets: list[str]) -> dict[str, dict[str, Any]]:
     """Rows per split × horizon and target means per split, from the written Parquet (one small job)."""
     rows = []
@@ -492,7 +488,7 @@ def build_dataset(spark: SparkSession, settings: Settings, target_end: dt.date) 
         manifest = {
             "dataset_id": dataset_id,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "package_version": package_version(),
+            "package_version": __version__,
             "config_hash": settings.config_hash(),
             "target_end": fmt(plan.last_target),
             "target_months": [fmt(m) for m in plan.target_months],

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from spark_app.config import BASE_FILES, Settings, load_settings
+from spark_app.config import BASE_FILES, Settings, base_layers, default_conf_file, load_settings
 from spark_app.generate import PanelSpec, generate_panel
 from spark_app.months import add_months, fmt, months_between, parse_month
 from spark_app.progress import StageTimer
@@ -49,13 +48,14 @@ class DemoPlan:
         return cls(start, months, earliest_end, scores)
 
 
-def write_demo_conf(workdir: Path, conf: Path) -> Path:
+def write_demo_conf(workdir: Path, conf: Path | None) -> Path:
     """Copy the base layers beside a demo environment file whose paths all point into `workdir`."""
     conf_dir = workdir / "conf"
     conf_dir.mkdir(parents=True, exist_ok=True)
-    for name in BASE_FILES:
-        shutil.copyfile(conf.parent / name, conf_dir / name)
-    env = (yaml.safe_load(conf.read_text()) or {}) if conf.name not in BASE_FILES else {}
+    for layer in base_layers(conf):
+        (conf_dir / layer.name).write_text(layer.read_text())
+    source = conf if conf is not None else default_conf_file()
+    env = (yaml.safe_load(source.read_text()) or {}) if source.name not in BASE_FILES else {}
     root = workdir.resolve()
     env["paths"] = {
         "features": str(root / "panel" / "features"),
@@ -74,7 +74,7 @@ def write_demo_conf(workdir: Path, conf: Path) -> Path:
     return demo_conf
 
 
-def run_demo(*, subscribers: int, months: int, workdir: Path, conf: Path) -> dict[str, object]:
+def run_demo(*, subscribers: int, months: int, workdir: Path, conf: Path | None) -> dict[str, object]:
     from spark_app.dataset import build_dataset
     from spark_app.monitoring import monitor_month
     from spark_app.registry import promote

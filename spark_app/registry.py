@@ -14,6 +14,7 @@ import json
 import logging
 import tempfile
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -26,7 +27,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from spark_app.cli import UserError
-from spark_app.config import MlflowConfig, Settings
+from spark_app.config import MlflowConfig, Settings, Traversable
 from spark_app.evaluation import main_metric_of, markdown_table, metrics_for, relative_worsening
 from spark_app.models import RELEASE_JSON, Learner
 
@@ -148,16 +149,35 @@ def pip_requirements() -> list[str]:
     ]
 
 
+def copy_package(into: Path) -> Path:
+    """This package's files copied to `into/spark_app` through importlib.resources: the same from a source
+    tree, a wheel or the zip shipped with --py-files (where there is no directory to point at)."""
+
+    def copy(node: Traversable, dst: Path) -> None:
+        dst.mkdir(parents=True, exist_ok=True)
+        for child in node.iterdir():
+            if child.name == "__pycache__":
+                continue
+            if child.is_dir():
+                copy(child, dst / child.name)
+            else:
+                (dst / child.name).write_bytes(child.read_bytes())
+
+    target = into / "spark_app"
+    copy(resources.files("spark_app"), target)
+    return target
+
+
 def save_pyfunc(bundle_dir: Path, out: Path) -> Path:
     """The release as an MLflow pyfunc directory; the package travels along (code_paths)."""
-    package = Path(__file__).resolve().parent
-    mlflow.pyfunc.save_model(
-        path=str(out),
-        python_model=CltvRelease(),
-        artifacts={BUNDLE_KEY: str(bundle_dir)},
-        code_paths=[str(package)],
-        pip_requirements=pip_requirements(),
-    )
+    with tempfile.TemporaryDirectory(prefix="cltv-code-") as tmp:
+        mlflow.pyfunc.save_model(
+            path=str(out),
+            python_model=CltvRelease(),
+            artifacts={BUNDLE_KEY: str(bundle_dir)},
+            code_paths=[str(copy_package(Path(tmp)))],
+            pip_requirements=pip_requirements(),
+        )
     return out
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 
+from spark_app import __version__
 from spark_app.cli import UserError
 from spark_app.config import DERIVED_FEATURES, Settings
 from spark_app.evaluation import (
@@ -256,10 +257,6 @@ def target_window(manifest: dict[str, Any]) -> str:
     return f"{months[0]}..{months[-1]}" if months else str(manifest.get("target_end", "?"))
 
 
-def package_version() -> str:
-    return (Path(__file__).resolve().parent / "VERSION").read_text().strip()
-
-
 # ---------------------------------------------------------------- the job
 def train_release(spark: SparkSession, settings: Settings, dataset_id: str | None = None) -> ReleaseInfo:
     """Train, evaluate and register one release from training set `dataset_id` (default: the newest)."""
@@ -298,7 +295,7 @@ def train_release(spark: SparkSession, settings: Settings, dataset_id: str | Non
         "horizons": list(manifest.get("horizons") or settings.dataset.horizons),
         "dataset_id": dataset_id,
         "target_window": target_window(manifest),
-        "package_version": package_version(),
+        "package_version": __version__,
         "trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "config": settings.resolved(),
         "input_feature_cols": inputs,

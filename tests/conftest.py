@@ -13,6 +13,7 @@ from spark_app.config import Settings, load_settings
 from spark_app.generate import PanelSpec, generate_panel
 
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "docker"))  # docker/image_root.py
 
 PANEL_START = dt.date(2022, 1, 1)
 PANEL_MONTHS = 40

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from spark_app.cli import main
-from spark_app.config import ALL_MODELS, ConfigError, default_conf_file, load_settings
+from spark_app.config import ALL_MODELS, ConfigError, load_settings
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -18,7 +18,7 @@ def write_env_file(tmp_path: Path, text: str) -> Path:
 
 
 def test_embedded_default_resolves_every_section():
-    s = load_settings(default_conf_file(), environ={})
+    s = load_settings(None, environ={})
     assert s.paths.features.endswith("features")
     assert s.dataset.horizons == list(range(1, 25))
     assert [p.model_id for p in s.models.enabled_profiles()] == list(ALL_MODELS)
@@ -90,7 +90,7 @@ def test_missing_config_file_is_clear(tmp_path):
 
 
 def test_config_show_prints_resolved_yaml(capsys):
-    assert main(["config", "show", "--conf", str(default_conf_file())]) == 0
+    assert main(["config", "show", "--conf", str(CONF / "local.yaml")]) == 0
     out = capsys.readouterr().out
     assert "paths:" in out and "model_name: cltv" in out
 
@@ -103,7 +103,7 @@ def test_an_unexpected_error_exits_70_with_its_traceback_logged(monkeypatch, cap
         raise ZeroDivisionError("a bug")
 
     monkeypatch.setattr(cli, "cmd_config_show", broken)
-    assert main(["config", "show", "--conf", str(default_conf_file())]) == cli.EXIT_CRASH == 70
+    assert main(["config", "show", "--conf", str(CONF / "local.yaml")]) == cli.EXIT_CRASH == 70
     err = capsys.readouterr().err
     assert "cltv config: unexpected error (exit code 70)" in err
     assert "Traceback" in err and "ZeroDivisionError: a bug" in err
@@ -114,3 +114,49 @@ def test_cli_reports_config_error_without_traceback(tmp_path, capsys):
     assert main(["config", "show", "--conf", str(env_file)]) == 2
     err = capsys.readouterr().err
     assert "nonsense: Extra inputs are not permitted" in err and "Traceback" not in err
+
+
+def test_a_file_alone_in_any_directory_is_layered_over_the_packaged_defaults(tmp_path, caplog):
+    alone = tmp_path / "elsewhere" / "prod.yaml"
+    alone.parent.mkdir()
+    alone.write_text("dataset:\n  sample_rate: 0.5\n")
+    with caplog.at_level("INFO", logger="spark_app.config"):
+        s = load_settings(alone, environ={})
+    assert s.dataset.sample_rate == 0.5
+    assert [p.model_id for p in s.models.enabled_profiles()] == list(ALL_MODELS)  # models.yaml kept
+    assert s.dataset.target_months == 13  # base.yaml kept
+    used = caplog.text
+    assert "spark_app/conf/base.yaml" in used and "spark_app/conf/models.yaml" in used and str(alone) in used
+
+
+def test_base_files_beside_the_environment_file_win_over_the_packaged_ones(tmp_path):
+    env_file = write_env_file(tmp_path, "{}\n")
+    (tmp_path / "base.yaml").write_text((CONF / "base.yaml").read_text().replace("salt: cltv", "salt: mine"))
+    assert load_settings(env_file, environ={}).dataset.salt == "mine"
+
+
+def test_an_unknown_key_in_a_file_alone_is_named_with_its_file(tmp_path, capsys):
+    alone = tmp_path / "other" / "x.yaml"
+    alone.parent.mkdir()
+    alone.write_text("paths:\n  featurez: /x\ndataset:\n  sample_rat: 1\n")
+    assert main(["config", "show", "--conf", str(alone)]) == 2
+    err = capsys.readouterr().err
+    assert f"paths.featurez: Extra inputs are not permitted (from {alone})" in err
+    assert (
+        f"dataset.sample_rat: Extra inputs are not permitted (from {alone})" in err
+    )  # every problem at once
+
+
+def test_a_directory_given_as_conf_is_a_clear_error(tmp_path, capsys):
+    assert main(["config", "show", "--conf", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+
+
+def test_the_demo_conf_works_after_being_copied_elsewhere(tmp_path):
+    from spark_app.pipeline import write_demo_conf
+
+    demo = write_demo_conf(tmp_path / "demo", None)
+    moved = tmp_path / "moved" / "demo.yaml"
+    moved.parent.mkdir()
+    moved.write_text(demo.read_text())
+    assert load_settings(moved, environ={}).paths.scores == load_settings(demo, environ={}).paths.scores

@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from image_root import build_image_root
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
@@ -239,11 +240,20 @@ def test_install_steps_replayed_in_a_fresh_virtualenv_give_a_working_cltv(tmp_pa
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CLTV_", "PYTHONPATH", "VIRTUAL_ENV"))}
     help_text = subprocess.run([str(cltv), "--help"], check=True, capture_output=True, text=True, env=env)
     assert "wait-for-inputs" in help_text.stdout
-    installed_conf = tmp_path / "venv" / "share" / "cltv" / "conf" / "cluster.yaml"
+    alone = tmp_path / "alone" / "cluster.yaml"  # no base.yaml beside it: the wheel's packaged defaults
+    alone.parent.mkdir()
+    shutil.copy2(ROOT / "conf" / "cluster.yaml", alone)
     shown = subprocess.run(
-        [str(cltv), "config", "show", "--conf", str(installed_conf)],
+        [str(cltv), "config", "show", "--conf", str(alone)],
         check=True, capture_output=True, text=True, env=env, cwd=tmp_path,
     )  # fmt: skip
     assert "hdfs:///dwh/cltv/features" in shown.stdout
+    assert "model_name: cltv" in shown.stdout and "sm_fttb" in shown.stdout  # base.yaml, models.yaml
     with zipfile.ZipFile(tmp_path / "spark_app.zip") as shipped:
-        assert "spark_app/cli.py" in shipped.namelist()
+        names = set(shipped.namelist())
+    assert {"spark_app/cli.py", "spark_app/VERSION", "spark_app/conf/base.yaml"} <= names
+    # docker/image_root.py (the cluster test's zip) lays out the same package as the image
+    with zipfile.ZipFile(build_image_root(tmp_path / "image-root") / "spark_app.zip") as local:
+        assert {n for n in local.namelist() if "__pycache__" not in n} == {
+            n for n in names if "__pycache__" not in n
+        }

@@ -1,0 +1,153 @@
+"""The distributed path, as shipped: a Spark standalone master + 2 workers on loopback (executors in their
+own JVMs), the package zipped the way docker/Dockerfile zips it, and both Argo DAGs run through their
+manifests' own spark-submit commands (`run_local(..., image_root=...)`). The driver and the executors run
+an interpreter that can import spark_app only from the zip. Outputs must equal local mode's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from image_root import build_image_root
+from pyspark.sql import functions as F
+from spark_cluster import standalone_cluster
+
+from spark_app.argo import run_local
+from spark_app.config import load_settings
+from spark_app.dataset import build_dataset, read_dataset
+from spark_app.generate import PanelSpec, generate_panel
+from spark_app.registry import CHAMPION, mlflow_client
+from spark_app.scoring import score_month
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TARGET_END = "2025-01"
+MONTH = "2025-02"
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def isolated_python(root: Path) -> str:
+    """A virtualenv that sees the project's dependencies but not the project: spark_app comes from the zip.
+
+    A .pth line adding a directory to sys.path does not run that directory's .pth files, so the editable
+    install's import hook stays out.
+    """
+    subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(root)], check=True)
+    site = next(root.glob("lib/python3*/site-packages"))
+    deps = next(p for p in map(Path, sys.path) if p.name == "site-packages" and (p / "pyspark").is_dir())
+    (site / "project-deps.pth").write_text(f"{deps}\n")
+    python = str(root / "bin" / "python")
+    probe = subprocess.run([python, "-c", "import spark_app"], cwd=root, capture_output=True, check=False)
+    assert probe.returncode != 0, "the isolated interpreter must not import spark_app from the source tree"
+    return python
+
+
+def cluster_conf(tmp_path: Path, panel: Path) -> Path:
+    """An environment file alone in its directory: base.yaml and models.yaml come from the package (zip)."""
+    conf = {
+        "paths": {
+            "features": str(panel / "features"),
+            "facts": str(panel / "facts"),
+            "datasets": str(tmp_path / "datasets"),
+            "scores": str(tmp_path / "scores"),
+            "monitoring": str(tmp_path / "monitoring"),
+        },
+        "mlflow": {
+            "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "artifact_location": str(tmp_path / "mlartifacts"),
+        },
+        "dataset": {"horizons": list(range(1, 7)), "target_months": 3},
+        "spark": {"shuffle_partitions": 4},
+        "monitoring": {"psi_fail": 50.0, "psi_warn": 40.0, "prediction_psi_fail": 50.0,
+                       "prediction_psi_warn": 40.0, "unseen_fail": 1.0, "unseen_warn": 1.0},
+        "models": {"profiles": {m: {"params": {"iterations": 30}} for m in
+                                ("paid", "active", "sm_mobile", "sm_fmc", "sm_fttb", "data_gb", "voice_min",
+                                 "sac")}},
+    }  # fmt: skip
+    path = tmp_path / "conf-alone" / "cluster-test.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump(conf))
+    return path
+
+
+def test_both_dags_run_on_a_standalone_cluster_from_the_zip_and_match_local_mode(spark, tmp_path, capfd):
+    panel = tmp_path / "panel"
+    generate_panel(spark, str(panel), PanelSpec(2000, 14, dt.date(2024, 1, 1), seed=5), partitions=2)
+    conf = cluster_conf(tmp_path, panel)
+    image = build_image_root(tmp_path / "image")
+    python = isolated_python(tmp_path / "py")
+    env = {
+        **os.environ,
+        "PYSPARK_PYTHON": python,
+        "PYSPARK_DRIVER_PYTHON": python,
+        "SPARK_LOCAL_IP": "127.0.0.1",
+    }
+    with standalone_cluster(tmp_path / "cluster", workers=2, cores=1) as cluster:
+        params = {"conf": str(conf), "master": cluster.master}
+        argo = ROOT / "argo"
+        release = run_local(argo / "release.yaml", {**params, "target_end": TARGET_END}, environ=env,
+                            image_root=image)  # fmt: skip
+        monthly = run_local(argo / "monthly-scoring.yaml", {**params, "month": MONTH, "wait_timeout": "30"},
+                            environ=env, image_root=image)  # fmt: skip
+        apps = cluster.state()["completedapps"]
+    assert not [pid for pid in cluster.pids if alive(pid)], "the cluster's JVMs are stopped by pid"
+    captured = capfd.readouterr()
+    logged = captured.out + captured.err  # spark-submit pipes its Python driver's stderr to its stdout
+    (tmp_path / "dags.log").write_text(logged)
+    assert (release, monthly) == (0, 0), logged[-5000:]
+    # every Spark step ran on the cluster (an application with executors), importing spark_app from the zip
+    spark_steps = (
+        "build-dataset",
+        "train",
+        "validate-inputs",
+        "score",
+        "validate-output",
+        "monitor",
+        "report",
+    )
+    assert len(apps) == len(spark_steps)
+    assert all(a["cores"] >= 2 for a in apps), [(a["name"], a["cores"]) for a in apps]
+    for step in spark_steps:
+        assert re.search(rf"cltv \S+ {step} \(spark_app from {re.escape(str(image))}/spark_app\.zip", logged)
+
+    settings = load_settings(conf, environ={})
+    assert (tmp_path / "scores" / f"score_month={MONTH}-01" / "_PUBLISHED").is_file()
+    assert list((tmp_path / "monitoring").rglob("cltv-report-*.html"))
+    client = mlflow_client(settings.mlflow)
+    champion = client.get_model_version_by_alias(settings.mlflow.model_name, CHAMPION)
+
+    # the same release and month in local mode give the same rows
+    local = load_settings(
+        conf,
+        environ={},
+        overrides={
+            "paths": {"scores": str(tmp_path / "local-scores"), "datasets": str(tmp_path / "local-ds")}
+        },
+    )
+    score_month(spark, local, month=dt.date(2025, 2, 1), release=champion.version, detail=True)
+    on_cluster = spark.read.parquet(str(tmp_path / "scores" / f"score_month={MONTH}-01"))
+    in_local = spark.read.parquet(str(tmp_path / "local-scores" / f"score_month={MONTH}-01"))
+    assert on_cluster.count() == in_local.count() > 1000
+    assert on_cluster.exceptAll(in_local).count() == 0 and in_local.exceptAll(on_cluster).count() == 0
+
+    # and the training set built on the cluster is the one local mode builds
+    build_dataset(spark, local, target_end=dt.date(2025, 1, 1))
+    _, _, cluster_splits = read_dataset(spark, settings)
+    _, _, local_splits = read_dataset(spark, local)
+    for name, df in cluster_splits.items():
+        other = local_splits[name]
+        assert df.exceptAll(other).count() == 0 and other.exceptAll(df).count() == 0, name
+    assert cluster_splits["oot"].agg(F.count("*")).first()[0] > 0
