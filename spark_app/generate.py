@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +18,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from spark_app.contract import FACT_COLUMNS, ID, MONTH
+from spark_app.contract import FACT_AMOUNTS, ID, MONTH
 from spark_app.months import days_in_month_index, fmt, month_index
 from spark_app.progress import StageTimer
 from spark_app.storage import Storage, write_parquet_staged
@@ -52,30 +52,68 @@ ACQ_SEASON = np.array([0.8, 0.85, 0.95, 0.95, 1.0, 0.95, 0.9, 1.0, 1.3, 1.05, 1.
 # Subscriber states in the simulation.
 OUT, PAID, DORMANT, IDLE = 0, 1, 2, 3  # OUT = not yet acquired or churned; DORMANT pays without traffic
 
-FEATURE_NUMERIC = (
-    "tenure_months",
-    "n_services",
-    "price",
-    "price_change_3m",
-    "complaints_3m",
-    "data_gb_1m",
-    "data_gb_3m",
-    "data_gb_6m",
-    "voice_min_1m",
-    "voice_min_3m",
-    "voice_min_6m",
-    "margin_1m",
-    "margin_3m",
-    "margin_6m",
-    "data_trend_3m",
-    "voice_trend_3m",
-    "months_since_active",
-    "paid_months_6m",
-    "is_paid",
-    "is_active",
-    "sac_6m",
+
+@dataclass(frozen=True)
+class ProfileColumns:
+    """Every column a generator profile writes, declared once.
+
+    The row builders, the Spark schemas, the categorical labels and `panel_summary` all read them from
+    here, so a profile's column names live in one place (the config of a deployment names them again).
+    """
+
+    numeric: tuple[str, ...]
+    categorical: dict[str, tuple[str, ...]]  # column -> labels of its codes 0, 1, ...
+    int_numeric: frozenset[str]  # numeric features written as int (the rest are double)
+    paid_flag: str  # fact flag of the paid base (revenue and traffic)
+    active_flag: str  # fact flag of the active base (revenue or traffic)
+    fact_amounts: tuple[str, ...]
+    margin_amounts: tuple[str, ...]  # amounts that together are the month's service margin
+
+    @property
+    def fact_flags(self) -> tuple[str, str]:
+        return (self.paid_flag, self.active_flag)
+
+    @property
+    def facts(self) -> tuple[str, ...]:
+        return self.fact_flags + self.fact_amounts
+
+
+CONVERGENT = ProfileColumns(
+    numeric=(
+        "tenure_months",
+        "n_services",
+        "price",
+        "price_change_3m",
+        "complaints_3m",
+        "data_gb_1m",
+        "data_gb_3m",
+        "data_gb_6m",
+        "voice_min_1m",
+        "voice_min_3m",
+        "voice_min_6m",
+        "margin_1m",
+        "margin_3m",
+        "margin_6m",
+        "data_trend_3m",
+        "voice_trend_3m",
+        "months_since_active",
+        "paid_months_6m",
+        "is_paid",
+        "is_active",
+        "sac_6m",
+    ),
+    categorical={"segment": SEGMENTS, "tariff": TARIFFS, "region": REGIONS, "device_type": DEVICES},
+    int_numeric=frozenset(
+        {"tenure_months", "n_services", "complaints_3m", "months_since_active", "paid_months_6m"}
+        | {"is_paid", "is_active"}
+    ),
+    paid_flag="in_paid_base",
+    active_flag="in_active_base",
+    fact_amounts=FACT_AMOUNTS,  # the contract's default facts
+    margin_amounts=("sm_mobile", "sm_fmc", "sm_fttb"),
 )
-FEATURE_CATEGORICAL = ("segment", "tariff", "region", "device_type")
+FEATURE_NUMERIC = CONVERGENT.numeric
+FEATURE_CATEGORICAL = tuple(CONVERGENT.categorical)
 
 
 @dataclass(frozen=True)
@@ -85,6 +123,15 @@ class PanelSpec:
     start: dt.date
     seed: int = 7
     acquisition_months: int | None = None  # months over which newcomers join (default: the panel's)
+    profile: str = "convergent"  # which operator is simulated: a key of PROFILES
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise ValueError(f"unknown panel profile {self.profile!r} (known: {', '.join(PROFILES)})")
+
+    @property
+    def columns(self) -> ProfileColumns:
+        return PROFILES[self.profile]
 
     @property
     def first_index(self) -> int:
@@ -143,7 +190,10 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- the simulation
-def simulate(ids: np.ndarray, spec: PanelSpec) -> dict[str, np.ndarray]:
+Sim = dict[str, np.ndarray]  # what a simulation returns: (subscribers, months) and per-subscriber arrays
+
+
+def simulate_convergent(ids: np.ndarray, spec: PanelSpec) -> Sim:
     """Simulate the subscribers `ids` over burn-in + panel months; arrays are (subscribers, months)."""
     n, total = len(ids), BURN_IN + spec.months
     seed = spec.seed
@@ -328,77 +378,109 @@ def _months_since_active(active: np.ndarray) -> np.ndarray:
     return out
 
 
-def panel_rows(sim: dict[str, np.ndarray], spec: PanelSpec, table: str) -> pd.DataFrame:
-    """Rows of `table` ('features' or 'facts') for every (subscriber, panel month) in the base."""
+@dataclass(frozen=True)
+class Cells:
+    """The (subscriber, month) cells of a simulation that become rows: those in the base in a panel month."""
+
+    sub_idx: np.ndarray
+    col: np.ndarray  # month column of the simulation (burn-in included)
+
+    def at(self, x: np.ndarray) -> np.ndarray:
+        """Values of a (subscribers, months) array at the cells."""
+        return x[self.sub_idx, self.col]
+
+    def of(self, x: np.ndarray) -> np.ndarray:
+        """Values of a per-subscriber array at the cells."""
+        return x[self.sub_idx]
+
+
+def convergent_facts(sim: Sim, cells: Cells) -> dict[str, np.ndarray]:
     status = sim["status"]
-    keep = status[:, BURN_IN:] != OUT
-    sub_idx, month_off = np.nonzero(keep)
-    col = month_off + BURN_IN
-    cols: dict[str, np.ndarray] = {"sid": sim["ids"][sub_idx], "month_offset": month_off.astype(np.int32)}
+    segment = cells.of(sim["segment"])
+    margin = cells.at(sim["margin"])
+    return {
+        "in_paid_base": cells.at(status == PAID).astype(np.int32),
+        "in_active_base": cells.at((status == PAID) | (status == DORMANT)).astype(np.int32),
+        "sm_mobile": np.where(segment == 0, margin, 0.0),
+        "sm_fmc": np.where(segment == 1, margin, 0.0),
+        "sm_fttb": np.where(segment == 2, margin, 0.0),
+        "data_gb": cells.at(sim["data"]),
+        "voice_min": cells.at(sim["voice"]),
+        "sac": cells.at(sim["sac"]),
+    }
+
+
+def convergent_features(sim: Sim, cells: Cells) -> dict[str, np.ndarray]:
+    status = sim["status"]
     paid = status == PAID
     active = (status == PAID) | (status == DORMANT)
-    if table == "facts":
-        segment = sim["segment"][sub_idx]
-        margin = sim["margin"][sub_idx, col]
-        cols.update(
-            in_paid_base=paid[sub_idx, col].astype(np.int32),
-            in_active_base=active[sub_idx, col].astype(np.int32),
-            sm_mobile=np.where(segment == 0, margin, 0.0),
-            sm_fmc=np.where(segment == 1, margin, 0.0),
-            sm_fttb=np.where(segment == 2, margin, 0.0),
-            data_gb=sim["data"][sub_idx, col],
-            voice_min=sim["voice"][sub_idx, col],
-            sac=sim["sac"][sub_idx, col],
-        )
-        return pd.DataFrame(cols)
-    if table != "features":
-        raise ValueError(f"unknown table {table!r}")
-
-    def at(x: np.ndarray) -> np.ndarray:
-        return x[sub_idx, col]
-
+    at = cells.at
     data, voice, margin = sim["data"], sim["voice"], sim["margin"]
-    cols.update(
-        segment_code=sim["segment"][sub_idx].astype(np.int32),
-        tariff_code=sim["tariff"][sub_idx].astype(np.int32),
-        region_code=sim["region"][sub_idx].astype(np.int32),
-        device_code=sim["device"][sub_idx].astype(np.int32),
-        tenure_months=(col - sim["acq"][sub_idx]).astype(np.int32),
-        n_services=sim["n_services"][sub_idx].astype(np.int32),
-        price=np.round(at(sim["price"]), 2),
-        price_change_3m=np.round(at(_trailing(sim["price_change"], 3)), 2),
-        complaints_3m=at(_trailing(sim["complaints"], 3)).astype(np.int32),
-        data_gb_1m=at(data),
-        data_gb_3m=at(_trailing(data, 3)),
-        data_gb_6m=at(_trailing(data, 6)),
-        voice_min_1m=at(voice),
-        voice_min_3m=at(_trailing(voice, 3)),
-        voice_min_6m=at(_trailing(voice, 6)),
-        margin_1m=at(margin),
-        margin_3m=at(_trailing(margin, 3)),
-        margin_6m=at(_trailing(margin, 6)),
-        data_trend_3m=(at(data) + 0.1) / (at(_lag(data, 3)) + 0.1),
-        voice_trend_3m=(at(voice) + 1.0) / (at(_lag(voice, 3)) + 1.0),
-        months_since_active=at(_months_since_active(active)).astype(np.int32),
-        paid_months_6m=at(_trailing(paid.astype(np.int64), 6)).astype(np.int32),
-        is_paid=at(paid).astype(np.int32),
-        is_active=at(active).astype(np.int32),
-        sac_6m=at(_trailing(sim["sac"], 6)),
-    )
+    return {
+        "segment_code": cells.of(sim["segment"]).astype(np.int32),
+        "tariff_code": cells.of(sim["tariff"]).astype(np.int32),
+        "region_code": cells.of(sim["region"]).astype(np.int32),
+        "device_type_code": cells.of(sim["device"]).astype(np.int32),
+        "tenure_months": (cells.col - cells.of(sim["acq"])).astype(np.int32),
+        "n_services": cells.of(sim["n_services"]).astype(np.int32),
+        "price": np.round(at(sim["price"]), 2),
+        "price_change_3m": np.round(at(_trailing(sim["price_change"], 3)), 2),
+        "complaints_3m": at(_trailing(sim["complaints"], 3)).astype(np.int32),
+        "data_gb_1m": at(data),
+        "data_gb_3m": at(_trailing(data, 3)),
+        "data_gb_6m": at(_trailing(data, 6)),
+        "voice_min_1m": at(voice),
+        "voice_min_3m": at(_trailing(voice, 3)),
+        "voice_min_6m": at(_trailing(voice, 6)),
+        "margin_1m": at(margin),
+        "margin_3m": at(_trailing(margin, 3)),
+        "margin_6m": at(_trailing(margin, 6)),
+        "data_trend_3m": (at(data) + 0.1) / (at(_lag(data, 3)) + 0.1),
+        "voice_trend_3m": (at(voice) + 1.0) / (at(_lag(voice, 3)) + 1.0),
+        "months_since_active": at(_months_since_active(active)).astype(np.int32),
+        "paid_months_6m": at(_trailing(paid.astype(np.int64), 6)).astype(np.int32),
+        "is_paid": at(paid).astype(np.int32),
+        "is_active": at(active).astype(np.int32),
+        "sac_6m": at(_trailing(sim["sac"], 6)),
+    }
+
+
+@dataclass(frozen=True)
+class Simulator:
+    """How a profile simulates subscribers and turns the simulation into features and facts columns."""
+
+    simulate: Callable[[np.ndarray, PanelSpec], Sim]
+    features: Callable[[Sim, Cells], dict[str, np.ndarray]]
+    facts: Callable[[Sim, Cells], dict[str, np.ndarray]]
+
+
+def panel_rows(sim: Sim, spec: PanelSpec, table: str) -> pd.DataFrame:
+    """Rows of `table` ('features' or 'facts') for every (subscriber, panel month) in the base."""
+    keep = sim["status"][:, BURN_IN:] != OUT
+    sub_idx, month_off = np.nonzero(keep)
+    cells = Cells(sub_idx, month_off + BURN_IN)
+    if table not in ("features", "facts"):
+        raise ValueError(f"unknown table {table!r}")
+    simulator = SIMULATORS[spec.profile]
+    values = simulator.facts(sim, cells) if table == "facts" else simulator.features(sim, cells)
+    cols = {"sid": sim["ids"][sub_idx], "month_offset": month_off.astype(np.int32)}
+    cols.update((name, values[name]) for name in _value_columns(spec.columns, table))
     return pd.DataFrame(cols)
 
 
-def _spark_schema(table: str) -> str:
+def _value_columns(columns: ProfileColumns, table: str) -> tuple[str, ...]:
+    """The columns a row builder must return for `table`, in the order of the Spark schema."""
     if table == "facts":
-        return "sid long, month_offset int, " + ", ".join(
-            f"{c} int" if c.startswith("in_") else f"{c} double" for c in FACT_COLUMNS
-        )
-    ints = {"tenure_months", "n_services", "complaints_3m", "months_since_active", "paid_months_6m"}
-    ints |= {"is_paid", "is_active"}
-    numeric = ", ".join(f"{c} {'int' if c in ints else 'double'}" for c in FEATURE_NUMERIC)
-    return (
-        "sid long, month_offset int, segment_code int, tariff_code int, region_code int, device_code int, "
-        + numeric
+        return columns.facts
+    return (*[f"{c}_code" for c in columns.categorical], *columns.numeric)
+
+
+def _spark_schema(columns: ProfileColumns, table: str) -> str:
+    """DDL of what `panel_rows` yields: flags, codes and declared int features are int, the rest double."""
+    ints = set(columns.fact_flags) | columns.int_numeric | {f"{c}_code" for c in columns.categorical}
+    names = _value_columns(columns, table)
+    return "sid long, month_offset int, " + ", ".join(
+        f"{c} {'int' if c in ints else 'double'}" for c in names
     )
 
 
@@ -408,6 +490,8 @@ def _label(codes: str, names: tuple[str, ...]):
 
 def panel_table(spark: SparkSession, spec: PanelSpec, table: str, partitions: int) -> DataFrame:
     """The `table` of the panel as a lazy DataFrame in the input contract."""
+    simulate = SIMULATORS[spec.profile].simulate
+    columns = spec.columns
 
     def simulate_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
@@ -415,7 +499,7 @@ def panel_table(spark: SparkSession, spec: PanelSpec, table: str, partitions: in
             yield panel_rows(simulate(ids, spec), spec, table)
 
     raw = spark.range(0, spec.subscribers, numPartitions=partitions).mapInPandas(
-        simulate_batches, _spark_schema(table)
+        simulate_batches, _spark_schema(columns, table)
     )
     keyed = raw.select(
         F.format_string("S%09d", F.col("sid")).alias(ID),
@@ -424,16 +508,8 @@ def panel_table(spark: SparkSession, spec: PanelSpec, table: str, partitions: in
     )
     if table == "facts":
         return keyed
-    labels = {"segment": SEGMENTS, "tariff": TARIFFS, "region": REGIONS, "device_type": DEVICES}
-    codes = {
-        "segment": "segment_code",
-        "tariff": "tariff_code",
-        "region": "region_code",
-        "device_type": "device_code",
-    }
-    return keyed.select(
-        ID, MONTH, *[_label(codes[c], labels[c]).alias(c) for c in FEATURE_CATEGORICAL], *FEATURE_NUMERIC
-    )
+    labels = [_label(f"{c}_code", names).alias(c) for c, names in columns.categorical.items()]
+    return keyed.select(ID, MONTH, *labels, *columns.numeric)
 
 
 def generate_panel(
@@ -445,7 +521,8 @@ def generate_panel(
     storage = Storage(spark)
     timer = StageTimer()
     log.info(
-        "generating %d subscribers x %d months from %s (seed %d) in %d partitions into %s",
+        "generating %s: %d subscribers x %d months from %s (seed %d) in %d partitions into %s",
+        spec.profile,
         spec.subscribers,
         spec.months,
         fmt(spec.start),
@@ -458,24 +535,33 @@ def generate_panel(
             df = panel_table(spark, spec, table, partitions)
             write_parquet_staged(storage, df, f"{out.rstrip('/')}/{table}", partition_by=[MONTH])
     with timer.stage("summary", spark):
-        summary = panel_summary(spark.read.parquet(f"{out.rstrip('/')}/facts"))
+        summary = panel_summary(spark.read.parquet(f"{out.rstrip('/')}/facts"), spec.columns)
     summary["seconds"] = round(sum(timer.seconds.values()), 1)
     log.info(
-        "panel done: %s facts rows, mean base %.0f, monthly churn %.2f%%, paid share %.1f%%; %s",
+        "panel done: %s facts rows, mean base %.0f, monthly churn %.2f%%, paid share %.1f%%, "
+        "active share %.1f%%, zero margin in %.1f%% of rows; %s",
         f"{summary['rows']:,}",
         summary["mean_base"],
         100 * summary["monthly_churn"],
         100 * summary["paid_share"],
+        100 * summary["active_share"],
+        100 * summary["zero_margin_share"],
         timer.summary(),
     )
     return summary
 
 
-def panel_summary(facts: DataFrame) -> dict[str, object]:
-    """Base size, paid share and monthly churn (share of the base gone the next month)."""
+def panel_summary(facts: DataFrame, columns: ProfileColumns = CONVERGENT) -> dict[str, object]:
+    """Base size, paid and active shares, share of rows without margin, monthly churn (gone next month)."""
+    margin = sum((F.col(c) for c in columns.margin_amounts), F.lit(0.0))
     per_month = (
         facts.groupBy(MONTH)
-        .agg(F.count(F.lit(1)).alias("base"), F.sum("in_paid_base").alias("paid"))
+        .agg(
+            F.count(F.lit(1)).alias("base"),
+            F.sum(columns.paid_flag).alias("paid"),
+            F.sum(columns.active_flag).alias("active"),
+            F.sum((margin == 0).cast("long")).alias("zero_margin"),
+        )
         .orderBy(MONTH)
         .collect()
     )
@@ -499,5 +585,13 @@ def panel_summary(facts: DataFrame) -> dict[str, object]:
         "months": len(per_month),
         "mean_base": rows / max(len(per_month), 1),
         "paid_share": sum(r["paid"] for r in per_month) / max(rows, 1),
+        "active_share": sum(r["active"] for r in per_month) / max(rows, 1),
+        "zero_margin_share": sum(r["zero_margin"] for r in per_month) / max(rows, 1),
         "monthly_churn": (gone["gone"] or 0) / max(gone["base"] or 0, 1),
     }
+
+
+PROFILES: dict[str, ProfileColumns] = {"convergent": CONVERGENT}
+SIMULATORS: dict[str, Simulator] = {
+    "convergent": Simulator(simulate_convergent, convergent_features, convergent_facts),
+}
