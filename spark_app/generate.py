@@ -49,8 +49,45 @@ VOICE_SEASON = np.array([0.97, 0.96, 1.0, 0.99, 1.0, 0.98, 0.94, 0.93, 1.0, 1.01
 CHURN_SEASON = np.array([0.25, 0.05, 0.0, 0.0, 0.0, 0.0, 0.05, 0.1, 0.25, 0.0, 0.0, 0.05])
 ACQ_SEASON = np.array([0.8, 0.85, 0.95, 0.95, 1.0, 0.95, 0.9, 1.0, 1.3, 1.05, 1.05, 1.3])
 
-# Subscriber states in the simulation.
+# Subscriber states in the convergent simulation.
 OUT, PAID, DORMANT, IDLE = 0, 1, 2, 3  # OUT = not yet acquired or churned; DORMANT pays without traffic
+
+# ---------------------------------------------------------------- the prepaid profile's operator
+# States of a prepaid SIM: USING tops up now and then and uses the credit; RESTING is a spell without
+# top-ups or outgoing use that may end; ABANDONED will never top up again (the owner moved on), but the SIM
+# stays in the base until the operator disconnects it. OUT is shared with the convergent profile.
+USING, RESTING, ABANDONED = 1, 2, 3
+PLANS = ("PP_CLASSIC", "PP_SMART", "PP_DATA_MAX", "PP_SOCIAL", "PP_TOURIST")
+PLAN_SHARE = (0.34, 0.30, 0.10, 0.18, 0.08)
+PLAN_SPEND = np.array([0.8, 1.0, 1.7, 0.7, 1.6])
+PLAN_DATA_SHARE = np.array([-0.15, 0.0, 0.2, 0.1, 0.15])  # added to the handset's share of spend on data
+PLAN_QUIT = np.array([0.0, -0.1, -0.3, 0.25, 2.0])  # tourist SIMs are abandoned within a few months
+PROVINCES = tuple(f"PV{i:02d}" for i in range(1, 11))
+PROVINCE_SPEND = np.array([1.4, 1.25, 1.1, 1.0, 1.0, 0.95, 0.9, 0.85, 0.8, 0.75])
+PROVINCE_QUIT = np.array([0.2, 0.1, 0.0, -0.1, 0.0, 0.05, -0.05, 0.1, 0.15, 0.25])
+HANDSET_TIERS = ("basic", "entry", "mid", "premium")
+HANDSET_SHARE = (0.18, 0.40, 0.30, 0.12)
+HANDSET_SPEND = np.array([0.55, 0.85, 1.15, 1.9])
+HANDSET_DATA_SHARE = np.array([0.03, 0.45, 0.6, 0.7])
+HANDSET_QUIT = np.array([0.3, 0.1, -0.1, -0.35])
+CHANNELS = ("dealer", "kiosk", "own_shop", "supermarket", "online")
+CHANNEL_SHARE = (0.42, 0.22, 0.14, 0.14, 0.08)
+CHANNEL_GHOST = np.array([0.08, 0.15, 0.01, 0.04, 0.01])  # activated for the commission, never used
+CHANNEL_QUIT = np.array([0.15, 0.35, -0.3, 0.05, -0.2])
+CHANNEL_FEE = np.array([4.0, 3.0, 1.0, 2.5, 0.5])  # dealer commission in the activation month
+CHANNEL_BONUS = np.array([3.0, 2.0, 0.0, 1.5, 0.0])  # paid in month 1 only if the SIM topped up then
+DENOMINATIONS = np.array([1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0])  # vouchers on sale
+STARTER_CREDIT = 2.0  # credit a new SIM comes with
+SPEND_SEASON = np.array([0.92, 0.9, 0.97, 0.98, 1.0, 1.02, 1.08, 1.08, 1.0, 0.98, 0.98, 1.2])
+QUIT_SEASON = np.array([0.3, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.15, 0.3, 0.0, 0.0, 0.0])
+PREPAID_ACQ_SEASON = np.array([0.85, 0.8, 0.9, 0.95, 1.0, 1.15, 1.3, 1.25, 1.1, 0.95, 1.0, 1.35])
+NET_REVENUE_SHARE = 0.95 / 1.18  # a top-up is booked as revenue net of 18% VAT and the 5% voucher discount
+PRICE_PER_MB = 0.003  # at the panel start; falls 2% a month, so the same spend buys more data
+PRICE_PER_MIN = 0.04
+COST_PER_MB = 0.0004
+COST_PER_MIN = 0.006  # interconnect, averaged over on- and off-net calls
+CREDIT_VALIDITY = 2  # months after its top-up that unused credit expires
+DISCONNECT_AFTER = 6  # months without a top-up after which the operator disconnects a SIM
 
 
 @dataclass(frozen=True)
@@ -114,6 +151,48 @@ CONVERGENT = ProfileColumns(
 )
 FEATURE_NUMERIC = CONVERGENT.numeric
 FEATURE_CATEGORICAL = tuple(CONVERGENT.categorical)
+
+PREPAID = ProfileColumns(
+    numeric=(
+        "sim_age_months",
+        "topups_1m",
+        "topups_3m",
+        "topup_value_1m",
+        "topup_value_3m",
+        "topup_value_6m",
+        "days_since_topup",
+        "months_since_last_topup",
+        "credit_used_1m",
+        "credit_used_3m",
+        "usage_trend_3m",
+        "data_mb_1m",
+        "data_mb_3m",
+        "voice_out_min_1m",
+        "voice_out_min_3m",
+        "voice_in_min_1m",
+        "voice_in_min_3m",
+        "balance_end",
+        "inactive_months_6m",
+        "is_revenue_month",
+        "is_usage_month",
+        "dealer_fee_6m",
+    ),
+    categorical={
+        "plan_code": PLANS,
+        "province": PROVINCES,
+        "handset_tier": HANDSET_TIERS,
+        "channel": CHANNELS,
+    },
+    int_numeric=frozenset(
+        {"sim_age_months", "topups_1m", "topups_3m", "days_since_topup", "months_since_last_topup"}
+        | {"inactive_months_6m", "is_revenue_month", "is_usage_month"}
+    ),
+    paid_flag="is_paying",
+    active_flag="is_live",
+    fact_amounts=("margin_prepaid", "data_volume_gb", "voice_out_minutes", "dealer_commission"),
+    margin_amounts=("margin_prepaid",),
+)
+PROFILES: dict[str, ProfileColumns] = {"convergent": CONVERGENT, "prepaid": PREPAID}
 
 
 @dataclass(frozen=True)
@@ -445,6 +524,279 @@ def convergent_features(sim: Sim, cells: Cells) -> dict[str, np.ndarray]:
     }
 
 
+def simulate_prepaid(ids: np.ndarray, spec: PanelSpec) -> Sim:
+    """Simulate prepaid SIMs `ids` over burn-in + panel months; arrays are (subscribers, months).
+
+    Revenue is booked when a subscriber tops up, so months without a top-up bring no revenue; credit is
+    then used up within the month or the next. Churn is mostly silent: an abandoned SIM stays in the base
+    without revenue until the operator disconnects it DISCONNECT_AFTER months after its last top-up.
+    """
+    n, total = len(ids), BURN_IN + spec.months
+    seed = spec.seed
+    first = spec.first_index - BURN_IN
+    static = -1  # month key of draws made once per subscriber; streams 100+ are the prepaid profile's
+
+    # --- who, when, what
+    initial = uniform(seed, ids, static, 101) < 0.30
+    tenure_at_burn_in = np.floor(-np.log(uniform(seed, ids, static, 102)) * 20).astype(np.int64)
+    span = spec.acquisition_span
+    acq_weights = np.tile(PREPAID_ACQ_SEASON, span // 12 + 2)[(first % 12) : (first % 12) + span]
+    acq_cdf = np.cumsum(acq_weights) / acq_weights.sum()
+    acq_new = np.searchsorted(acq_cdf, uniform(seed, ids, static, 103), side="right").clip(0, span - 1)
+    acq = np.where(initial, -1 - tenure_at_burn_in, acq_new)  # relative to the first simulated month
+    plan = _choice(uniform(seed, ids, static, 104), PLAN_SHARE)
+    province = _choice(uniform(seed, ids, static, 105), (1.0,) * len(PROVINCES))
+    tier = _choice(uniform(seed, ids, static, 106), HANDSET_SHARE)
+    channel = _choice(uniform(seed, ids, static, 107), CHANNEL_SHARE)
+    ghost = ~initial & (uniform(seed, ids, static, 108) < CHANNEL_GHOST[channel])
+    # unobserved: churn proneness, and how much the owner cares to keep the number while not using it
+    frailty = normal(seed, ids, static, 109)
+    attachment = -0.5 * frailty + 0.87 * normal(seed, ids, static, 110)
+    spend_level = (  # monthly spend wanted when fully engaged: lognormal, a heavy right tail
+        6.0
+        * PLAN_SPEND[plan]
+        * HANDSET_SPEND[tier]
+        * PROVINCE_SPEND[province]
+        * np.exp(0.85 * normal(seed, ids, static, 111) - 0.36)
+    )
+    regularity = 0.4 + 1.3 * normal(seed, ids, static, 112)  # logit of topping up in a month of use
+    extra_topups = 0.9 * np.exp(0.6 * normal(seed, ids, static, 113) - 0.18)  # Poisson mean, beyond one
+    data_share = np.clip(
+        HANDSET_DATA_SHARE[tier] + PLAN_DATA_SHARE[plan] + 0.1 * normal(seed, ids, static, 114), 0.0, 0.95
+    )
+    incoming_level = 20.0 * np.exp(0.8 * normal(seed, ids, static, 115) - 0.32)  # minutes a month
+
+    shape = (n, total)
+    status = np.zeros(shape, dtype=np.int8)
+    topups = np.zeros(shape, dtype=np.int64)
+    topup_value = np.zeros(shape)
+    credit_used = np.zeros(shape)
+    data_mb = np.zeros(shape)
+    voice_out = np.zeros(shape)
+    voice_in = np.zeros(shape)
+    balance_end = np.zeros(shape)
+    margin = np.zeros(shape)
+    commission = np.zeros(shape)
+    days_since = np.zeros(shape, dtype=np.int64)
+    months_since = np.zeros(shape, dtype=np.int64)
+
+    state = np.full(n, OUT, dtype=np.int8)
+    ever = np.zeros(n, dtype=bool)
+    engagement = np.ones(n)
+    balance = np.zeros(n)
+    last_topup = np.zeros(n, dtype=np.int64)  # month column of the last top-up
+    last_topup_day = np.zeros(n, dtype=np.int64)  # its date as a proleptic ordinal
+    incoming_factor = np.ones(n)  # contacts still calling the number
+
+    for m in range(total):
+        key = first + m
+        moy = key % 12
+        month_start = dt.date(key // 12, moy + 1, 1).toordinal()
+        days = int(days_in_month_index(np.array([key]))[0])
+        tenure = m - acq
+
+        # acquisitions (and the initial base at the first simulated month); a new SIM comes topped up
+        joining = (~ever) & (acq <= m) & ((acq == m) | (m == 0))
+        new_sim = joining & (acq == m)
+        state[joining] = np.where(ghost[joining], ABANDONED, USING)
+        ever |= joining
+        last_topup[joining] = m
+        last_topup_day[joining] = month_start
+        incoming_factor[joining] = np.where(ghost[joining], 0.05, 1.0)
+        in_base = (state != OUT) & ~joining
+
+        # silent churn ends here: no top-up for DISCONNECT_AFTER months and the SIM is disconnected
+        disconnected = in_base & (m - last_topup >= DISCONNECT_AFTER)
+        state[disconnected] = OUT
+        in_base &= ~disconnected
+
+        # engagement drifts and sometimes drops: the observable decline in use before a SIM goes quiet
+        drop = uniform(seed, ids, key, 120) < 0.04
+        engagement = np.clip(
+            engagement * np.where(drop, 0.5, 1.0) + 0.05 * normal(seed, ids, key, 121) + 0.025, 0.05, 1.0
+        )
+
+        # state transitions for SIMs already in the base
+        p_quit = _sigmoid(
+            -4.7
+            + 1.4 * np.exp(-np.maximum(tenure, 0) / 4.0)
+            + PLAN_QUIT[plan]
+            + PROVINCE_QUIT[province]
+            + HANDSET_QUIT[tier]
+            + CHANNEL_QUIT[channel]
+            + 0.8 * frailty
+            + 2.5 * (1.0 - engagement)
+            + QUIT_SEASON[moy]
+        )
+        p_port = 0.1 * p_quit  # the number is ported out: gone at once, not silently
+        p_rest = _sigmoid(-3.4 + 2.2 * (1.0 - engagement) + 0.4 * frailty + 0.3 * (moy == 0))
+        u = uniform(seed, ids, key, 122)
+        new_state = state.copy()
+        using = in_base & (state == USING)
+        new_state[using & (u < p_port)] = OUT
+        new_state[using & (u >= p_port) & (u < p_quit)] = ABANDONED
+        new_state[using & (u >= p_quit) & (u < p_quit + p_rest)] = RESTING
+        resting = in_base & (state == RESTING)
+        new_state[resting & (u < 0.05 + p_quit)] = ABANDONED
+        woke = resting & (u >= 0.92 - 0.25 * engagement)
+        new_state[woke] = USING
+        engagement = np.where(woke, np.maximum(engagement, 0.7), engagement)
+        state = new_state
+
+        # top-ups: a using SIM tops up unless its credit still covers the month; a resting owner who
+        # cares for the number buys the smallest voucher just before it would be disconnected
+        using = state == USING
+        demand = (
+            spend_level * engagement * SPEND_SEASON[moy] * np.exp(0.3 * normal(seed, ids, key, 123) - 0.045)
+        )
+        covered = np.minimum(balance / demand, 2.0)
+        p_topup = _sigmoid(regularity + 2.0 * (engagement - 0.7) - 1.5 * covered)
+        tops = (using & ~joining & (uniform(seed, ids, key, 124) < p_topup)) | new_sim
+        p_keep = _sigmoid(-0.5 + attachment + 0.03 * tenure)
+        keep_alive = (
+            (state == RESTING)
+            & (m - last_topup == DISCONNECT_AFTER - 1)
+            & (uniform(seed, ids, key, 125) < p_keep)
+        )
+        count = np.where(tops, 1 + _poisson_small(uniform(seed, ids, key, 126), extra_topups * engagement), 0)
+        voucher = DENOMINATIONS[
+            np.searchsorted((DENOMINATIONS[1:] + DENOMINATIONS[:-1]) / 2, demand / np.maximum(count, 1))
+        ]
+        value = np.where(tops, count * voucher, 0.0)
+        value = np.where(new_sim & ghost, STARTER_CREDIT, value)
+        value = np.where(keep_alive, DENOMINATIONS[0], value)
+        count = np.where(keep_alive, 1, count)
+        topped = value > 0
+
+        # credit use: most of a top-up goes the same month; some spend a leftover the month after
+        credit = balance + value
+        u_use = uniform(seed, ids, key, 127)
+        leftover_use = uniform(seed, ids, key, 133) < 0.2  # most leave the remainder to expire
+        wanted = np.where(topped, demand * (0.85 + 0.3 * u_use), leftover_use * 0.25 * demand * u_use)
+        wanted = np.where(using, wanted, 0.0)
+        wanted = np.where(new_sim & ghost, 0.3 * credit, wanted)  # the dealer's test call
+        used = np.minimum(credit, wanted)
+        last_topup = np.where(topped, m, last_topup)
+        day = 1 + np.floor(uniform(seed, ids, key, 128) * days).astype(np.int64)
+        last_topup_day = np.where(topped, month_start + day - 1, last_topup_day)
+        balance = np.where((m - last_topup >= CREDIT_VALIDITY) | (state == OUT), 0.0, credit - used)
+
+        # traffic the credit bought; data gets cheaper every month
+        trend = key - spec.first_index
+        noise = np.exp(0.1 * normal(seed, ids, key, 129) - 0.005)
+        data_m = used * data_share / (PRICE_PER_MB * 0.98**trend) * DATA_SEASON[moy] * noise
+        voice_m = used * (1.0 - data_share) / PRICE_PER_MIN * VOICE_SEASON[moy] * noise
+        incoming_factor = np.where(
+            state == USING, 1.0, np.where(state == RESTING, 0.6, incoming_factor * 0.45)
+        )
+        p_incoming = np.where(state == USING, 0.95, np.where(state == RESTING, 0.55, 0.7 * incoming_factor))
+        voice_in_m = np.where(
+            (state != OUT) & (uniform(seed, ids, key, 130) < p_incoming),
+            incoming_level * incoming_factor * np.exp(0.4 * normal(seed, ids, key, 131) - 0.08),
+            0.0,
+        )
+
+        # margin: revenue booked at the top-up, minus the cost of the traffic (so a month spending last
+        # month's credit has a small negative margin); dealers are paid in the first two months
+        margin_m = (value * NET_REVENUE_SHARE - COST_PER_MB * data_m - COST_PER_MIN * voice_m) * (
+            1 + 0.03 * normal(seed, ids, key, 132)
+        )
+        fee = np.select(
+            [tenure == 0, (tenure == 1) & topped], [CHANNEL_FEE[channel], CHANNEL_BONUS[channel]], 0.0
+        )
+
+        here = state != OUT
+        status[:, m] = state
+        topups[:, m] = np.where(here, count, 0)
+        topup_value[:, m] = np.where(here, value, 0.0)
+        credit_used[:, m] = np.where(here, used, 0.0)
+        data_mb[:, m] = np.where(here, data_m, 0.0)
+        voice_out[:, m] = np.where(here, voice_m, 0.0)
+        voice_in[:, m] = voice_in_m
+        balance_end[:, m] = np.where(here, balance, 0.0)
+        margin[:, m] = np.where(here, margin_m, 0.0)
+        commission[:, m] = np.where(here, fee, 0.0)
+        days_since[:, m] = month_start + days - 1 - last_topup_day
+        months_since[:, m] = m - last_topup
+
+    return {
+        "ids": ids,
+        "status": status,
+        "topups": topups,
+        "topup_value": topup_value,
+        "credit_used": credit_used,
+        "data_mb": data_mb,
+        "voice_out": voice_out,
+        "voice_in": voice_in,
+        "balance_end": balance_end,
+        "margin": margin,
+        "commission": commission,
+        "days_since": days_since,
+        "months_since": months_since,
+        "acq": acq,
+        "plan": plan,
+        "province": province,
+        "tier": tier,
+        "channel": channel,
+    }
+
+
+def _prepaid_flags(sim: Sim) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Revenue, outgoing use and network activity (incoming calls count) of every subscriber-month."""
+    revenue = sim["topup_value"] > 0
+    usage = (sim["data_mb"] > 0) | (sim["voice_out"] > 0)
+    live = revenue | usage | (sim["voice_in"] > 0)
+    return revenue, usage, live
+
+
+def prepaid_facts(sim: Sim, cells: Cells) -> dict[str, np.ndarray]:
+    revenue, usage, live = _prepaid_flags(sim)
+    return {
+        "is_paying": cells.at(revenue & usage).astype(np.int32),
+        "is_live": cells.at(live).astype(np.int32),
+        "margin_prepaid": cells.at(sim["margin"]),
+        "data_volume_gb": cells.at(sim["data_mb"]) / 1024.0,
+        "voice_out_minutes": cells.at(sim["voice_out"]),
+        "dealer_commission": cells.at(sim["commission"]),
+    }
+
+
+def prepaid_features(sim: Sim, cells: Cells) -> dict[str, np.ndarray]:
+    revenue, usage, _ = _prepaid_flags(sim)
+    in_base = sim["status"] != OUT
+    at = cells.at
+    used = sim["credit_used"]
+    used_3m = _trailing(used, 3)
+    return {
+        "plan_code_code": cells.of(sim["plan"]).astype(np.int32),
+        "province_code": cells.of(sim["province"]).astype(np.int32),
+        "handset_tier_code": cells.of(sim["tier"]).astype(np.int32),
+        "channel_code": cells.of(sim["channel"]).astype(np.int32),
+        "sim_age_months": (cells.col - cells.of(sim["acq"])).astype(np.int32),
+        "topups_1m": at(sim["topups"]).astype(np.int32),
+        "topups_3m": at(_trailing(sim["topups"], 3)).astype(np.int32),
+        "topup_value_1m": at(sim["topup_value"]),
+        "topup_value_3m": at(_trailing(sim["topup_value"], 3)),
+        "topup_value_6m": at(_trailing(sim["topup_value"], 6)),
+        "days_since_topup": at(sim["days_since"]).astype(np.int32),
+        "months_since_last_topup": at(sim["months_since"]).astype(np.int32),
+        "credit_used_1m": at(used),
+        "credit_used_3m": at(used_3m),
+        "usage_trend_3m": (at(used_3m) + 1.0) / (at(_lag(used_3m, 3)) + 1.0),
+        "data_mb_1m": at(sim["data_mb"]),
+        "data_mb_3m": at(_trailing(sim["data_mb"], 3)),
+        "voice_out_min_1m": at(sim["voice_out"]),
+        "voice_out_min_3m": at(_trailing(sim["voice_out"], 3)),
+        "voice_in_min_1m": at(sim["voice_in"]),
+        "voice_in_min_3m": at(_trailing(sim["voice_in"], 3)),
+        "balance_end": at(sim["balance_end"]),
+        "inactive_months_6m": at(_trailing(in_base & ~revenue & ~usage, 6)).astype(np.int32),
+        "is_revenue_month": at(revenue).astype(np.int32),
+        "is_usage_month": at(usage).astype(np.int32),
+        "dealer_fee_6m": at(_trailing(sim["commission"], 6)),
+    }
+
+
 @dataclass(frozen=True)
 class Simulator:
     """How a profile simulates subscribers and turns the simulation into features and facts columns."""
@@ -591,7 +943,7 @@ def panel_summary(facts: DataFrame, columns: ProfileColumns = CONVERGENT) -> dic
     }
 
 
-PROFILES: dict[str, ProfileColumns] = {"convergent": CONVERGENT}
 SIMULATORS: dict[str, Simulator] = {
     "convergent": Simulator(simulate_convergent, convergent_features, convergent_facts),
+    "prepaid": Simulator(simulate_prepaid, prepaid_features, prepaid_facts),
 }
