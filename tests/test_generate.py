@@ -343,3 +343,12 @@ def test_a_top_up_this_month_predicts_paying_next_month(prepaid):
     }
     assert rates[True] > 1.5 * rates[False]  # a SIM still called is resting, not abandoned
 
+
+def test_profiles_are_the_cli_choices_and_unknown_ones_are_refused():
+    from spark_app.cli import PANEL_PROFILES, build_parser
+
+    assert set(PANEL_PROFILES) == set(PROFILES)
+    args = build_parser().parse_args(["generate", "--out", "x", "--subscribers", "1", "--months", "1"])
+    assert args.profile == "convergent"
+    with pytest.raises(ValueError, match="unknown panel profile 'postpaid'"):
+        PanelSpec(10, 2, dt.date(2024, 1, 1), profile="postpaid")
