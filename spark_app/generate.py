@@ -272,6 +272,34 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 Sim = dict[str, np.ndarray]  # what a simulation returns: (subscribers, months) and per-subscriber arrays
 
 
+def _acquisition(
+    ids: np.ndarray,
+    spec: PanelSpec,
+    streams: tuple[int, int, int],
+    *,
+    initial_share: float,
+    mean_tenure: float,
+    season: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Who is in the base before the simulation starts, and the month each subscriber joined.
+
+    Returns the initial-base mask and the joining month relative to the first simulated month (negative
+    for the initial base: tenure ~ exponential with `mean_tenure`); newcomers join over the acquisition
+    span, more in the months `season` weighs up.
+    """
+    seed, static = spec.seed, -1
+    first = spec.first_index - BURN_IN
+    initial = uniform(seed, ids, static, streams[0]) < initial_share
+    tenure_at_burn_in = np.floor(-np.log(uniform(seed, ids, static, streams[1])) * mean_tenure).astype(
+        np.int64
+    )
+    span = spec.acquisition_span
+    acq_weights = np.tile(season, span // 12 + 2)[(first % 12) : (first % 12) + span]
+    acq_cdf = np.cumsum(acq_weights) / acq_weights.sum()
+    acq_new = np.searchsorted(acq_cdf, uniform(seed, ids, static, streams[2]), side="right").clip(0, span - 1)
+    return initial, np.where(initial, -1 - tenure_at_burn_in, acq_new)
+
+
 def simulate_convergent(ids: np.ndarray, spec: PanelSpec) -> Sim:
     """Simulate the subscribers `ids` over burn-in + panel months; arrays are (subscribers, months)."""
     n, total = len(ids), BURN_IN + spec.months
@@ -280,13 +308,7 @@ def simulate_convergent(ids: np.ndarray, spec: PanelSpec) -> Sim:
     static = -1  # month key of draws made once per subscriber
 
     # --- who, when, what
-    initial = uniform(seed, ids, static, 1) < 0.35
-    tenure_at_burn_in = np.floor(-np.log(uniform(seed, ids, static, 2)) * 28).astype(np.int64)
-    span = spec.acquisition_span
-    acq_weights = np.tile(ACQ_SEASON, span // 12 + 2)[(first % 12) : (first % 12) + span]
-    acq_cdf = np.cumsum(acq_weights) / acq_weights.sum()
-    acq_new = np.searchsorted(acq_cdf, uniform(seed, ids, static, 3), side="right").clip(0, span - 1)
-    acq = np.where(initial, -1 - tenure_at_burn_in, acq_new)  # relative to the first simulated month
+    _, acq = _acquisition(ids, spec, (1, 2, 3), initial_share=0.35, mean_tenure=28.0, season=ACQ_SEASON)
     segment = _choice(uniform(seed, ids, static, 4), SEGMENT_SHARE)
     u_tariff = uniform(seed, ids, static, 5)
     tariff = np.zeros(n, dtype=np.int64)
@@ -537,13 +559,9 @@ def simulate_prepaid(ids: np.ndarray, spec: PanelSpec) -> Sim:
     static = -1  # month key of draws made once per subscriber; streams 100+ are the prepaid profile's
 
     # --- who, when, what
-    initial = uniform(seed, ids, static, 101) < 0.30
-    tenure_at_burn_in = np.floor(-np.log(uniform(seed, ids, static, 102)) * 20).astype(np.int64)
-    span = spec.acquisition_span
-    acq_weights = np.tile(PREPAID_ACQ_SEASON, span // 12 + 2)[(first % 12) : (first % 12) + span]
-    acq_cdf = np.cumsum(acq_weights) / acq_weights.sum()
-    acq_new = np.searchsorted(acq_cdf, uniform(seed, ids, static, 103), side="right").clip(0, span - 1)
-    acq = np.where(initial, -1 - tenure_at_burn_in, acq_new)  # relative to the first simulated month
+    initial, acq = _acquisition(
+        ids, spec, (101, 102, 103), initial_share=0.30, mean_tenure=20.0, season=PREPAID_ACQ_SEASON
+    )
     plan = _choice(uniform(seed, ids, static, 104), PLAN_SHARE)
     province = _choice(uniform(seed, ids, static, 105), (1.0,) * len(PROVINCES))
     tier = _choice(uniform(seed, ids, static, 106), HANDSET_SHARE)
