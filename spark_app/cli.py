@@ -14,6 +14,10 @@ from spark_app.months import parse_month
 
 log = logging.getLogger("spark_app")
 
+# `generate --profile` choices; spark_app.generate.PROFILES declares them (a test keeps the two equal),
+# named here so that parsing arguments does not import Spark
+PANEL_PROFILES = ("convergent", "prepaid")
+
 
 class UserError(Exception):
     """An error the user can fix from the message alone: printed without a traceback, exit code 2."""
@@ -52,7 +56,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from spark_app.generate import PanelSpec, generate_panel
 
     settings = load_settings(args.conf)
-    spec = PanelSpec(subscribers=args.subscribers, months=args.months, start=args.start, seed=args.seed)
+    spec = PanelSpec(
+        subscribers=args.subscribers,
+        months=args.months,
+        start=args.start,
+        seed=args.seed,
+        profile=args.profile,
+    )
     generate_panel(_spark(settings), args.out, spec, partitions=args.partitions)
     return 0
 
@@ -162,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=_month, default=parse_month("2023-01"), help="first month, YYYY-MM")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--partitions", type=int, default=None, help="Spark partitions (default 2 x cores)")
+    p.add_argument(
+        "--profile",
+        choices=PANEL_PROFILES,
+        default="convergent",
+        help="which operator's data: convergent (postpaid + FMC + home internet) or prepaid mobile",
+    )
 
     p = command("build-dataset", cmd_build_dataset, "build the horizon-lagged training set", "required")
     p.add_argument("--target-end", type=_month, required=True, help="last target month T2, YYYY-MM")

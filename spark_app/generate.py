@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +18,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from spark_app.contract import FACT_COLUMNS, ID, MONTH
+from spark_app.contract import FACT_AMOUNTS, ID, MONTH
 from spark_app.months import days_in_month_index, fmt, month_index
 from spark_app.progress import StageTimer
 from spark_app.storage import Storage, write_parquet_staged
@@ -49,33 +49,150 @@ VOICE_SEASON = np.array([0.97, 0.96, 1.0, 0.99, 1.0, 0.98, 0.94, 0.93, 1.0, 1.01
 CHURN_SEASON = np.array([0.25, 0.05, 0.0, 0.0, 0.0, 0.0, 0.05, 0.1, 0.25, 0.0, 0.0, 0.05])
 ACQ_SEASON = np.array([0.8, 0.85, 0.95, 0.95, 1.0, 0.95, 0.9, 1.0, 1.3, 1.05, 1.05, 1.3])
 
-# Subscriber states in the simulation.
+# Subscriber states in the convergent simulation.
 OUT, PAID, DORMANT, IDLE = 0, 1, 2, 3  # OUT = not yet acquired or churned; DORMANT pays without traffic
 
-FEATURE_NUMERIC = (
-    "tenure_months",
-    "n_services",
-    "price",
-    "price_change_3m",
-    "complaints_3m",
-    "data_gb_1m",
-    "data_gb_3m",
-    "data_gb_6m",
-    "voice_min_1m",
-    "voice_min_3m",
-    "voice_min_6m",
-    "margin_1m",
-    "margin_3m",
-    "margin_6m",
-    "data_trend_3m",
-    "voice_trend_3m",
-    "months_since_active",
-    "paid_months_6m",
-    "is_paid",
-    "is_active",
-    "sac_6m",
+# ---------------------------------------------------------------- the prepaid profile's operator
+# States of a prepaid SIM: USING tops up now and then and uses the credit; RESTING is a spell without
+# top-ups or outgoing use that may end; ABANDONED will never top up again (the owner moved on), but the SIM
+# stays in the base until the operator disconnects it. OUT is shared with the convergent profile.
+USING, RESTING, ABANDONED = 1, 2, 3
+PLANS = ("PP_CLASSIC", "PP_SMART", "PP_DATA_MAX", "PP_SOCIAL", "PP_TOURIST")
+PLAN_SHARE = (0.34, 0.30, 0.10, 0.18, 0.08)
+PLAN_SPEND = np.array([0.8, 1.0, 1.7, 0.7, 1.6])
+PLAN_DATA_SHARE = np.array([-0.15, 0.0, 0.2, 0.1, 0.15])  # added to the handset's share of spend on data
+PLAN_QUIT = np.array([0.0, -0.1, -0.3, 0.25, 2.0])  # tourist SIMs are abandoned within a few months
+PROVINCES = tuple(f"PV{i:02d}" for i in range(1, 11))
+PROVINCE_SPEND = np.array([1.4, 1.25, 1.1, 1.0, 1.0, 0.95, 0.9, 0.85, 0.8, 0.75])
+PROVINCE_QUIT = np.array([0.2, 0.1, 0.0, -0.1, 0.0, 0.05, -0.05, 0.1, 0.15, 0.25])
+HANDSET_TIERS = ("basic", "entry", "mid", "premium")
+HANDSET_SHARE = (0.18, 0.40, 0.30, 0.12)
+HANDSET_SPEND = np.array([0.55, 0.85, 1.15, 1.9])
+HANDSET_DATA_SHARE = np.array([0.03, 0.45, 0.6, 0.7])
+HANDSET_QUIT = np.array([0.3, 0.1, -0.1, -0.35])
+CHANNELS = ("dealer", "kiosk", "own_shop", "supermarket", "online")
+CHANNEL_SHARE = (0.42, 0.22, 0.14, 0.14, 0.08)
+CHANNEL_GHOST = np.array([0.08, 0.15, 0.01, 0.04, 0.01])  # activated for the commission, never used
+CHANNEL_QUIT = np.array([0.15, 0.35, -0.3, 0.05, -0.2])
+CHANNEL_FEE = np.array([4.0, 3.0, 1.0, 2.5, 0.5])  # dealer commission in the activation month
+CHANNEL_BONUS = np.array([3.0, 2.0, 0.0, 1.5, 0.0])  # paid in month 1 only if the SIM topped up then
+DENOMINATIONS = np.array([1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0])  # vouchers on sale
+STARTER_CREDIT = 2.0  # credit a new SIM comes with
+SPEND_SEASON = np.array([0.92, 0.9, 0.97, 0.98, 1.0, 1.02, 1.08, 1.08, 1.0, 0.98, 0.98, 1.2])
+QUIT_SEASON = np.array([0.3, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.15, 0.3, 0.0, 0.0, 0.0])
+PREPAID_ACQ_SEASON = np.array([0.85, 0.8, 0.9, 0.95, 1.0, 1.15, 1.3, 1.25, 1.1, 0.95, 1.0, 1.35])
+NET_REVENUE_SHARE = 0.95 / 1.18  # a top-up is booked as revenue net of 18% VAT and the 5% voucher discount
+PRICE_PER_MB = 0.003  # at the panel start; falls 2% a month, so the same spend buys more data
+PRICE_PER_MIN = 0.04
+COST_PER_MB = 0.0004
+COST_PER_MIN = 0.006  # interconnect, averaged over on- and off-net calls
+CREDIT_VALIDITY = 2  # months after its top-up that unused credit expires
+DISCONNECT_AFTER = 6  # months without a top-up after which the operator disconnects a SIM
+
+
+@dataclass(frozen=True)
+class ProfileColumns:
+    """Every column a generator profile writes, declared once.
+
+    The row builders, the Spark schemas, the categorical labels and `panel_summary` all read them from
+    here, so a profile's column names live in one place (the config of a deployment names them again).
+    """
+
+    numeric: tuple[str, ...]
+    categorical: dict[str, tuple[str, ...]]  # column -> labels of its codes 0, 1, ...
+    int_numeric: frozenset[str]  # numeric features written as int (the rest are double)
+    paid_flag: str  # fact flag of the paid base (revenue and traffic)
+    active_flag: str  # fact flag of the active base (revenue or traffic)
+    fact_amounts: tuple[str, ...]
+    margin_amounts: tuple[str, ...]  # amounts that together are the month's service margin
+
+    @property
+    def fact_flags(self) -> tuple[str, str]:
+        return (self.paid_flag, self.active_flag)
+
+    @property
+    def facts(self) -> tuple[str, ...]:
+        return self.fact_flags + self.fact_amounts
+
+
+CONVERGENT = ProfileColumns(
+    numeric=(
+        "tenure_months",
+        "n_services",
+        "price",
+        "price_change_3m",
+        "complaints_3m",
+        "data_gb_1m",
+        "data_gb_3m",
+        "data_gb_6m",
+        "voice_min_1m",
+        "voice_min_3m",
+        "voice_min_6m",
+        "margin_1m",
+        "margin_3m",
+        "margin_6m",
+        "data_trend_3m",
+        "voice_trend_3m",
+        "months_since_active",
+        "paid_months_6m",
+        "is_paid",
+        "is_active",
+        "sac_6m",
+    ),
+    categorical={"segment": SEGMENTS, "tariff": TARIFFS, "region": REGIONS, "device_type": DEVICES},
+    int_numeric=frozenset(
+        {"tenure_months", "n_services", "complaints_3m", "months_since_active", "paid_months_6m"}
+        | {"is_paid", "is_active"}
+    ),
+    paid_flag="in_paid_base",
+    active_flag="in_active_base",
+    fact_amounts=FACT_AMOUNTS,  # the contract's default facts
+    margin_amounts=("sm_mobile", "sm_fmc", "sm_fttb"),
 )
-FEATURE_CATEGORICAL = ("segment", "tariff", "region", "device_type")
+FEATURE_NUMERIC = CONVERGENT.numeric
+FEATURE_CATEGORICAL = tuple(CONVERGENT.categorical)
+
+PREPAID = ProfileColumns(
+    numeric=(
+        "sim_age_months",
+        "topups_1m",
+        "topups_3m",
+        "topup_value_1m",
+        "topup_value_3m",
+        "topup_value_6m",
+        "days_since_topup",
+        "months_since_last_topup",
+        "credit_used_1m",
+        "credit_used_3m",
+        "usage_trend_3m",
+        "data_mb_1m",
+        "data_mb_3m",
+        "voice_out_min_1m",
+        "voice_out_min_3m",
+        "voice_in_min_1m",
+        "voice_in_min_3m",
+        "balance_end",
+        "inactive_months_6m",
+        "is_revenue_month",
+        "is_usage_month",
+        "dealer_fee_6m",
+    ),
+    categorical={
+        "plan_code": PLANS,
+        "province": PROVINCES,
+        "handset_tier": HANDSET_TIERS,
+        "channel": CHANNELS,
+    },
+    int_numeric=frozenset(
+        {"sim_age_months", "topups_1m", "topups_3m", "days_since_topup", "months_since_last_topup"}
+        | {"inactive_months_6m", "is_revenue_month", "is_usage_month"}
+    ),
+    paid_flag="is_paying",
+    active_flag="is_live",
+    fact_amounts=("margin_prepaid", "data_volume_gb", "voice_out_minutes", "dealer_commission"),
+    margin_amounts=("margin_prepaid",),
+)
+PROFILES: dict[str, ProfileColumns] = {"convergent": CONVERGENT, "prepaid": PREPAID}
 
 
 @dataclass(frozen=True)
@@ -85,6 +202,15 @@ class PanelSpec:
     start: dt.date
     seed: int = 7
     acquisition_months: int | None = None  # months over which newcomers join (default: the panel's)
+    profile: str = "convergent"  # which operator is simulated: a key of PROFILES
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise ValueError(f"unknown panel profile {self.profile!r} (known: {', '.join(PROFILES)})")
+
+    @property
+    def columns(self) -> ProfileColumns:
+        return PROFILES[self.profile]
 
     @property
     def first_index(self) -> int:
@@ -143,7 +269,38 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- the simulation
-def simulate(ids: np.ndarray, spec: PanelSpec) -> dict[str, np.ndarray]:
+Sim = dict[str, np.ndarray]  # what a simulation returns: (subscribers, months) and per-subscriber arrays
+
+
+def _acquisition(
+    ids: np.ndarray,
+    spec: PanelSpec,
+    streams: tuple[int, int, int],
+    *,
+    initial_share: float,
+    mean_tenure: float,
+    season: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Who is in the base before the simulation starts, and the month each subscriber joined.
+
+    Returns the initial-base mask and the joining month relative to the first simulated month (negative
+    for the initial base: tenure ~ exponential with `mean_tenure`); newcomers join over the acquisition
+    span, more in the months `season` weighs up.
+    """
+    seed, static = spec.seed, -1
+    first = spec.first_index - BURN_IN
+    initial = uniform(seed, ids, static, streams[0]) < initial_share
+    tenure_at_burn_in = np.floor(-np.log(uniform(seed, ids, static, streams[1])) * mean_tenure).astype(
+        np.int64
+    )
+    span = spec.acquisition_span
+    acq_weights = np.tile(season, span // 12 + 2)[(first % 12) : (first % 12) + span]
+    acq_cdf = np.cumsum(acq_weights) / acq_weights.sum()
+    acq_new = np.searchsorted(acq_cdf, uniform(seed, ids, static, streams[2]), side="right").clip(0, span - 1)
+    return initial, np.where(initial, -1 - tenure_at_burn_in, acq_new)
+
+
+def simulate_convergent(ids: np.ndarray, spec: PanelSpec) -> Sim:
     """Simulate the subscribers `ids` over burn-in + panel months; arrays are (subscribers, months)."""
     n, total = len(ids), BURN_IN + spec.months
     seed = spec.seed
@@ -151,13 +308,7 @@ def simulate(ids: np.ndarray, spec: PanelSpec) -> dict[str, np.ndarray]:
     static = -1  # month key of draws made once per subscriber
 
     # --- who, when, what
-    initial = uniform(seed, ids, static, 1) < 0.35
-    tenure_at_burn_in = np.floor(-np.log(uniform(seed, ids, static, 2)) * 28).astype(np.int64)
-    span = spec.acquisition_span
-    acq_weights = np.tile(ACQ_SEASON, span // 12 + 2)[(first % 12) : (first % 12) + span]
-    acq_cdf = np.cumsum(acq_weights) / acq_weights.sum()
-    acq_new = np.searchsorted(acq_cdf, uniform(seed, ids, static, 3), side="right").clip(0, span - 1)
-    acq = np.where(initial, -1 - tenure_at_burn_in, acq_new)  # relative to the first simulated month
+    _, acq = _acquisition(ids, spec, (1, 2, 3), initial_share=0.35, mean_tenure=28.0, season=ACQ_SEASON)
     segment = _choice(uniform(seed, ids, static, 4), SEGMENT_SHARE)
     u_tariff = uniform(seed, ids, static, 5)
     tariff = np.zeros(n, dtype=np.int64)
@@ -328,77 +479,378 @@ def _months_since_active(active: np.ndarray) -> np.ndarray:
     return out
 
 
-def panel_rows(sim: dict[str, np.ndarray], spec: PanelSpec, table: str) -> pd.DataFrame:
-    """Rows of `table` ('features' or 'facts') for every (subscriber, panel month) in the base."""
+@dataclass(frozen=True)
+class Cells:
+    """The (subscriber, month) cells of a simulation that become rows: those in the base in a panel month."""
+
+    sub_idx: np.ndarray
+    col: np.ndarray  # month column of the simulation (burn-in included)
+
+    def at(self, x: np.ndarray) -> np.ndarray:
+        """Values of a (subscribers, months) array at the cells."""
+        return x[self.sub_idx, self.col]
+
+    def of(self, x: np.ndarray) -> np.ndarray:
+        """Values of a per-subscriber array at the cells."""
+        return x[self.sub_idx]
+
+
+def convergent_facts(sim: Sim, cells: Cells) -> dict[str, np.ndarray]:
     status = sim["status"]
-    keep = status[:, BURN_IN:] != OUT
-    sub_idx, month_off = np.nonzero(keep)
-    col = month_off + BURN_IN
-    cols: dict[str, np.ndarray] = {"sid": sim["ids"][sub_idx], "month_offset": month_off.astype(np.int32)}
+    segment = cells.of(sim["segment"])
+    margin = cells.at(sim["margin"])
+    return {
+        "in_paid_base": cells.at(status == PAID).astype(np.int32),
+        "in_active_base": cells.at((status == PAID) | (status == DORMANT)).astype(np.int32),
+        "sm_mobile": np.where(segment == 0, margin, 0.0),
+        "sm_fmc": np.where(segment == 1, margin, 0.0),
+        "sm_fttb": np.where(segment == 2, margin, 0.0),
+        "data_gb": cells.at(sim["data"]),
+        "voice_min": cells.at(sim["voice"]),
+        "sac": cells.at(sim["sac"]),
+    }
+
+
+def convergent_features(sim: Sim, cells: Cells) -> dict[str, np.ndarray]:
+    status = sim["status"]
     paid = status == PAID
     active = (status == PAID) | (status == DORMANT)
-    if table == "facts":
-        segment = sim["segment"][sub_idx]
-        margin = sim["margin"][sub_idx, col]
-        cols.update(
-            in_paid_base=paid[sub_idx, col].astype(np.int32),
-            in_active_base=active[sub_idx, col].astype(np.int32),
-            sm_mobile=np.where(segment == 0, margin, 0.0),
-            sm_fmc=np.where(segment == 1, margin, 0.0),
-            sm_fttb=np.where(segment == 2, margin, 0.0),
-            data_gb=sim["data"][sub_idx, col],
-            voice_min=sim["voice"][sub_idx, col],
-            sac=sim["sac"][sub_idx, col],
-        )
-        return pd.DataFrame(cols)
-    if table != "features":
-        raise ValueError(f"unknown table {table!r}")
-
-    def at(x: np.ndarray) -> np.ndarray:
-        return x[sub_idx, col]
-
+    at = cells.at
     data, voice, margin = sim["data"], sim["voice"], sim["margin"]
-    cols.update(
-        segment_code=sim["segment"][sub_idx].astype(np.int32),
-        tariff_code=sim["tariff"][sub_idx].astype(np.int32),
-        region_code=sim["region"][sub_idx].astype(np.int32),
-        device_code=sim["device"][sub_idx].astype(np.int32),
-        tenure_months=(col - sim["acq"][sub_idx]).astype(np.int32),
-        n_services=sim["n_services"][sub_idx].astype(np.int32),
-        price=np.round(at(sim["price"]), 2),
-        price_change_3m=np.round(at(_trailing(sim["price_change"], 3)), 2),
-        complaints_3m=at(_trailing(sim["complaints"], 3)).astype(np.int32),
-        data_gb_1m=at(data),
-        data_gb_3m=at(_trailing(data, 3)),
-        data_gb_6m=at(_trailing(data, 6)),
-        voice_min_1m=at(voice),
-        voice_min_3m=at(_trailing(voice, 3)),
-        voice_min_6m=at(_trailing(voice, 6)),
-        margin_1m=at(margin),
-        margin_3m=at(_trailing(margin, 3)),
-        margin_6m=at(_trailing(margin, 6)),
-        data_trend_3m=(at(data) + 0.1) / (at(_lag(data, 3)) + 0.1),
-        voice_trend_3m=(at(voice) + 1.0) / (at(_lag(voice, 3)) + 1.0),
-        months_since_active=at(_months_since_active(active)).astype(np.int32),
-        paid_months_6m=at(_trailing(paid.astype(np.int64), 6)).astype(np.int32),
-        is_paid=at(paid).astype(np.int32),
-        is_active=at(active).astype(np.int32),
-        sac_6m=at(_trailing(sim["sac"], 6)),
+    return {
+        "segment_code": cells.of(sim["segment"]).astype(np.int32),
+        "tariff_code": cells.of(sim["tariff"]).astype(np.int32),
+        "region_code": cells.of(sim["region"]).astype(np.int32),
+        "device_type_code": cells.of(sim["device"]).astype(np.int32),
+        "tenure_months": (cells.col - cells.of(sim["acq"])).astype(np.int32),
+        "n_services": cells.of(sim["n_services"]).astype(np.int32),
+        "price": np.round(at(sim["price"]), 2),
+        "price_change_3m": np.round(at(_trailing(sim["price_change"], 3)), 2),
+        "complaints_3m": at(_trailing(sim["complaints"], 3)).astype(np.int32),
+        "data_gb_1m": at(data),
+        "data_gb_3m": at(_trailing(data, 3)),
+        "data_gb_6m": at(_trailing(data, 6)),
+        "voice_min_1m": at(voice),
+        "voice_min_3m": at(_trailing(voice, 3)),
+        "voice_min_6m": at(_trailing(voice, 6)),
+        "margin_1m": at(margin),
+        "margin_3m": at(_trailing(margin, 3)),
+        "margin_6m": at(_trailing(margin, 6)),
+        "data_trend_3m": (at(data) + 0.1) / (at(_lag(data, 3)) + 0.1),
+        "voice_trend_3m": (at(voice) + 1.0) / (at(_lag(voice, 3)) + 1.0),
+        "months_since_active": at(_months_since_active(active)).astype(np.int32),
+        "paid_months_6m": at(_trailing(paid.astype(np.int64), 6)).astype(np.int32),
+        "is_paid": at(paid).astype(np.int32),
+        "is_active": at(active).astype(np.int32),
+        "sac_6m": at(_trailing(sim["sac"], 6)),
+    }
+
+
+def simulate_prepaid(ids: np.ndarray, spec: PanelSpec) -> Sim:
+    """Simulate prepaid SIMs `ids` over burn-in + panel months; arrays are (subscribers, months).
+
+    Revenue is booked when a subscriber tops up, so months without a top-up bring no revenue; credit is
+    then used up within the month or the next. Churn is mostly silent: an abandoned SIM stays in the base
+    without revenue until the operator disconnects it DISCONNECT_AFTER months after its last top-up.
+    """
+    n, total = len(ids), BURN_IN + spec.months
+    seed = spec.seed
+    first = spec.first_index - BURN_IN
+    static = -1  # month key of draws made once per subscriber; streams 100+ are the prepaid profile's
+
+    # --- who, when, what
+    initial, acq = _acquisition(
+        ids, spec, (101, 102, 103), initial_share=0.30, mean_tenure=20.0, season=PREPAID_ACQ_SEASON
     )
+    plan = _choice(uniform(seed, ids, static, 104), PLAN_SHARE)
+    province = _choice(uniform(seed, ids, static, 105), (1.0,) * len(PROVINCES))
+    tier = _choice(uniform(seed, ids, static, 106), HANDSET_SHARE)
+    channel = _choice(uniform(seed, ids, static, 107), CHANNEL_SHARE)
+    ghost = ~initial & (uniform(seed, ids, static, 108) < CHANNEL_GHOST[channel])
+    # unobserved: churn proneness, and how much the owner cares to keep the number while not using it
+    frailty = normal(seed, ids, static, 109)
+    attachment = -0.5 * frailty + 0.87 * normal(seed, ids, static, 110)
+    spend_level = (  # monthly spend wanted when fully engaged: lognormal, a heavy right tail
+        6.0
+        * PLAN_SPEND[plan]
+        * HANDSET_SPEND[tier]
+        * PROVINCE_SPEND[province]
+        * np.exp(0.85 * normal(seed, ids, static, 111) - 0.36)
+    )
+    regularity = 0.4 + 1.3 * normal(seed, ids, static, 112)  # logit of topping up in a month of use
+    extra_topups = 0.9 * np.exp(0.6 * normal(seed, ids, static, 113) - 0.18)  # Poisson mean, beyond one
+    data_share = np.clip(
+        HANDSET_DATA_SHARE[tier] + PLAN_DATA_SHARE[plan] + 0.1 * normal(seed, ids, static, 114), 0.0, 0.95
+    )
+    incoming_level = 20.0 * np.exp(0.8 * normal(seed, ids, static, 115) - 0.32)  # minutes a month
+
+    shape = (n, total)
+    status = np.zeros(shape, dtype=np.int8)
+    topups = np.zeros(shape, dtype=np.int64)
+    topup_value = np.zeros(shape)
+    credit_used = np.zeros(shape)
+    data_mb = np.zeros(shape)
+    voice_out = np.zeros(shape)
+    voice_in = np.zeros(shape)
+    balance_end = np.zeros(shape)
+    margin = np.zeros(shape)
+    commission = np.zeros(shape)
+    days_since = np.zeros(shape, dtype=np.int64)
+    months_since = np.zeros(shape, dtype=np.int64)
+
+    state = np.full(n, OUT, dtype=np.int8)
+    ever = np.zeros(n, dtype=bool)
+    engagement = np.ones(n)
+    balance = np.zeros(n)
+    last_topup = np.zeros(n, dtype=np.int64)  # month column of the last top-up
+    last_topup_day = np.zeros(n, dtype=np.int64)  # its date as a proleptic ordinal
+    incoming_factor = np.ones(n)  # contacts still calling the number
+
+    for m in range(total):
+        key = first + m
+        moy = key % 12
+        month_start = dt.date(key // 12, moy + 1, 1).toordinal()
+        days = int(days_in_month_index(np.array([key]))[0])
+        tenure = m - acq
+
+        # acquisitions (and the initial base at the first simulated month); a new SIM comes topped up
+        joining = (~ever) & (acq <= m) & ((acq == m) | (m == 0))
+        new_sim = joining & (acq == m)
+        state[joining] = np.where(ghost[joining], ABANDONED, USING)
+        ever |= joining
+        last_topup[joining] = m
+        last_topup_day[joining] = month_start
+        incoming_factor[joining] = np.where(ghost[joining], 0.05, 1.0)
+        in_base = (state != OUT) & ~joining
+
+        # silent churn ends here: no top-up for DISCONNECT_AFTER months and the SIM is disconnected
+        disconnected = in_base & (m - last_topup >= DISCONNECT_AFTER)
+        state[disconnected] = OUT
+        in_base &= ~disconnected
+
+        # engagement drifts and sometimes drops: the observable decline in use before a SIM goes quiet
+        drop = uniform(seed, ids, key, 120) < 0.04
+        engagement = np.clip(
+            engagement * np.where(drop, 0.5, 1.0) + 0.05 * normal(seed, ids, key, 121) + 0.025, 0.05, 1.0
+        )
+
+        # state transitions for SIMs already in the base
+        p_quit = _sigmoid(
+            -4.7
+            + 1.4 * np.exp(-np.maximum(tenure, 0) / 4.0)
+            + PLAN_QUIT[plan]
+            + PROVINCE_QUIT[province]
+            + HANDSET_QUIT[tier]
+            + CHANNEL_QUIT[channel]
+            + 0.8 * frailty
+            + 2.5 * (1.0 - engagement)
+            + QUIT_SEASON[moy]
+        )
+        p_port = 0.1 * p_quit  # the number is ported out: gone at once, not silently
+        p_rest = _sigmoid(-3.4 + 2.2 * (1.0 - engagement) + 0.4 * frailty + 0.3 * (moy == 0))
+        u = uniform(seed, ids, key, 122)
+        new_state = state.copy()
+        using = in_base & (state == USING)
+        new_state[using & (u < p_port)] = OUT
+        new_state[using & (u >= p_port) & (u < p_quit)] = ABANDONED
+        new_state[using & (u >= p_quit) & (u < p_quit + p_rest)] = RESTING
+        resting = in_base & (state == RESTING)
+        new_state[resting & (u < 0.05 + p_quit)] = ABANDONED
+        woke = resting & (u >= 0.92 - 0.25 * engagement)
+        new_state[woke] = USING
+        engagement = np.where(woke, np.maximum(engagement, 0.7), engagement)
+        state = new_state
+
+        # top-ups: a using SIM tops up unless its credit still covers the month; a resting owner who
+        # cares for the number buys the smallest voucher just before it would be disconnected
+        using = state == USING
+        demand = (
+            spend_level * engagement * SPEND_SEASON[moy] * np.exp(0.3 * normal(seed, ids, key, 123) - 0.045)
+        )
+        covered = np.minimum(balance / demand, 2.0)
+        p_topup = _sigmoid(regularity + 2.0 * (engagement - 0.7) - 1.5 * covered)
+        tops = (using & ~joining & (uniform(seed, ids, key, 124) < p_topup)) | new_sim
+        p_keep = _sigmoid(-0.5 + attachment + 0.03 * tenure)
+        keep_alive = (
+            (state == RESTING)
+            & (m - last_topup == DISCONNECT_AFTER - 1)
+            & (uniform(seed, ids, key, 125) < p_keep)
+        )
+        count = np.where(tops, 1 + _poisson_small(uniform(seed, ids, key, 126), extra_topups * engagement), 0)
+        voucher = DENOMINATIONS[
+            np.searchsorted((DENOMINATIONS[1:] + DENOMINATIONS[:-1]) / 2, demand / np.maximum(count, 1))
+        ]
+        value = np.where(tops, count * voucher, 0.0)
+        value = np.where(new_sim & ghost, STARTER_CREDIT, value)
+        value = np.where(keep_alive, DENOMINATIONS[0], value)
+        count = np.where(keep_alive, 1, count)
+        topped = value > 0
+
+        # credit use: most of a top-up goes the same month; some spend a leftover the month after
+        credit = balance + value
+        u_use = uniform(seed, ids, key, 127)
+        leftover_use = uniform(seed, ids, key, 133) < 0.2  # most leave the remainder to expire
+        wanted = np.where(topped, demand * (0.85 + 0.3 * u_use), leftover_use * 0.25 * demand * u_use)
+        wanted = np.where(using, wanted, 0.0)
+        wanted = np.where(new_sim & ghost, 0.3 * credit, wanted)  # the dealer's test call
+        used = np.minimum(credit, wanted)
+        last_topup = np.where(topped, m, last_topup)
+        day = 1 + np.floor(uniform(seed, ids, key, 128) * days).astype(np.int64)
+        last_topup_day = np.where(topped, month_start + day - 1, last_topup_day)
+        balance = np.where((m - last_topup >= CREDIT_VALIDITY) | (state == OUT), 0.0, credit - used)
+
+        # traffic the credit bought; data gets cheaper every month
+        trend = key - spec.first_index
+        noise = np.exp(0.1 * normal(seed, ids, key, 129) - 0.005)
+        data_m = used * data_share / (PRICE_PER_MB * 0.98**trend) * DATA_SEASON[moy] * noise
+        voice_m = used * (1.0 - data_share) / PRICE_PER_MIN * VOICE_SEASON[moy] * noise
+        incoming_factor = np.where(
+            state == USING, 1.0, np.where(state == RESTING, 0.6, incoming_factor * 0.45)
+        )
+        p_incoming = np.where(state == USING, 0.95, np.where(state == RESTING, 0.55, 0.7 * incoming_factor))
+        voice_in_m = np.where(
+            (state != OUT) & (uniform(seed, ids, key, 130) < p_incoming),
+            incoming_level * incoming_factor * np.exp(0.4 * normal(seed, ids, key, 131) - 0.08),
+            0.0,
+        )
+
+        # margin: revenue booked at the top-up, minus the cost of the traffic (so a month spending last
+        # month's credit has a small negative margin); dealers are paid in the first two months
+        margin_m = (value * NET_REVENUE_SHARE - COST_PER_MB * data_m - COST_PER_MIN * voice_m) * (
+            1 + 0.03 * normal(seed, ids, key, 132)
+        )
+        fee = np.select(
+            [tenure == 0, (tenure == 1) & topped], [CHANNEL_FEE[channel], CHANNEL_BONUS[channel]], 0.0
+        )
+
+        here = state != OUT
+        status[:, m] = state
+        topups[:, m] = np.where(here, count, 0)
+        topup_value[:, m] = np.where(here, value, 0.0)
+        credit_used[:, m] = np.where(here, used, 0.0)
+        data_mb[:, m] = np.where(here, data_m, 0.0)
+        voice_out[:, m] = np.where(here, voice_m, 0.0)
+        voice_in[:, m] = voice_in_m
+        balance_end[:, m] = np.where(here, balance, 0.0)
+        margin[:, m] = np.where(here, margin_m, 0.0)
+        commission[:, m] = np.where(here, fee, 0.0)
+        days_since[:, m] = month_start + days - 1 - last_topup_day
+        months_since[:, m] = m - last_topup
+
+    return {
+        "ids": ids,
+        "status": status,
+        "topups": topups,
+        "topup_value": topup_value,
+        "credit_used": credit_used,
+        "data_mb": data_mb,
+        "voice_out": voice_out,
+        "voice_in": voice_in,
+        "balance_end": balance_end,
+        "margin": margin,
+        "commission": commission,
+        "days_since": days_since,
+        "months_since": months_since,
+        "acq": acq,
+        "plan": plan,
+        "province": province,
+        "tier": tier,
+        "channel": channel,
+    }
+
+
+def _prepaid_flags(sim: Sim) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Revenue, outgoing use and network activity (incoming calls count) of every subscriber-month."""
+    revenue = sim["topup_value"] > 0
+    usage = (sim["data_mb"] > 0) | (sim["voice_out"] > 0)
+    live = revenue | usage | (sim["voice_in"] > 0)
+    return revenue, usage, live
+
+
+def prepaid_facts(sim: Sim, cells: Cells) -> dict[str, np.ndarray]:
+    revenue, usage, live = _prepaid_flags(sim)
+    return {
+        "is_paying": cells.at(revenue & usage).astype(np.int32),
+        "is_live": cells.at(live).astype(np.int32),
+        "margin_prepaid": cells.at(sim["margin"]),
+        "data_volume_gb": cells.at(sim["data_mb"]) / 1024.0,
+        "voice_out_minutes": cells.at(sim["voice_out"]),
+        "dealer_commission": cells.at(sim["commission"]),
+    }
+
+
+def prepaid_features(sim: Sim, cells: Cells) -> dict[str, np.ndarray]:
+    revenue, usage, _ = _prepaid_flags(sim)
+    in_base = sim["status"] != OUT
+    at = cells.at
+    used = sim["credit_used"]
+    used_3m = _trailing(used, 3)
+    return {
+        "plan_code_code": cells.of(sim["plan"]).astype(np.int32),
+        "province_code": cells.of(sim["province"]).astype(np.int32),
+        "handset_tier_code": cells.of(sim["tier"]).astype(np.int32),
+        "channel_code": cells.of(sim["channel"]).astype(np.int32),
+        "sim_age_months": (cells.col - cells.of(sim["acq"])).astype(np.int32),
+        "topups_1m": at(sim["topups"]).astype(np.int32),
+        "topups_3m": at(_trailing(sim["topups"], 3)).astype(np.int32),
+        "topup_value_1m": at(sim["topup_value"]),
+        "topup_value_3m": at(_trailing(sim["topup_value"], 3)),
+        "topup_value_6m": at(_trailing(sim["topup_value"], 6)),
+        "days_since_topup": at(sim["days_since"]).astype(np.int32),
+        "months_since_last_topup": at(sim["months_since"]).astype(np.int32),
+        "credit_used_1m": at(used),
+        "credit_used_3m": at(used_3m),
+        "usage_trend_3m": (at(used_3m) + 1.0) / (at(_lag(used_3m, 3)) + 1.0),
+        "data_mb_1m": at(sim["data_mb"]),
+        "data_mb_3m": at(_trailing(sim["data_mb"], 3)),
+        "voice_out_min_1m": at(sim["voice_out"]),
+        "voice_out_min_3m": at(_trailing(sim["voice_out"], 3)),
+        "voice_in_min_1m": at(sim["voice_in"]),
+        "voice_in_min_3m": at(_trailing(sim["voice_in"], 3)),
+        "balance_end": at(sim["balance_end"]),
+        "inactive_months_6m": at(_trailing(in_base & ~revenue & ~usage, 6)).astype(np.int32),
+        "is_revenue_month": at(revenue).astype(np.int32),
+        "is_usage_month": at(usage).astype(np.int32),
+        "dealer_fee_6m": at(_trailing(sim["commission"], 6)),
+    }
+
+
+@dataclass(frozen=True)
+class Simulator:
+    """How a profile simulates subscribers and turns the simulation into features and facts columns."""
+
+    simulate: Callable[[np.ndarray, PanelSpec], Sim]
+    features: Callable[[Sim, Cells], dict[str, np.ndarray]]
+    facts: Callable[[Sim, Cells], dict[str, np.ndarray]]
+
+
+def panel_rows(sim: Sim, spec: PanelSpec, table: str) -> pd.DataFrame:
+    """Rows of `table` ('features' or 'facts') for every (subscriber, panel month) in the base."""
+    keep = sim["status"][:, BURN_IN:] != OUT
+    sub_idx, month_off = np.nonzero(keep)
+    cells = Cells(sub_idx, month_off + BURN_IN)
+    if table not in ("features", "facts"):
+        raise ValueError(f"unknown table {table!r}")
+    simulator = SIMULATORS[spec.profile]
+    values = simulator.facts(sim, cells) if table == "facts" else simulator.features(sim, cells)
+    cols = {"sid": sim["ids"][sub_idx], "month_offset": month_off.astype(np.int32)}
+    cols.update((name, values[name]) for name in _value_columns(spec.columns, table))
     return pd.DataFrame(cols)
 
 
-def _spark_schema(table: str) -> str:
+def _value_columns(columns: ProfileColumns, table: str) -> tuple[str, ...]:
+    """The columns a row builder must return for `table`, in the order of the Spark schema."""
     if table == "facts":
-        return "sid long, month_offset int, " + ", ".join(
-            f"{c} int" if c.startswith("in_") else f"{c} double" for c in FACT_COLUMNS
-        )
-    ints = {"tenure_months", "n_services", "complaints_3m", "months_since_active", "paid_months_6m"}
-    ints |= {"is_paid", "is_active"}
-    numeric = ", ".join(f"{c} {'int' if c in ints else 'double'}" for c in FEATURE_NUMERIC)
-    return (
-        "sid long, month_offset int, segment_code int, tariff_code int, region_code int, device_code int, "
-        + numeric
+        return columns.facts
+    return (*[f"{c}_code" for c in columns.categorical], *columns.numeric)
+
+
+def _spark_schema(columns: ProfileColumns, table: str) -> str:
+    """DDL of what `panel_rows` yields: flags, codes and declared int features are int, the rest double."""
+    ints = set(columns.fact_flags) | columns.int_numeric | {f"{c}_code" for c in columns.categorical}
+    names = _value_columns(columns, table)
+    return "sid long, month_offset int, " + ", ".join(
+        f"{c} {'int' if c in ints else 'double'}" for c in names
     )
 
 
@@ -408,6 +860,8 @@ def _label(codes: str, names: tuple[str, ...]):
 
 def panel_table(spark: SparkSession, spec: PanelSpec, table: str, partitions: int) -> DataFrame:
     """The `table` of the panel as a lazy DataFrame in the input contract."""
+    simulate = SIMULATORS[spec.profile].simulate
+    columns = spec.columns
 
     def simulate_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
@@ -415,7 +869,7 @@ def panel_table(spark: SparkSession, spec: PanelSpec, table: str, partitions: in
             yield panel_rows(simulate(ids, spec), spec, table)
 
     raw = spark.range(0, spec.subscribers, numPartitions=partitions).mapInPandas(
-        simulate_batches, _spark_schema(table)
+        simulate_batches, _spark_schema(columns, table)
     )
     keyed = raw.select(
         F.format_string("S%09d", F.col("sid")).alias(ID),
@@ -424,16 +878,8 @@ def panel_table(spark: SparkSession, spec: PanelSpec, table: str, partitions: in
     )
     if table == "facts":
         return keyed
-    labels = {"segment": SEGMENTS, "tariff": TARIFFS, "region": REGIONS, "device_type": DEVICES}
-    codes = {
-        "segment": "segment_code",
-        "tariff": "tariff_code",
-        "region": "region_code",
-        "device_type": "device_code",
-    }
-    return keyed.select(
-        ID, MONTH, *[_label(codes[c], labels[c]).alias(c) for c in FEATURE_CATEGORICAL], *FEATURE_NUMERIC
-    )
+    labels = [_label(f"{c}_code", names).alias(c) for c, names in columns.categorical.items()]
+    return keyed.select(ID, MONTH, *labels, *columns.numeric)
 
 
 def generate_panel(
@@ -445,7 +891,8 @@ def generate_panel(
     storage = Storage(spark)
     timer = StageTimer()
     log.info(
-        "generating %d subscribers x %d months from %s (seed %d) in %d partitions into %s",
+        "generating %s: %d subscribers x %d months from %s (seed %d) in %d partitions into %s",
+        spec.profile,
         spec.subscribers,
         spec.months,
         fmt(spec.start),
@@ -458,24 +905,33 @@ def generate_panel(
             df = panel_table(spark, spec, table, partitions)
             write_parquet_staged(storage, df, f"{out.rstrip('/')}/{table}", partition_by=[MONTH])
     with timer.stage("summary", spark):
-        summary = panel_summary(spark.read.parquet(f"{out.rstrip('/')}/facts"))
+        summary = panel_summary(spark.read.parquet(f"{out.rstrip('/')}/facts"), spec.columns)
     summary["seconds"] = round(sum(timer.seconds.values()), 1)
     log.info(
-        "panel done: %s facts rows, mean base %.0f, monthly churn %.2f%%, paid share %.1f%%; %s",
+        "panel done: %s facts rows, mean base %.0f, monthly churn %.2f%%, paid share %.1f%%, "
+        "active share %.1f%%, zero margin in %.1f%% of rows; %s",
         f"{summary['rows']:,}",
         summary["mean_base"],
         100 * summary["monthly_churn"],
         100 * summary["paid_share"],
+        100 * summary["active_share"],
+        100 * summary["zero_margin_share"],
         timer.summary(),
     )
     return summary
 
 
-def panel_summary(facts: DataFrame) -> dict[str, object]:
-    """Base size, paid share and monthly churn (share of the base gone the next month)."""
+def panel_summary(facts: DataFrame, columns: ProfileColumns = CONVERGENT) -> dict[str, object]:
+    """Base size, paid and active shares, share of rows without margin, monthly churn (gone next month)."""
+    margin = sum((F.col(c) for c in columns.margin_amounts), F.lit(0.0))
     per_month = (
         facts.groupBy(MONTH)
-        .agg(F.count(F.lit(1)).alias("base"), F.sum("in_paid_base").alias("paid"))
+        .agg(
+            F.count(F.lit(1)).alias("base"),
+            F.sum(columns.paid_flag).alias("paid"),
+            F.sum(columns.active_flag).alias("active"),
+            F.sum((margin == 0).cast("long")).alias("zero_margin"),
+        )
         .orderBy(MONTH)
         .collect()
     )
@@ -499,5 +955,13 @@ def panel_summary(facts: DataFrame) -> dict[str, object]:
         "months": len(per_month),
         "mean_base": rows / max(len(per_month), 1),
         "paid_share": sum(r["paid"] for r in per_month) / max(rows, 1),
+        "active_share": sum(r["active"] for r in per_month) / max(rows, 1),
+        "zero_margin_share": sum(r["zero_margin"] for r in per_month) / max(rows, 1),
         "monthly_churn": (gone["gone"] or 0) / max(gone["base"] or 0, 1),
     }
+
+
+SIMULATORS: dict[str, Simulator] = {
+    "convergent": Simulator(simulate_convergent, convergent_features, convergent_facts),
+    "prepaid": Simulator(simulate_prepaid, prepaid_features, prepaid_facts),
+}
