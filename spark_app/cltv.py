@@ -12,50 +12,93 @@ tail would understate retention, because in a heterogeneous base retention rises
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 
-from spark_app.config import AMOUNT_MODELS, CostsConfig
+from spark_app.catalog import ModelCatalog
+from spark_app.config import CostsConfig
 from spark_app.months import days_in_month_index
 
-# Which survival curve carries each amount beyond the forecast horizon: margins and dealer payments
-# follow the active base (revenue or traffic), traffic volumes the paid base (revenue and traffic).
-CARRIER = {
-    "sm_mobile": "active",
-    "sm_fmc": "active",
-    "sm_fttb": "active",
-    "data_gb": "paid",
-    "voice_min": "paid",
-    "sac": "active",
-}
-MARGINS = ("sm_mobile", "sm_fmc", "sm_fttb")
 SURVIVAL_POINTS = (12, 24, 60)
+OVERHEADS = "overheads"
 
 _LOG_MIN, _LOG_MAX = -3.0, 12.0  # bounds of log(alpha + beta): polarised base .. geometric limit
 _X_MAX = 25.0  # bound of |log(beta / alpha)|
 _EPS = 1e-9
 
+X = TypeVar("X")  # a numpy array, or a Spark Column: the value formula is plain arithmetic on either
+
 
 @dataclass(frozen=True)
-class CostRates:
-    """Unit costs and monthly overhead rate, as the CLTV formula uses them."""
+class ValueTerm:
+    """One amount model in CLTV: + sign × unit cost × amount, carried past the horizon by `carrier`."""
 
-    cost_per_gb: float
-    cost_per_minute: float
+    model_id: str
+    component: str
+    sign: float
+    unit_cost: float
+    carrier: str
+
+
+@dataclass(frozen=True)
+class ValueFormula:
+    """CLTV's one definition, from the release's catalog and the configured costs.
+
+    Value of a month = Σ sign × unit cost × amount − overhead rate × P(overhead base). Scoring evaluates it
+    on numpy forecasts, the monitoring backtest on Spark columns of forecasts and facts (`monthly_value`).
+    """
+
+    terms: tuple[ValueTerm, ...]
+    survival: tuple[str, ...]  # survival model ids
+    nesting: tuple[tuple[str, str], ...]  # (inner, outer): the inner base lies inside the outer one
+    overhead_base: str | None
     overhead_per_month: float
-    overhead_base: str
     annual_discount_rate: float
 
     @classmethod
-    def from_config(cls, costs: CostsConfig) -> CostRates:
+    def from_catalog(cls, catalog: ModelCatalog, costs: CostsConfig) -> ValueFormula:
+        cost_keys = costs.model_dump()
+        terms = []
+        for entry in catalog.amounts:
+            if entry.value is None or entry.carrier is None:
+                raise ValueError(f"model {entry.model_id}: no cltv term or carrier in the catalog")
+            unit = entry.value.unit_cost
+            unit = float(cost_keys[unit]) if isinstance(unit, str) else float(unit)
+            terms.append(
+                ValueTerm(entry.model_id, entry.value.component, entry.value.sign, unit, entry.carrier)
+            )
+        survival = tuple(e.model_id for e in catalog.survival)
         return cls(
-            cost_per_gb=costs.cost_per_gb,
-            cost_per_minute=costs.cost_per_minute,
+            terms=tuple(terms),
+            survival=survival,
+            nesting=tuple((e.model_id, e.inside) for e in catalog.survival if e.inside in survival),
+            overhead_base=costs.overhead_base if costs.overhead_base in survival else None,
             overhead_per_month=costs.overhead_sb + costs.overhead_ga + costs.overhead_am,
-            overhead_base=costs.overhead_base,
             annual_discount_rate=costs.annual_discount_rate,
         )
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        """Output components (present values, unsigned), in catalog order, overheads last."""
+        return (*(t.component for t in self.terms), OVERHEADS)
+
+    def signs(self) -> dict[str, float]:
+        return {**{t.component: t.sign for t in self.terms}, OVERHEADS: -1.0}
+
+    def monthly_value(self, get: Callable[[str], X], available: set[str] | None = None) -> X | float:
+        """Value of one month: `get(model_id)` gives the model's monthly amount, or its base probability
+        (a flag when realized). Models not `available` count as zero, as absent components do in CLTV."""
+        value: Any = 0.0
+        for t in self.terms:
+            if available is None or t.model_id in available:
+                value = value + get(t.model_id) * (t.sign * t.unit_cost)
+        base = self.overhead_base
+        if base and self.overhead_per_month and (available is None or base in available):
+            value = value - get(base) * self.overhead_per_month
+        return value
 
 
 @dataclass(frozen=True)
@@ -279,15 +322,15 @@ def extend_amount(
 def cltv_columns(
     forecasts: dict[str, np.ndarray],
     score_month_index: int,
-    rates: CostRates,
+    formula: ValueFormula,
     ext: Extrapolation,
 ) -> dict[str, np.ndarray]:
-    """Per-subscriber CLTV and its parts from the monthly forecasts of the enabled models.
+    """Per-subscriber CLTV and its parts from the monthly forecasts of the release's models.
 
-    `forecasts[model_id]` is (n, H): probabilities for paid/active, MONTHLY amounts (daily forecast × days)
-    for the six regressors. Absent models count as zero. Component totals are present values (discounted
-    like CLTV), so cltv = sm_mobile_60m + sm_fmc_60m + sm_fttb_60m - sac_60m - data_cost_60m
-    - voice_cost_60m - overheads_60m holds exactly; the same holds for cltv_24m over the first 24 months.
+    `forecasts[model_id]` is (n, H): probabilities for survival models, MONTHLY amounts (daily forecast ×
+    days) for the regressors. Absent models count as zero. Component totals are present values (discounted
+    like CLTV, unsigned), so cltv = Σ sign × <component>_60m − overheads_60m holds exactly; the same holds
+    for cltv_24m over the first 24 months.
     """
     if not forecasts:
         raise ValueError("no forecasts to compute CLTV from")
@@ -295,35 +338,31 @@ def cltv_columns(
     n, horizon = first.shape
     total = max(ext.months, horizon)
     days = forecast_days(score_month_index, total)
-    survival_ext: dict[str, np.ndarray] = {}
-    for base in ("paid", "active"):
-        if base in forecasts:
-            survival_ext[base] = extend_survival(forecasts[base], total, steps=ext.newton_steps)
-    if "paid" in survival_ext and "active" in survival_ext:
-        # The paid base is inside the active base; two independent classifiers can cross, the curves must not.
-        survival_ext["active"] = np.maximum(survival_ext["active"], survival_ext["paid"])
-    monthly: dict[str, np.ndarray] = {}
-    for model_id in AMOUNT_MODELS:
-        if model_id not in forecasts:
-            continue
-        carrier = survival_ext.get(CARRIER[model_id])
-        if carrier is None:
-            raise ValueError(f"model {model_id!r} needs the {CARRIER[model_id]!r} survival forecast")
-        daily = forecasts[model_id] / days[None, :horizon]
-        monthly[model_id] = extend_amount(daily, carrier[:, :horizon], carrier, ext) * days[None, :]
-    zero = np.zeros((n, total))
-    base_curve = survival_ext.get(rates.overhead_base, zero)
-    parts = {
-        "sm_mobile": monthly.get("sm_mobile", zero),
-        "sm_fmc": monthly.get("sm_fmc", zero),
-        "sm_fttb": monthly.get("sm_fttb", zero),
-        "sac": monthly.get("sac", zero),
-        "data_cost": monthly.get("data_gb", zero) * rates.cost_per_gb,
-        "voice_cost": monthly.get("voice_min", zero) * rates.cost_per_minute,
-        "overheads": base_curve * rates.overhead_per_month,
+    survival_ext = {
+        m: extend_survival(forecasts[m], total, steps=ext.newton_steps)
+        for m in formula.survival
+        if m in forecasts
     }
-    disc = discount_factors(total, rates.annual_discount_rate)[None, :]
-    signs = {"sac": -1.0, "data_cost": -1.0, "voice_cost": -1.0, "overheads": -1.0}
+    for inner, outer in formula.nesting:
+        if inner in survival_ext and outer in survival_ext:
+            # two independent classifiers can cross; a base inside another cannot be more likely
+            survival_ext[outer] = np.maximum(survival_ext[outer], survival_ext[inner])
+    zero = np.zeros((n, total))
+    parts: dict[str, np.ndarray] = {}
+    for term in formula.terms:
+        if term.model_id not in forecasts:
+            parts[term.component] = zero
+            continue
+        carrier = survival_ext.get(term.carrier)
+        if carrier is None:
+            raise ValueError(f"model {term.model_id!r} needs the {term.carrier!r} survival forecast")
+        daily = forecasts[term.model_id] / days[None, :horizon]
+        monthly = extend_amount(daily, carrier[:, :horizon], carrier, ext) * days[None, :]
+        parts[term.component] = monthly * term.unit_cost
+    base_curve = survival_ext.get(formula.overhead_base or "", zero)
+    parts[OVERHEADS] = base_curve * formula.overhead_per_month
+    disc = discount_factors(total, formula.annual_discount_rate)[None, :]
+    signs = formula.signs()
     out: dict[str, np.ndarray] = {}
     cltv = np.zeros(n)
     cltv_24 = np.zeros(n)
@@ -331,18 +370,11 @@ def cltv_columns(
     for name, values in parts.items():
         pv = values * disc
         out[f"{name}_{total}m"] = pv.sum(axis=1)
-        cltv += signs.get(name, 1.0) * out[f"{name}_{total}m"]
-        cltv_24 += signs.get(name, 1.0) * pv[:, :cut].sum(axis=1)
+        cltv += signs[name] * out[f"{name}_{total}m"]
+        cltv_24 += signs[name] * pv[:, :cut].sum(axis=1)
     out = {"cltv": cltv, f"cltv_{cut}m": cltv_24, **out}
     for base, curve in survival_ext.items():
         for point in SURVIVAL_POINTS:
             if point <= total:
                 out[f"p_{base}_{point}m"] = curve[:, point - 1]
     return out
-
-
-def component_names(months: int = 60) -> list[str]:
-    """Output columns of `cltv_columns` for a full release, in order."""
-    parts = ["sm_mobile", "sm_fmc", "sm_fttb", "sac", "data_cost", "voice_cost", "overheads"]
-    survival = [f"p_{b}_{p}m" for b in ("paid", "active") for p in SURVIVAL_POINTS if p <= months]
-    return ["cltv", f"cltv_{min(24, months)}m", *[f"{p}_{months}m" for p in parts], *survival]

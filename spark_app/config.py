@@ -27,6 +27,15 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from spark_app.catalog import (
+    METRICS,
+    STACKED_PREFIX,
+    ModelCatalog,
+    ModelEntry,
+    NaiveSpec,
+    ValueTerm,
+)
+
 try:
     from importlib.resources.abc import Traversable
 except ImportError:  # Python 3.10
@@ -37,11 +46,6 @@ log = logging.getLogger(__name__)
 ENV_PREFIX = "CLTV_"
 ENV_NESTING = "__"
 BASE_FILES = ("base.yaml", "models.yaml")
-
-SURVIVAL_MODELS = ("paid", "active")
-AMOUNT_MODELS = ("sm_mobile", "sm_fmc", "sm_fttb", "data_gb", "voice_min", "sac")
-ALL_MODELS = SURVIVAL_MODELS + AMOUNT_MODELS
-ModelId = Literal["paid", "active", "sm_mobile", "sm_fmc", "sm_fttb", "data_gb", "voice_min", "sac"]
 
 
 class ConfigError(ValueError):
@@ -80,7 +84,7 @@ class DatasetConfig(_Section):
     horizons: conlist(PositiveInt, min_length=1) = Field(default_factory=lambda: list(range(1, 25)))
     sample_rate: confloat(gt=0, le=1) = 1.0
     salt: str = "cltv"
-    population: Literal["base", "active", "paid"] = "base"
+    population: str = "base"  # base, or a survival model id: only rows in that base at T − h enter
     val_share: confloat(ge=0, lt=1) = 0.1
     test_share: confloat(ge=0, lt=1) = 0.1
     train_reg_share: confloat(gt=0, lt=1) = 0.5
@@ -113,7 +117,7 @@ class CostsConfig(_Section):
     overhead_sb: confloat(ge=0) = 0.9
     overhead_ga: confloat(ge=0) = 0.6
     overhead_am: confloat(ge=0) = 0.3
-    overhead_base: Literal["paid", "active"] = "paid"
+    overhead_base: str = "paid"  # the survival model whose probability carries the overheads
     annual_discount_rate: confloat(ge=0, lt=1) = 0.1
 
 
@@ -140,9 +144,12 @@ class PromotionConfig(_Section):
 
     # per kind, or per model id (wins over its kind): sac is zero-inflated, WAPE/MAE reward forecasting 0
     main_metric: dict[str, str] = Field(
-        default_factory=lambda: {"classification": "roc_auc", "regression": "wape", "sac": "rmse"}
+        default_factory=lambda: {"classification": "roc_auc", "regression": "rmse"}
     )
-    tolerance: dict[str, confloat(ge=0)] = Field(default_factory=lambda: dict.fromkeys(ALL_MODELS, 0.01))
+    tolerance: dict[str, confloat(ge=0)] = Field(default_factory=dict)  # model id → allowed worsening
+    # refuse a challenger whose OOT |Σ forecast / Σ actual − 1| exceeds this for an amount model or for
+    # the cumulative 24-month value: CLTV sums these expectations
+    max_abs_bias: confloat(gt=0) = 0.05
 
 
 class ScoringConfig(_Section):
@@ -169,59 +176,160 @@ class MonitoringConfig(_Section):
     prediction_columns: list[str] = Field(default_factory=list)  # empty = every numeric score column
     backtest_max_horizon: int = Field(default=24, ge=1)  # score months T-1..T-k are backtested against T
     backtest_dimensions: list[str] = Field(default_factory=lambda: ["segment", "region"])
-    tenure_column: str | None = "tenure_months"  # None = no tenure cohorts
     tenure_cohorts: list[int] = Field(default_factory=lambda: [0, 6, 12, 24, 48])  # cohort lower edges
     metric_horizons: list[int] = Field(default_factory=lambda: [1, 3, 6, 12, 24])  # logged to MLflow
     report_shap_rows: PositiveInt = 2_000  # subscribers whose SHAP values the report explains
     report_shap_horizon: PositiveInt = 12  # horizon at which the report explains the models
 
 
-class ModelProfile(_Section):
-    """One CatBoost model: what it predicts and how it is built."""
+class CltvTermConfig(_Section):
+    """How a regressor's monthly amount enters CLTV: sign × unit cost × amount, reported as `component`."""
 
-    model_id: ModelId
+    component: str = Field(min_length=1)
+    sign: Literal[1, -1]
+    unit_cost: confloat(ge=0) | str = 1.0  # a number, or the name of a numeric `costs` key
+
+
+class NaiveConfig(_Section):
+    """The naive baseline: `last_value` (a feature column with the last observed monthly amount, kept
+    where the `where` columns equal the given values) × the carrier's base rate; null: the mean target by
+    horizon × tenure band."""
+
+    last_value: str | None = None
+    where: dict[str, str] | None = None
+
+
+class ModelProfile(_Section):
+    """One model: what it predicts (fact, kind), what it reads, how it enters CLTV, how CatBoost builds it."""
+
+    model_id: str | None = None  # defaults to its key under `profiles`
     kind: Literal["classification", "regression"]
+    fact: str = Field(min_length=1)  # facts-table column: 0/1 flag (classification) or monthly amount
     feature_cols: conlist(str, min_length=1)
+    stacked: list[str] = Field(default_factory=list)  # survival models read as features p_<id>
+    carrier: str | None = None  # regression: survival model whose curve carries it past the horizon
+    inside: str | None = None  # classification: this base lies inside that one's (its curve never above)
+    cltv: CltvTermConfig | None = None  # regression: sign and unit cost in CLTV
+    naive: NaiveConfig = Field(default_factory=NaiveConfig)
+    fact_min: float | None = None  # facts below are implausible; forecasts are floored here
     params: dict[str, Any] = Field(default_factory=dict)
     fit_params: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("params")
+    @classmethod
+    def _catboost_basics(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """What CatBoost would only reject deep inside `train`, rejected here with the key's name."""
+        checks = {
+            "iterations": (lambda v: v >= 1, "an integer >= 1"),
+            "depth": (lambda v: 1 <= v <= 16, "in 1..16"),
+            "learning_rate": (lambda v: v > 0, "> 0"),
+        }
+        for key, (ok, expected) in checks.items():
+            value = params.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or not ok(value):
+                raise ValueError(f"{key} must be {expected}, got {value!r}")
+        return params
+
 
 class ModelsConfig(_Section):
-    enabled: list[ModelId] = Field(default_factory=lambda: list(ALL_MODELS))
+    enabled: list[str] = Field(default_factory=list)
     categorical: list[str] = Field(default_factory=list)
+    tenure_column: str | None = "tenure_months"  # tenure in months: naive baselines' bands, cohorts
     profiles: dict[str, ModelProfile] = Field(default_factory=dict)
+
+    @field_validator("profiles", mode="before")
+    @classmethod
+    def _ids_from_keys(cls, profiles: Any) -> Any:
+        if isinstance(profiles, dict):
+            return {
+                k: ({"model_id": k, **v} if isinstance(v, dict) and "model_id" not in v else v)
+                for k, v in profiles.items()
+            }
+        return profiles
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelsConfig:
+        """Every problem of the model declarations at once."""
+        problems = []
         for key, profile in self.profiles.items():
-            if key != profile.model_id:
-                raise ValueError(f"profiles.{key}: model_id is {profile.model_id!r}, expected {key!r}")
+            if profile.model_id != key:
+                problems.append(f"profiles.{key}: model_id is {profile.model_id!r}, expected {key!r}")
         missing = [m for m in self.enabled if m not in self.profiles]
         if missing:
-            raise ValueError(f"enabled models without a profile: {missing}")
-        needs_survival = any(m in AMOUNT_MODELS for m in self.enabled)
-        if needs_survival and not all(m in self.enabled for m in SURVIVAL_MODELS):
-            raise ValueError("the amount models are stacked on 'paid' and 'active': enable both")
+            problems.append(f"enabled models without a profile: {missing}")
+        if len(set(self.enabled)) != len(self.enabled):
+            problems.append(f"enabled lists a model twice: {self.enabled}")
+        survival = {
+            m for m in self.enabled if m in self.profiles and self.profiles[m].kind == "classification"
+        }
+        for m in self.enabled:
+            p = self.profiles.get(m)
+            if p is None:
+                continue
+            where = f"profiles.{m}"
+            for s in p.stacked:
+                if s not in survival:
+                    problems.append(f"{where}.stacked: {s!r} is not an enabled classification model")
+            derived = [c for c in p.feature_cols if c.startswith(STACKED_PREFIX) and c[2:] in self.profiles]
+            if derived:
+                problems.append(
+                    f"{where}.feature_cols: {derived} are stacked predictions; list the models "
+                    "under `stacked` instead"
+                )
+            if p.kind == "regression":
+                if p.carrier not in survival:
+                    problems.append(f"{where}.carrier: {p.carrier!r} is not an enabled classification model")
+                if p.cltv is None:
+                    problems.append(f"{where}.cltv: a regression model needs its sign and unit cost in CLTV")
+                if p.inside is not None:
+                    problems.append(f"{where}.inside: only classification models have a base")
+            else:
+                if p.carrier is not None or p.cltv is not None:
+                    problems.append(f"{where}: carrier and cltv are for regression models")
+                if p.inside is not None and p.inside not in survival - {m}:
+                    problems.append(
+                        f"{where}.inside: {p.inside!r} is not another enabled classification model"
+                    )
+        components = [
+            self.profiles[m].cltv.component
+            for m in self.enabled
+            if m in self.profiles and self.profiles[m].cltv is not None
+        ]
+        if len(set(components)) != len(components):
+            problems.append(f"cltv components must be unique, got {components}")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     def enabled_profiles(self) -> list[ModelProfile]:
         """Survival models first, because the regressors take their predictions as features."""
-        return [self.profiles[m] for m in ALL_MODELS if m in self.enabled]
+        return [self.profiles[m] for m in self.catalog().ids]
 
-    def cat_features(self, profile: ModelProfile) -> list[str]:
-        return [c for c in profile.feature_cols if c in self.categorical]
-
-    def input_feature_cols(self) -> list[str]:
-        """Feature-table columns any enabled model reads (no derived columns)."""
-        derived = set(DERIVED_FEATURES)
-        cols: dict[str, None] = {}
-        for p in self.enabled_profiles():
-            cols.update((c, None) for c in p.feature_cols if c not in derived)
-        return list(cols)
-
-
-# Features computed by the project itself rather than read from the features table.
-DERIVED_FEATURES = ("horizon", "target_calendar_month", "p_paid", "p_active")
+    def catalog(self) -> ModelCatalog:
+        """The enabled models as the runtime catalog (spark_app.catalog)."""
+        entries = []
+        for m in self.enabled:
+            p = self.profiles[m]
+            entries.append(
+                ModelEntry(
+                    model_id=m,
+                    kind=p.kind,
+                    fact=p.fact,
+                    feature_cols=tuple(p.feature_cols),
+                    stacked=tuple(p.stacked),
+                    carrier=p.carrier,
+                    inside=p.inside,
+                    value=None if p.cltv is None else ValueTerm(p.cltv.component, float(p.cltv.sign),
+                                                                p.cltv.unit_cost),
+                    naive=NaiveSpec(p.naive.last_value, tuple(sorted((p.naive.where or {}).items()))),
+                    fact_min=p.fact_min,
+                    params=dict(p.params),
+                    fit_params=dict(p.fit_params),
+                )
+            )  # fmt: skip
+        return ModelCatalog(tuple(entries), tuple(self.categorical), self.tenure_column)
 
 
 class Settings(BaseSettings):
@@ -241,6 +349,45 @@ class Settings(BaseSettings):
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
+
+    @model_validator(mode="after")
+    def _cross_sections(self) -> Settings:
+        """Keys that name models or cost keys must name real ones; every problem at once."""
+        problems = []
+        catalog = self.models.catalog()
+        survival = {e.model_id for e in catalog.survival}
+        if catalog.ids and self.costs.overhead_base not in survival:
+            problems.append(
+                f"costs.overhead_base: {self.costs.overhead_base!r} is not an enabled classification model "
+                f"({sorted(survival)})"
+            )
+        numeric_costs = [k for k, v in self.costs.model_dump().items() if isinstance(v, int | float)]
+        for entry in catalog.amounts:
+            cost = entry.value.unit_cost if entry.value else 1.0
+            if isinstance(cost, str) and cost not in numeric_costs:
+                problems.append(
+                    f"models.profiles.{entry.model_id}.cltv.unit_cost: {cost!r} is neither a number nor a "
+                    f"costs key ({numeric_costs})"
+                )
+        if self.dataset.population != "base" and self.dataset.population not in survival:
+            problems.append(
+                f"dataset.population: {self.dataset.population!r} is neither base nor an enabled "
+                f"classification model ({sorted(survival)})"
+            )
+        known = set(self.models.profiles)
+        unknown = sorted(set(self.promotion.tolerance) - known)
+        if unknown:
+            problems.append(f"promotion.tolerance: unknown model ids {unknown} (known: {sorted(known)})")
+        for key, metric in self.promotion.main_metric.items():
+            if key not in {"classification", "regression", *known}:
+                problems.append(f"promotion.main_metric.{key}: not a model id nor classification/regression")
+            if metric not in METRICS:
+                problems.append(
+                    f"promotion.main_metric.{key}: unknown metric {metric!r} (known: {sorted(METRICS)})"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -288,7 +435,17 @@ def _read_yaml(path: Traversable | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not a text file ({exc.reason})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
-    return data
+    return _unshared(data)
+
+
+def _unshared(node: Any) -> Any:
+    """YAML aliases (`*features`) load as one shared object; copy them, so that overriding one model's
+    value in a later layer does not change every model that shared it."""
+    if isinstance(node, dict):
+        return {k: _unshared(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_unshared(v) for v in node]
+    return node
 
 
 def base_layers(conf_path: Path | None) -> list[Traversable | Path]:
@@ -336,10 +493,15 @@ def _env_layer(environ: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]
 
 
 def _origin_of(loc: tuple, origin: dict[str, str]) -> str:
+    """The file or variable that set the key at `loc`; for a section-level problem, every one that set a
+    key inside it."""
     for i in range(len(loc), 0, -1):
         key = ".".join(str(p) for p in loc[:i])
         if key in origin:
             return origin[key]
+        inside = sorted({src for k, src in origin.items() if k.startswith(key + ".")})
+        if inside:
+            return ", ".join(inside)
     return "defaults"
 
 

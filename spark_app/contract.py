@@ -10,13 +10,11 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from spark_app.catalog import ModelCatalog
 from spark_app.months import describe_months
 
 ID = "subscriber_id"
 MONTH = "report_month"
-FACT_FLAGS = ("in_paid_base", "in_active_base")
-FACT_AMOUNTS = ("sm_mobile", "sm_fmc", "sm_fttb", "data_gb", "voice_min", "sac")
-FACT_COLUMNS = FACT_FLAGS + FACT_AMOUNTS
 
 NUMERIC = "numeric"
 STRING = "string"
@@ -37,21 +35,38 @@ class InputContractError(ValueError):
 
 @dataclass(frozen=True)
 class TableSpec:
-    """What a table must hold: column name → kind (numeric / string / date)."""
+    """What a table must hold: column name → kind (numeric / string / date), and which setting needs it."""
 
     name: str
     columns: dict[str, str]
     flags: tuple[str, ...] = field(default_factory=tuple)
+    readers: dict[str, str] = field(default_factory=dict)  # column → config key that names it
+
+    def why(self, column: str) -> str:
+        reader = self.readers.get(column)
+        return f" (read by {reader})" if reader else ""
 
 
-def features_spec(numeric: Iterable[str], categorical: Iterable[str]) -> TableSpec:
+def features_spec(
+    numeric: Iterable[str], categorical: Iterable[str], readers: dict[str, str] | None = None
+) -> TableSpec:
     cols = {ID: STRING, MONTH: DATE}
     cols.update(dict.fromkeys(numeric, NUMERIC))
     cols.update(dict.fromkeys(categorical, STRING))
-    return TableSpec("features", cols)
+    return TableSpec("features", cols, readers=dict(readers or {}))
 
 
-FACTS_SPEC = TableSpec("facts", {ID: STRING, MONTH: DATE, **dict.fromkeys(FACT_COLUMNS, NUMERIC)}, FACT_FLAGS)
+def catalog_features_spec(catalog: ModelCatalog) -> TableSpec:
+    """The features contract as the catalog reads it: inputs, naive-baseline sources, tenure."""
+    categorical = catalog.input_categorical()
+    numeric = [c for c in catalog.input_columns() if c not in categorical]
+    return features_spec(numeric, categorical, catalog.column_users())
+
+
+def facts_spec(catalog: ModelCatalog) -> TableSpec:
+    """The facts contract: each model's fact column; the survival models' are 0/1 flags."""
+    columns = {ID: STRING, MONTH: DATE, **dict.fromkeys((e.fact for e in catalog), NUMERIC)}
+    return TableSpec("facts", columns, catalog.flags(), catalog.fact_users())
 
 
 def kind_of(data_type: T.DataType) -> str:
@@ -77,10 +92,11 @@ def schema_problems(df: DataFrame, spec: TableSpec) -> list[str]:
     present = {f.name: f.dataType for f in df.schema.fields}
     for col, kind in spec.columns.items():
         if col not in present:
-            problems.append(f"{spec.name}: column {col!r} is missing")
+            problems.append(f"{spec.name}: column {col!r} is missing{spec.why(col)}")
         elif kind_of(present[col]) != kind:
             problems.append(
                 f"{spec.name}: column {col!r} has type {present[col].simpleString()}, expected {kind}"
+                f"{spec.why(col)}"
             )
     return problems
 

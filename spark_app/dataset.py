@@ -22,17 +22,18 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from spark_app import __version__
-from spark_app.config import AMOUNT_MODELS, DatasetConfig, ModelsConfig, Settings
+from spark_app.catalog import CALENDAR_MONTH, DERIVED_FEATURES, HORIZON, ModelCatalog
+from spark_app.config import DatasetConfig, Settings
 from spark_app.contract import (
     DATE,
-    FACTS_SPEC,
     ID,
     MONTH,
     STRING,
     InputContractError,
     TableSpec,
+    catalog_features_spec,
     data_problems,
-    features_spec,
+    facts_spec,
     kind_of,
     read_table,
     schema_problems,
@@ -48,15 +49,9 @@ SPLITS = ("train_surv", "train_reg", "val", "test", "oot")
 SPLIT = "split"
 FEATURE_MONTH = "feature_month"
 TARGET_MONTH = "target_month"
-HORIZON = "horizon"
-CALENDAR_MONTH = "target_calendar_month"
-DERIVED_COLUMNS = (HORIZON, CALENDAR_MONTH)
 LATEST = "latest"
 MANIFEST = "manifest.json"
 
-# Fact column behind each model's target; survival targets are 0/1 flags, the rest daily averages.
-FACT_OF_MODEL = {"paid": "in_paid_base", "active": "in_active_base", **{m: m for m in AMOUNT_MODELS}}
-POPULATION_FLAG = {"active": "in_active_base", "paid": "in_paid_base"}
 
 _UNIT = 1 << 53  # hash → uniform [0, 1) with double precision
 
@@ -73,20 +68,21 @@ class DatasetPlan:
     horizons: tuple[int, ...]
     salt: str
     sample_rate: float
-    population: str
+    population: str  # "base", or the fact flag whose value 1 at T − h admits a row
     val_share: float
     test_share: float
     train_reg_share: float
 
     @classmethod
-    def from_config(cls, cfg: DatasetConfig, target_end: dt.date) -> DatasetPlan:
+    def from_config(cls, cfg: DatasetConfig, target_end: dt.date, catalog: ModelCatalog) -> DatasetPlan:
         first = add_months(target_end, -(cfg.target_months - 1))
+        population = "base" if cfg.population == "base" else catalog[cfg.population].fact
         return cls(
             target_months=tuple(month_range(first, target_end)),
             horizons=tuple(cfg.horizons),
             salt=cfg.salt,
             sample_rate=cfg.sample_rate,
-            population=cfg.population,
+            population=population,
             val_share=cfg.val_share,
             test_share=cfg.test_share,
             train_reg_share=cfg.train_reg_share,
@@ -194,7 +190,7 @@ def fact_rows(facts: DataFrame, *, plan: DatasetPlan, columns: list[str]) -> Dat
     slotted = in_window.transform(keep_sampled, plan=plan).transform(with_slot, plan=plan)
     if plan.population == "base":
         return slotted.where(F.col(MONTH) == F.col(TARGET_MONTH)).select(ID, TARGET_MONTH, *columns)
-    flag = POPULATION_FLAG[plan.population]
+    flag = plan.population
     at_target = F.col(MONTH) == F.col(TARGET_MONTH)
     return (
         slotted.where(at_target | (F.col(MONTH) == F.col(FEATURE_MONTH)))
@@ -206,12 +202,7 @@ def fact_rows(facts: DataFrame, *, plan: DatasetPlan, columns: list[str]) -> Dat
     )
 
 
-def target_columns(models: ModelsConfig) -> dict[str, str]:
-    """`<model_id>_fact` column → fact column, for every enabled model."""
-    return {f"{p.model_id}_fact": FACT_OF_MODEL[p.model_id] for p in models.enabled_profiles()}
-
-
-def with_targets(df: DataFrame, *, targets: dict[str, str]) -> DataFrame:
+def with_targets(df: DataFrame, *, targets: dict[str, str], flags: tuple[str, ...]) -> DataFrame:
     """Flags as 0/1 ints, amounts as daily averages over month T; absent from facts at T → 0.
 
     A flag other than 0/1 becomes -1, which the check after the write turns into a contract error.
@@ -220,7 +211,7 @@ def with_targets(df: DataFrame, *, targets: dict[str, str]) -> DataFrame:
     out = df
     for name, fact in targets.items():
         raw = F.col(fact).cast("double")
-        if fact.startswith("in_"):
+        if fact in flags:
             value = (
                 F.when(raw.isNull(), F.lit(0)).when(raw.isin(0.0, 1.0), raw.cast("int")).otherwise(F.lit(-1))
             )
@@ -246,11 +237,11 @@ def with_split(df: DataFrame, *, plan: DatasetPlan) -> DataFrame:
 
 
 def training_rows(
-    features: DataFrame, facts: DataFrame, *, plan: DatasetPlan, models: ModelsConfig
+    features: DataFrame, facts: DataFrame, *, plan: DatasetPlan, catalog: ModelCatalog
 ) -> DataFrame:
     """The whole training set with its `split` column: one features scan, one facts scan, one join."""
-    feature_cols = models.input_feature_cols()
-    targets = target_columns(models)
+    feature_cols = catalog.input_columns()
+    targets = catalog.targets()
     fact_cols = sorted(set(targets.values()))
     joined = feature_rows(features, plan=plan, columns=feature_cols).join(
         fact_rows(facts, plan=plan, columns=fact_cols), on=[ID, TARGET_MONTH], how="left"
@@ -259,7 +250,7 @@ def training_rows(
         joined = joined.where(F.col("_population") == 1)
     return (
         joined.withColumn(CALENDAR_MONTH, F.month(F.col(TARGET_MONTH)))
-        .transform(with_targets, targets=targets)
+        .transform(with_targets, targets=targets, flags=catalog.flags())
         .transform(with_split, plan=plan)
         .select(ID, FEATURE_MONTH, TARGET_MONTH, HORIZON, CALENDAR_MONTH, *feature_cols, *targets, SPLIT)
     )
@@ -275,14 +266,15 @@ def read_inputs(spark: SparkSession, settings: Settings, plan: DatasetPlan) -> t
     """
     features = read_table(spark, settings.paths.features, "features")
     facts = read_table(spark, settings.paths.facts, "facts")
-    specs = (input_features_spec(settings.models), FACTS_SPEC)
+    catalog = settings.models.catalog()
+    specs = (catalog_features_spec(catalog), facts_spec(catalog))
     context = f"needed by {plan.describe()}"
     if settings.dataset.validate_all_rows:
         validate(features, specs[0], plan.feature_months, context=context)
         validate(facts, specs[1], plan.fact_months, context=context)
         return features, facts
     if plan.population != "base":
-        problems = rows_read_problems(features, facts, plan=plan, models=settings.models)
+        problems = rows_read_problems(features, facts, plan=plan, catalog=catalog)
     else:
         problems = month_problems(features, specs[0], plan.feature_months)
         problems += month_problems(facts, specs[1], plan.fact_months)
@@ -320,13 +312,14 @@ def months_of_files(paths: list[str]) -> set[dt.date]:
 
 
 def rows_read_problems(
-    features: DataFrame, facts: DataFrame, *, plan: DatasetPlan, models: ModelsConfig
+    features: DataFrame, facts: DataFrame, *, plan: DatasetPlan, catalog: ModelCatalog
 ) -> list[str]:
     """Every contract problem of both tables that can reach the training set (see `table_problems`)."""
     problems = table_problems(
-        features, input_features_spec(models), plan.feature_months, partial(read_feature_keys, plan=plan)
+        features, catalog_features_spec(catalog), plan.feature_months, partial(read_feature_keys, plan=plan)
     )
-    return problems + table_problems(facts, FACTS_SPEC, plan.fact_months, partial(read_fact_keys, plan=plan))
+    facts_read = partial(read_fact_keys, plan=plan)
+    return problems + table_problems(facts, facts_spec(catalog), plan.fact_months, facts_read)
 
 
 def check_rows_read(
@@ -334,7 +327,8 @@ def check_rows_read(
 ) -> None:
     """After the write (still staged): a null or repeated id, or a flag outside 0/1, in the output can
     only come from a contract breach in the rows read; name it precisely, or raise with the counts."""
-    flags = [name for name, fact in target_columns(settings.models).items() if fact.startswith("in_")]
+    catalog = settings.models.catalog()
+    flags = [e.target for e in catalog.survival]
     per_id = written.groupBy(ID).agg(
         F.count(F.lit(1)).alias("n"), *[F.sum((F.col(c) < 0).cast("long")).alias(c) for c in flags]
     )
@@ -346,17 +340,11 @@ def check_rows_read(
     if not any(found):
         return
     log.warning("training rows break the contract (%s); checking the inputs", found.asDict())
-    problems = rows_read_problems(features, facts, plan=plan, models=settings.models)
+    problems = rows_read_problems(features, facts, plan=plan, catalog=catalog)
     if not problems:
         problems = [f"training rows: {k}: {v}" for k, v in found.asDict().items() if v]
     context = f"needed by {plan.describe()}"
     raise InputContractError(f"input contract violated ({context}):\n  " + "\n  ".join(problems))
-
-
-def input_features_spec(models: ModelsConfig) -> TableSpec:
-    """The features contract as the models see it: their input columns, categorical ones as strings."""
-    categorical = list(models.categorical)
-    return features_spec([c for c in models.input_feature_cols() if c not in categorical], categorical)
 
 
 def read_feature_keys(features: DataFrame, *, plan: DatasetPlan) -> DataFrame:
@@ -456,7 +444,8 @@ def read_splits(spark: SparkSession, storage: Storage, path: str) -> DataFrame |
 
 def build_dataset(spark: SparkSession, settings: Settings, target_end: dt.date) -> DatasetResult:
     """Build, validate-first, the training set ending at `target_end` and swap it in atomically."""
-    plan = DatasetPlan.from_config(settings.dataset, target_end)
+    catalog = settings.models.catalog()
+    plan = DatasetPlan.from_config(settings.dataset, target_end, catalog)
     storage = Storage(spark)
     timer = StageTimer()
     dataset_id = dataset_id_for(settings, target_end)
@@ -472,11 +461,11 @@ def build_dataset(spark: SparkSession, settings: Settings, target_end: dt.date) 
     )
     with timer.stage("check inputs", spark):
         features, facts = read_inputs(spark, settings, plan)
-    targets = target_columns(settings.models)
-    feature_cols = settings.models.input_feature_cols()
+    targets = catalog.targets()
+    feature_cols = catalog.input_columns()
     with storage.staged(target) as staging:
         with timer.stage("build and write splits", spark):
-            rows = training_rows(features, facts, plan=plan, models=settings.models)
+            rows = training_rows(features, facts, plan=plan, catalog=catalog)
             rows.write.mode("overwrite").partitionBy(SPLIT).parquet(staging)
         with timer.stage("check and summarize splits", spark):
             written = read_splits(spark, storage, staging)
@@ -506,9 +495,9 @@ def build_dataset(spark: SparkSession, settings: Settings, target_end: dt.date) 
                     "months": [fmt(m) for m in plan.fact_months],
                 },
             },
-            "columns": [ID, FEATURE_MONTH, TARGET_MONTH, *DERIVED_COLUMNS, *feature_cols, *targets],
-            "feature_columns": [*DERIVED_COLUMNS, *feature_cols],
-            "categorical_columns": [c for c in feature_cols if c in settings.models.categorical],
+            "columns": [ID, FEATURE_MONTH, TARGET_MONTH, *DERIVED_FEATURES, *feature_cols, *targets],
+            "feature_columns": [*DERIVED_FEATURES, *feature_cols],
+            "categorical_columns": catalog.input_categorical(),
             "target_columns": {name.removesuffix("_fact"): name for name in targets},
             "rows": sum(s["rows"] for s in stats.values()),
             "splits": stats,

@@ -1,14 +1,18 @@
 """Metrics of a release beside naive baselines, per model × split × horizon, and the plots a reviewer reads.
 
 Pure numpy/pandas on driver-side frames (the capped samples training already holds): no Spark, no
-MLflow here. A model that does not beat its naive baseline shows up in every table of this module.
+MLflow here. Every amount forecast is an expectation that CLTV sums, so the aggregate bias
+(Σ forecast / Σ actual − 1) comes first in every table, then the main metric (RMSE for amounts: a proper
+score for the mean; WAPE and MAE reward forecasting the median, which is 0 for sparse amounts), then
+ranking quality as CLV practitioners judge it (normalized Gini, Spearman) and calibration by forecast
+decile. The pseudo-model `value` is the month's value (spark_app.cltv.ValueFormula) of each row, from
+the forecasts beside from the facts; `value` summed over horizons 1..24 is the cumulative 24-month value.
 
-Naive baselines (fitted on the training splits only):
-- classification: the base rate of the target by horizon × tenure band;
-- amounts: the subscriber's last observed monthly value (LAST_VALUE below) divided by the days of the
-  feature month, × the baseline paid rate for that horizon × tenure band; `sac` is event-driven (new
-  subscribers, device renewals, win-backs), so its last value says little: its naive forecast is the mean
-  daily SAC by horizon × tenure band.
+Naive baselines (fitted on the training splits only), per the catalog's `naive` entry of each model:
+- survival models: the base rate of the target by horizon × tenure band;
+- amounts with `naive.last_value`: that feature (the last observed monthly amount, kept where the
+  `naive.where` columns match) over the days of the feature month, × the carrier's base rate;
+- other amounts (e.g. event-driven SAC): the mean daily target by horizon × tenure band.
 """
 
 from __future__ import annotations
@@ -21,43 +25,55 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-HIGHER_IS_BETTER = frozenset({"roc_auc", "r2"})
-CLASSIFICATION_METRICS = ("roc_auc", "brier", "mean_pred", "mean_actual")
-REGRESSION_METRICS = ("wape", "mae", "rmse", "r2", "bias", "mean_pred", "mean_actual")
-ALL_HORIZONS = 0  # the `horizon` value of a table row aggregated over every horizon
+from spark_app.catalog import (
+    CLASSIFICATION,
+    CLASSIFICATION_METRICS,
+    CLOSER_TO_ZERO_IS_BETTER,
+    HIGHER_IS_BETTER,
+    HORIZON,
+    REGRESSION,
+    REGRESSION_METRICS,
+    ModelCatalog,
+)
+from spark_app.cltv import ValueFormula
 
-# Amount model → (feature holding the last observed monthly value, segment it is restricted to or None).
-LAST_VALUE: dict[str, tuple[str, str | None]] = {
-    "sm_mobile": ("margin_1m", "mobile"),
-    "sm_fmc": ("margin_1m", "fmc"),
-    "sm_fttb": ("margin_1m", "fttb"),
-    "data_gb": ("data_gb_1m", None),
-    "voice_min": ("voice_min_1m", None),
-}
-SEGMENT_COL = "segment"
-TENURE_COL = "tenure_months"
+ALL_HORIZONS = 0  # the `horizon` value of a table row aggregated over every horizon
+VALUE = "value"  # pseudo model id: the month's value from every model (ValueFormula)
+DECILES = 10
 
 
 def main_metric_of(main_metric: Mapping[str, str], model_id: str, kind: str) -> str:
-    """promotion.main_metric: a model id's own entry (e.g. sac: rmse) wins over its kind's."""
+    """promotion.main_metric: a model id's own entry wins over its kind's."""
     return main_metric.get(model_id) or main_metric[kind]
 
 
 def is_better(metric: str, value: float, other: float) -> bool:
     """Strictly better on `metric` (direction-aware)."""
-    return value > other if metric in HIGHER_IS_BETTER else value < other
+    if metric in HIGHER_IS_BETTER:
+        return value > other
+    if metric in CLOSER_TO_ZERO_IS_BETTER:
+        return abs(value) < abs(other)
+    return value < other
 
 
 def relative_worsening(metric: str, new: float, old: float) -> float:
     """How much worse `new` is than `old`, relative to |old| (negative = better)."""
     if not np.isfinite(new) or not np.isfinite(old):
         return float("inf") if not np.isfinite(new) else float("-inf")
+    if metric in CLOSER_TO_ZERO_IS_BETTER:
+        new, old = abs(new), abs(old)
     scale = abs(old) if old != 0 else 1.0
     diff = (old - new) if metric in HIGHER_IS_BETTER else (new - old)
     return float(diff / scale)
 
 
 # ---------------------------------------------------------------- metrics
+def agg_bias(y: np.ndarray, f: np.ndarray) -> float:
+    """Σ forecast / Σ actual − 1: what a sum of these forecasts (a CLTV, a plan) is off by."""
+    total = float(np.sum(y))
+    return float(np.sum(f) / total - 1) if total != 0 else float("nan")
+
+
 def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
     """Mann-Whitney AUC with tie-averaged ranks; NaN when only one class is present."""
     y = np.asarray(y) > 0.5
@@ -69,14 +85,59 @@ def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def normalized_gini(y: np.ndarray, f: np.ndarray) -> float:
+    """Gini of the actuals ordered by the forecast over the Gini of a perfect ordering: 1 = perfect ranking,
+    0 = none. In covariance form with tie-averaged ranks, so a constant forecast scores exactly 0."""
+    y = np.asarray(y, dtype=np.float64)
+    if len(y) < 2:
+        return float("nan")
+    best = np.cov(y, rankdata(y))[0, 1]
+    return float(np.cov(y, rankdata(f))[0, 1] / best) if best > 0 else float("nan")
+
+
+def spearman(y: np.ndarray, f: np.ndarray) -> float:
+    ry, rf = rankdata(y), rankdata(f)
+    if len(ry) < 2 or ry.std() == 0 or rf.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ry, rf)[0, 1])
+
+
+def decile_table(y: np.ndarray, f: np.ndarray, bins: int = DECILES) -> pd.DataFrame:
+    """Mean forecast vs mean actual per forecast decile (equal-count groups by forecast rank)."""
+    y = np.asarray(y, dtype=np.float64)
+    f = np.asarray(f, dtype=np.float64)
+    if len(y) == 0:
+        return pd.DataFrame(columns=["decile", "rows", "mean_pred", "mean_actual"])
+    decile = np.minimum((rankdata(f, method="ordinal") - 1) * bins // len(f), bins - 1).astype(int)
+    frame = pd.DataFrame({"decile": decile + 1, "f": f, "y": y})
+    table = frame.groupby("decile").agg(
+        rows=("y", "size"), mean_pred=("f", "mean"), mean_actual=("y", "mean")
+    )
+    return table.reset_index()
+
+
+def decile_error(y: np.ndarray, f: np.ndarray) -> float:
+    """Row-weighted mean |mean forecast − mean actual| over forecast deciles, relative to |mean actual|."""
+    table = decile_table(y, f)
+    scale = abs(float(np.mean(y))) if len(y) else 0.0
+    if not len(table) or scale == 0:
+        return float("nan")
+    gap = (table["mean_pred"] - table["mean_actual"]).abs()
+    return float((gap * table["rows"]).sum() / table["rows"].sum() / scale)
+
+
 def classification_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     y = np.asarray(y, dtype=np.float64)
     p = np.asarray(p, dtype=np.float64)
     if len(y) == 0:
         return dict.fromkeys(CLASSIFICATION_METRICS, float("nan"))
+    auc = roc_auc(y, p)
     return {
-        "roc_auc": roc_auc(y, p),
+        "agg_bias": agg_bias(y, p),
+        "roc_auc": auc,
+        "gini": 2 * auc - 1,
         "brier": float(np.mean((p - y) ** 2)),
+        "decile_error": decile_error(y, p),
         "mean_pred": float(p.mean()),
         "mean_actual": float(y.mean()),
     }
@@ -91,9 +152,13 @@ def regression_metrics(y: np.ndarray, f: np.ndarray) -> dict[str, float]:
     abs_sum = float(np.abs(y).sum())
     ss_tot = float(((y - y.mean()) ** 2).sum())
     return {
-        "wape": float(np.abs(err).sum() / abs_sum) if abs_sum > 0 else float("nan"),
-        "mae": float(np.abs(err).mean()),
+        "agg_bias": agg_bias(y, f),
         "rmse": float(np.sqrt((err**2).mean())),
+        "gini": normalized_gini(y, f),
+        "spearman": spearman(y, f),
+        "decile_error": decile_error(y, f),
+        "mae": float(np.abs(err).mean()),
+        "wape": float(np.abs(err).sum() / abs_sum) if abs_sum > 0 else float("nan"),
         "r2": float(1 - (err**2).sum() / ss_tot) if ss_tot > 0 else float("nan"),
         "bias": float(err.mean()),
         "mean_pred": float(f.mean()),
@@ -102,7 +167,7 @@ def regression_metrics(y: np.ndarray, f: np.ndarray) -> dict[str, float]:
 
 
 def metrics_for(kind: str, y: np.ndarray, f: np.ndarray) -> dict[str, float]:
-    return classification_metrics(y, f) if kind == "classification" else regression_metrics(y, f)
+    return classification_metrics(y, f) if kind == CLASSIFICATION else regression_metrics(y, f)
 
 
 def calibration_table(y: np.ndarray, p: np.ndarray, bins: int = 10) -> pd.DataFrame:
@@ -118,6 +183,32 @@ def calibration_table(y: np.ndarray, p: np.ndarray, bins: int = 10) -> pd.DataFr
     return table[["bin", "bin_low", "bin_high", "rows", "mean_pred", "observed"]]
 
 
+# ---------------------------------------------------------------- value of a row
+def days_in_months(months: pd.Series) -> np.ndarray:
+    """Days of each (first-of-)month value; dates or strings."""
+    parsed = pd.to_datetime(months)
+    return np.asarray(parsed.dt.days_in_month, dtype=np.float64)
+
+
+def monthly_values(
+    frame: pd.DataFrame, daily: Mapping[str, np.ndarray], catalog: ModelCatalog, formula: ValueFormula
+) -> np.ndarray:
+    """The value of each row's target month from per-model outputs (daily amounts, probabilities or flags),
+    by the formula CLTV uses; amounts × the days of the target month."""
+    days = days_in_months(frame["target_month"]) if "target_month" in frame else np.full(len(frame), 30.4)
+    amounts = {e.model_id for e in catalog.amounts}
+
+    def get(model_id: str) -> np.ndarray:
+        values = np.asarray(daily[model_id], dtype=np.float64)
+        return values * days if model_id in amounts else values
+
+    return np.asarray(formula.monthly_value(get, set(daily)), dtype=np.float64) + np.zeros(len(frame))
+
+
+def actuals(frame: pd.DataFrame, catalog: ModelCatalog) -> dict[str, np.ndarray]:
+    return {e.model_id: frame[e.target].to_numpy(np.float64) for e in catalog if e.target in frame}
+
+
 # ---------------------------------------------------------------- naive baselines
 def tenure_band(tenure: pd.Series | np.ndarray, edges: list[int]) -> np.ndarray:
     """Index of the band [edges[i], edges[i+1]) a tenure falls in (missing tenure → band 0)."""
@@ -125,63 +216,66 @@ def tenure_band(tenure: pd.Series | np.ndarray, edges: list[int]) -> np.ndarray:
     return np.clip(np.searchsorted(np.asarray(edges, dtype=np.float64), values, side="right") - 1, 0, None)
 
 
-def days_in_months(months: pd.Series) -> np.ndarray:
-    """Days of each (first-of-)month value; dates or strings."""
-    parsed = pd.to_datetime(months)
-    return np.asarray(parsed.dt.days_in_month, dtype=np.float64)
-
-
-def _group_key(frame: pd.DataFrame, edges: list[int]) -> pd.Series:
-    band = tenure_band(frame[TENURE_COL], edges) if TENURE_COL in frame else np.zeros(len(frame), dtype=int)
-    return pd.Series(frame["horizon"].to_numpy(np.int64) * 1000 + band, index=frame.index)
-
-
 @dataclass
 class NaiveBaseline:
     """Rates by horizon × tenure band learnt from the training splits; see the module docstring."""
 
+    catalog: ModelCatalog
     tenure_edges: list[int]
     rates: dict[str, dict[int, float]] = field(default_factory=dict)
     overall: dict[str, float] = field(default_factory=dict)
 
+    def _group_key(self, frame: pd.DataFrame) -> pd.Series:
+        col = self.catalog.tenure_column
+        if col and col not in frame:
+            raise KeyError(
+                f"naive baseline: tenure column {col!r} (models.tenure_column) is not in the frame"
+            )
+        band = tenure_band(frame[col], self.tenure_edges) if col else np.zeros(len(frame), dtype=int)
+        return pd.Series(frame[HORIZON].to_numpy(np.int64) * 1000 + band, index=frame.index)
+
     @classmethod
     def fit(
-        cls, train_surv: pd.DataFrame, train_reg: pd.DataFrame, model_ids: list[str], tenure_edges: list[int]
+        cls, catalog: ModelCatalog, train_surv: pd.DataFrame, train_reg: pd.DataFrame, tenure_edges: list[int]
     ) -> NaiveBaseline:
-        base = cls(list(tenure_edges))
-        # survival rates (also the survival factor of the amount baselines) from the survival models'
-        # training rows; rate-type amount baselines (sac) from the regressors' training rows
-        targets = {m: train_surv for m in ("paid", "active") if m in model_ids or m == "paid"}
-        targets.update({m: train_reg for m in model_ids if m not in LAST_VALUE and m not in targets})
-        for model_id, frame in targets.items():
-            col = f"{model_id}_fact"
-            if col not in frame or len(frame) == 0:
+        base = cls(catalog, list(tenure_edges))
+        # survival rates (also the carrier factor of the last-value baselines) from the survival models'
+        # training rows; rate-type amount baselines from the regressors' training rows
+        for entry in catalog:
+            frame = train_surv if entry.is_survival else train_reg
+            if not entry.is_survival and entry.naive.last_value:
                 continue
-            key = _group_key(frame, base.tenure_edges)
-            values = frame[col].astype(np.float64)
-            base.rates[model_id] = values.groupby(key).mean().to_dict()
-            base.overall[model_id] = float(values.mean())
+            if entry.target not in frame or len(frame) == 0:
+                continue
+            values = frame[entry.target].astype(np.float64)
+            base.rates[entry.model_id] = values.groupby(base._group_key(frame)).mean().to_dict()
+            base.overall[entry.model_id] = float(values.mean())
         return base
 
     def _rate(self, model_id: str, frame: pd.DataFrame) -> np.ndarray:
-        key = _group_key(frame, self.tenure_edges)
+        key = self._group_key(frame)
         fallback = self.overall.get(model_id, 0.0)
         return key.map(self.rates.get(model_id, {})).fillna(fallback).to_numpy(np.float64)
 
     def predict(self, frame: pd.DataFrame, model_ids: list[str]) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
-        paid = self._rate("paid", frame) if "paid" in self.rates else np.ones(len(frame))
         for model_id in model_ids:
-            source = LAST_VALUE.get(model_id)
-            if source is None or source[0] not in frame:
-                out[model_id] = self._rate(model_id, frame) if model_id in self.rates else paid * 0.0
+            entry = self.catalog[model_id]
+            source = entry.naive.last_value
+            if entry.is_survival or not source:
+                out[model_id] = self._rate(model_id, frame)
                 continue
-            col, segment = source
-            last = frame[col].astype(np.float64).fillna(0.0).to_numpy()
-            if segment is not None and SEGMENT_COL in frame:
-                last = np.where(frame[SEGMENT_COL].astype(str).to_numpy() == segment, last, 0.0)
+            missing = [c for c in entry.naive.columns if c not in frame]
+            if missing:
+                raise KeyError(
+                    f"naive baseline of {model_id}: columns {missing} (models.profiles.{model_id}.naive) "
+                    "are not in the frame"
+                )
+            last = frame[source].astype(np.float64).fillna(0.0).to_numpy()
+            for column, wanted in entry.naive.where:
+                last = np.where(frame[column].astype(str).to_numpy() == wanted, last, 0.0)
             daily = last / days_in_months(frame["feature_month"]) if "feature_month" in frame else last / 30.4
-            out[model_id] = daily * paid
+            out[model_id] = daily * self._rate(entry.carrier, frame)
         return out
 
 
@@ -190,17 +284,18 @@ def metric_rows(
     frame: pd.DataFrame,
     predictions: Mapping[str, np.ndarray],
     naive: Mapping[str, np.ndarray],
+    actual: Mapping[str, np.ndarray],
     kinds: Mapping[str, str],
     split: str,
 ) -> list[dict[str, Any]]:
     """Long rows (model_id, split, horizon, metric, value, naive): per horizon and over all horizons."""
     rows: list[dict[str, Any]] = []
-    horizons = frame["horizon"].to_numpy(np.int64)
+    horizons = frame[HORIZON].to_numpy(np.int64)
     groups = [(ALL_HORIZONS, np.ones(len(frame), dtype=bool))]
     groups += [(int(h), horizons == h) for h in np.unique(horizons)]
     for model_id, pred in predictions.items():
         kind = kinds[model_id]
-        y = frame[f"{model_id}_fact"].to_numpy(np.float64)
+        y = actual[model_id]
         for h, mask in groups:
             model_m = metrics_for(kind, y[mask], pred[mask])
             naive_m = metrics_for(kind, y[mask], naive[model_id][mask])
@@ -220,32 +315,60 @@ def metric_rows(
     return rows
 
 
+METRIC_COLUMNS = ["model_id", "kind", "split", "horizon", "rows", "metric", "value", "naive"]
+
+
 def metric_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    return pd.DataFrame(
-        rows, columns=["model_id", "kind", "split", "horizon", "rows", "metric", "value", "naive"]
-    )
+    return pd.DataFrame(rows, columns=METRIC_COLUMNS)
 
 
-def quality_table(table: pd.DataFrame, main_metric: Mapping[str, str], split: str = "oot") -> pd.DataFrame:
-    """One row per model: main metric on `split` over all horizons, its naive value, and who wins."""
+def cumulative_bias(horizons: np.ndarray, f: np.ndarray, y: np.ndarray, up_to: int = 24) -> float:
+    """Bias of the forecast summed over horizons 1..up_to: Σ_h mean forecast_h / Σ_h mean actual_h − 1.
+    Each row is one (subscriber, horizon), so the sum of the per-horizon means estimates a subscriber's
+    expected cumulative amount over the first `up_to` months (e.g. the cumulative 24-month value)."""
+    h = np.asarray(horizons, dtype=np.int64)
+    f = np.asarray(f, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    pred = actual = 0.0
+    for value in np.unique(h[(h >= 1) & (h <= up_to)]):
+        mask = h == value
+        pred += f[mask].mean()
+        actual += y[mask].mean()
+    return float(pred / actual - 1) if actual != 0 else float("nan")
+
+
+def quality_table(
+    table: pd.DataFrame,
+    main_metric: Mapping[str, str],
+    split: str = "oot",
+    cumulative: Mapping[str, tuple[float, float]] | None = None,
+) -> pd.DataFrame:
+    """One row per model (and the value): aggregate bias and main metric on `split` over all horizons,
+    beside the naive baseline's, and whether the model beats it on both; `cumulative` adds the
+    (model, naive) cumulative 24-month bias of the models it names (the value)."""
     rows = []
     agg = table[(table["split"] == split) & (table["horizon"] == ALL_HORIZONS)]
     for model_id, group in agg.groupby("model_id", sort=False):
         kind = group["kind"].iloc[0]
         metric = main_metric_of(main_metric, str(model_id), kind)
-        row = group[group["metric"] == metric].iloc[0]
-        rows.append(
-            {
-                "model_id": model_id,
-                "kind": kind,
-                "metric": metric,
-                "split": split,
-                "rows": int(row["rows"]),
-                "value": float(row["value"]),
-                "naive": float(row["naive"]),
-                "beats_naive": bool(is_better(metric, row["value"], row["naive"])),
-            }
-        )
+        main = group[group["metric"] == metric].iloc[0]
+        bias = group[group["metric"] == "agg_bias"].iloc[0]
+        beats_main = bool(is_better(metric, main["value"], main["naive"]))
+        beats_bias = bool(abs(bias["value"]) <= abs(bias["naive"])) or kind == CLASSIFICATION
+        row = {
+            "model_id": model_id,
+            "kind": kind,
+            "split": split,
+            "rows": int(main["rows"]),
+            "agg_bias": float(bias["value"]),
+            "naive_agg_bias": float(bias["naive"]),
+            "metric": metric,
+            "value": float(main["value"]),
+            "naive": float(main["naive"]),
+            "beats_naive": beats_main and beats_bias,
+        }
+        row["cum_bias"], row["naive_cum_bias"] = (cumulative or {}).get(str(model_id), (np.nan, np.nan))
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -312,5 +435,43 @@ def plot_importance(names: list[str], values: np.ndarray, model_id: str, top: in
     fig, ax = plt.subplots(figsize=(6, 0.25 * len(order) + 1))
     ax.barh([names[i] for i in order], np.asarray(values)[order])
     ax.set_title(f"{model_id}: feature importance")
+    fig.tight_layout()
+    return fig
+
+
+def plot_bias_by_horizon(table: pd.DataFrame, split: str = "oot"):
+    """Aggregate bias by horizon of every amount model and the value: the first thing to look at."""
+    plt = _pyplot()
+    rows = table[(table["metric"] == "agg_bias") & (table["split"] == split) & (table["horizon"] > 0)]
+    rows = rows[rows["kind"] == REGRESSION]
+    if rows.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for model_id, group in rows.groupby("model_id", sort=False):
+        style = {"lw": 2.5, "color": "black"} if model_id == VALUE else {"lw": 1}
+        ax.plot(group["horizon"], 100 * group["value"], "-o", ms=2, label=model_id, **style)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("horizon (months)")
+    ax.set_ylabel("Σ forecast / Σ actual − 1 (%)")
+    ax.set_title(f"aggregate bias by horizon ({split})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_deciles(deciles: pd.DataFrame, model_id: str):
+    """Mean forecast vs mean actual per forecast decile, one pair of lines per split."""
+    plt = _pyplot()
+    mine = deciles[deciles["model_id"] == model_id]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (split, group) in enumerate(mine.groupby("split", sort=False)):
+        ax.plot(group["decile"], group["mean_pred"], "--", color=f"C{i}", label=f"{split} forecast")
+        ax.plot(group["decile"], group["mean_actual"], "-o", ms=3, color=f"C{i}", label=f"{split} actual")
+    ax.set_xlabel("forecast decile")
+    ax.set_ylabel("mean")
+    ax.set_title(f"{model_id}: calibration by forecast decile")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return fig

@@ -18,7 +18,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from spark_app.contract import FACT_AMOUNTS, ID, MONTH
+from spark_app.contract import ID, MONTH
 from spark_app.months import days_in_month_index, fmt, month_index
 from spark_app.progress import StageTimer
 from spark_app.storage import Storage, write_parquet_staged
@@ -146,7 +146,7 @@ CONVERGENT = ProfileColumns(
     ),
     paid_flag="in_paid_base",
     active_flag="in_active_base",
-    fact_amounts=FACT_AMOUNTS,  # the contract's default facts
+    fact_amounts=("sm_mobile", "sm_fmc", "sm_fttb", "data_gb", "voice_min", "sac"),
     margin_amounts=("sm_mobile", "sm_fmc", "sm_fttb"),
 )
 FEATURE_NUMERIC = CONVERGENT.numeric

@@ -1,11 +1,11 @@
-"""One `Learner` fits and predicts any subset of the eight CatBoost models, from their profiles.
+"""One `Learner` fits and predicts any subset of models, from the catalog (spark_app.catalog).
 
-The survival models (`paid`, `active`) run first; their probabilities become the `p_paid` / `p_active`
-features of the six regressors (stacking), in training exactly as in scoring. Features reach CatBoost
-as `catboost.FeaturesData` (float32 numeric block + UTF-8 bytes categorical block), the fastest
-documented way to build a Pool when most features are numeric: the numeric columns come first in every
-model, the categorical ones after them, in the profile's order. Models sharing a feature list share
-one Pool per `predict` call.
+The survival models run first; their raw probabilities become the `p_<id>` features of the regressors that
+stack them, in training exactly as in scoring. Every output is then calibrated per horizon
+(spark_app.calibration) and amounts are floored at the catalog's `fact_min`, so the scoring job, the
+registered pyfunc, evaluation and the report see the same numbers. Features reach CatBoost as
+`catboost.FeaturesData` (float32 numeric block + UTF-8 bytes categorical block), the fastest documented
+way to build a Pool when most features are numeric; models sharing a layout share one Pool per call.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,48 +23,21 @@ import numpy as np
 import pandas as pd
 from catboost import CatBoost, CatBoostClassifier, CatBoostRegressor, FeaturesData, Pool
 
-from spark_app.config import ALL_MODELS
+from spark_app import calibration
+from spark_app.calibration import Calibration, CalibrationReport
+from spark_app.catalog import HORIZON, ModelCatalog, ModelEntry, stacked_feature
+from spark_app.config import Settings
 
 log = logging.getLogger(__name__)
 
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2
 RELEASE_JSON = "release.json"
 REFERENCE = "reference.parquet"
 NULL_CATEGORY = "<null>"  # how a missing categorical value reaches CatBoost (report.py uses the same)
-SURVIVAL_FEATURE = {"paid": "p_paid", "active": "p_active"}
 
 
 class BundleError(ValueError):
     """A release bundle is incomplete or inconsistent; the message names the file or model."""
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What one model reads and predicts: enough to rebuild its input matrix from a frame."""
-
-    model_id: str
-    kind: str  # classification | regression
-    feature_cols: tuple[str, ...]
-    cat_features: tuple[str, ...]
-    params: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
-    fit_params: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
-
-    @property
-    def numeric_cols(self) -> tuple[str, ...]:
-        return tuple(c for c in self.feature_cols if c not in self.cat_features)
-
-    @property
-    def layout(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """(numeric, categorical) column order of the matrix; models with equal layouts share a Pool."""
-        return self.numeric_cols, self.cat_features
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "feature_cols": list(self.feature_cols),
-            "cat_features": list(self.cat_features),
-            "file": f"{self.model_id}.cbm",
-        }
 
 
 @dataclass
@@ -136,63 +109,60 @@ class MatrixBuilder:
         self._pools = {k: v for k, v in self._pools.items() if name not in k[0]}
 
 
-def missing_columns(frame: pd.DataFrame, specs: list[ModelSpec]) -> list[str]:
-    derived = set(SURVIVAL_FEATURE.values())
-    need = {c for s in specs for c in s.feature_cols if c not in derived}
+def missing_columns(frame: pd.DataFrame, entries: list[ModelEntry]) -> list[str]:
+    stacked = {stacked_feature(m) for e in entries for m in e.stacked}
+    need = {c for e in entries for c in e.features if c not in stacked}
     return sorted(need - set(frame.columns))
 
 
-class Learner:
-    """Fits and predicts the enabled subset of models; `models` maps model id → fitted CatBoost model."""
+def log_link(entry: ModelEntry) -> bool:
+    """Losses whose raw prediction is the log of the mean (CatBoost's predict returns exp of it)."""
+    loss = str(entry.params.get("loss_function", "")).split(":")[0]
+    return loss in ("Tweedie", "Poisson")
 
-    def __init__(self, specs: list[ModelSpec], thread_count: int = 2, random_seed: int = 42):
-        # canonical order (survival first: the regressors read their outputs), whatever the input order
-        rank = {m: i for i, m in enumerate(ALL_MODELS)}
-        self.specs: dict[str, ModelSpec] = {
-            s.model_id: s
-            for s in sorted(specs, key=lambda s: (s.kind != "classification", rank.get(s.model_id, 99)))
-        }
+
+class Learner:
+    """Fits and predicts the catalog's models; `models` maps model id → fitted CatBoost model."""
+
+    def __init__(self, catalog: ModelCatalog, thread_count: int = 2, random_seed: int = 42):
+        self.catalog = catalog
         self.thread_count = thread_count
         self.random_seed = random_seed
         self.models: dict[str, CatBoost] = {}
+        self.calibration: dict[str, Calibration] = {}
         self.fit_reports: dict[str, FitReport] = {}
+        self.calibration_reports: dict[str, CalibrationReport] = {}
         self.meta: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_settings(cls, settings: Any) -> Learner:
-        """From settings.models (enabled profiles, categorical list) and settings.training (threads, seed)."""
-        models_cfg = settings.models
-        specs = [
-            ModelSpec(
-                model_id=p.model_id,
-                kind=p.kind,
-                feature_cols=tuple(p.feature_cols),
-                cat_features=tuple(models_cfg.cat_features(p)),
-                params=dict(p.params),
-                fit_params=dict(p.fit_params),
-            )
-            for p in models_cfg.enabled_profiles()
-        ]
-        return cls(specs, settings.training.thread_count, settings.training.random_seed)
+    def from_settings(cls, settings: Settings) -> Learner:
+        """The enabled models of settings.models, with settings.training's threads and seed."""
+        return cls(settings.models.catalog(), settings.training.thread_count, settings.training.random_seed)
+
+    @property
+    def entries(self) -> list[ModelEntry]:
+        """The catalog's models that are fitted (or all of them before fitting), survival first."""
+        return [e for e in self.catalog if not self.models or e.model_id in self.models]
 
     def _check_stacking(self) -> None:
-        for spec in self.specs.values():
-            for base, col in SURVIVAL_FEATURE.items():
-                if col in spec.feature_cols and base not in self.specs:
+        for entry in self.catalog:
+            for base in entry.stacked:
+                if base not in self.catalog:
                     raise BundleError(
-                        f"model {spec.model_id} reads {col} but model {base!r} is not in the release"
+                        f"model {entry.model_id} reads {stacked_feature(base)} but model {base!r} is not in "
+                        "the release"
                     )
 
-    def _new_model(self, spec: ModelSpec) -> CatBoost:
+    def _new_model(self, entry: ModelEntry) -> CatBoost:
         params = {
             "random_seed": self.random_seed,
-            **spec.params,
+            **entry.params,
             "thread_count": self.thread_count,
             "allow_writing_files": False,
             "verbose": False,
         }
-        cls = CatBoostClassifier if spec.kind == "classification" else CatBoostRegressor
+        cls = CatBoostClassifier if entry.is_survival else CatBoostRegressor
         return cls(**params)
 
     # ------------------------------------------------------------------ fit
@@ -205,10 +175,10 @@ class Learner:
         the same kind of input the regressors see at scoring time. `val` drives early stopping.
         """
         self._check_stacking()
-        specs = list(self.specs.values())
+        entries = list(self.catalog)
         for name, frame in (("train_surv", train_surv), ("train_reg", train_reg), ("val", val)):
             if frame is not None and len(frame):
-                missing = missing_columns(frame, specs)
+                missing = missing_columns(frame, entries)
                 if missing:
                     raise KeyError(f"{name}: columns {missing} missing (needed by the model profiles)")
         has_val = val is not None and len(val) > 0
@@ -217,89 +187,158 @@ class Learner:
         surv_m = MatrixBuilder(train_surv)
         reg_m = MatrixBuilder(train_reg)
         val_m = MatrixBuilder(val) if has_val else None
-        for spec in specs:
-            is_surv = spec.kind == "classification"
-            train_m = surv_m if is_surv else reg_m
+        for entry in entries:
+            train_m = surv_m if entry.is_survival else reg_m
+            split = "train_surv" if entry.is_survival else "train_reg"
             if len(train_m.frame) == 0:
-                raise ValueError(
-                    f"model {spec.model_id}: no training rows ({'train_surv' if is_surv else 'train_reg'})"
-                )
-            target = f"{spec.model_id}_fact"
-            model = self._new_model(spec)
-            pool = train_m.pool(spec.layout, label=train_m.frame[target].to_numpy(np.float64))
+                raise ValueError(f"model {entry.model_id}: no training rows ({split})")
+            layout = self.catalog.layout(entry)
+            model = self._new_model(entry)
+            pool = train_m.pool(layout, label=train_m.frame[entry.target].to_numpy(np.float64))
             eval_pool = (
-                val_m.pool(spec.layout, label=val_m.frame[target].to_numpy(np.float64)) if val_m else None
+                val_m.pool(layout, label=val_m.frame[entry.target].to_numpy(np.float64)) if val_m else None
             )
-            fit_params = dict(spec.fit_params)
+            fit_params = dict(entry.fit_params)
             if eval_pool is None:
                 fit_params.pop("early_stopping_rounds", None)
             started = time.perf_counter()
             model.fit(pool, eval_set=eval_pool, **fit_params)
             seconds = time.perf_counter() - started
             best = model.get_best_iteration() if eval_pool is not None else None
-            self.models[spec.model_id] = model
-            self.fit_reports[spec.model_id] = FitReport(
+            self.models[entry.model_id] = model
+            report = FitReport(
                 rows=len(train_m.frame),
                 eval_rows=len(val_m.frame) if val_m else 0,
                 best_iteration=best,
                 tree_count=int(model.tree_count_),
                 seconds=seconds,
             )
+            self.fit_reports[entry.model_id] = report
             log.info(
                 "model %s: %s rows (%s), %s eval rows, best iteration %s of %d trees, %.1fs",
-                spec.model_id,
-                f"{len(train_m.frame):,}",
-                "train_surv" if is_surv else "train_reg",
-                f"{self.fit_reports[spec.model_id].eval_rows:,}",
-                best,
-                model.tree_count_,
-                seconds,
-            )
-            if spec.model_id in SURVIVAL_FEATURE:
-                col = SURVIVAL_FEATURE[spec.model_id]
+                entry.model_id, f"{report.rows:,}", split, f"{report.eval_rows:,}", best,
+                report.tree_count, seconds,
+            )  # fmt: skip
+            if entry.is_survival:
                 for builder in (reg_m, val_m):
                     if builder is not None and len(builder.frame):
-                        builder.add_column(col, self._predict_one(spec, builder))
+                        builder.add_column(stacked_feature(entry.model_id), self._raw(entry, builder))
         return self
 
+    # ------------------------------------------------------------------ calibrate
+    def calibrate(self, val: pd.DataFrame, test: pd.DataFrame | None = None) -> dict[str, CalibrationReport]:
+        """Per-horizon calibration from `val` (see spark_app.calibration); a survival recalibration is kept
+        only where it lowers the Brier score on `test` (or on `val` when there is no test split)."""
+        self.calibration = {}
+        if not len(val):
+            log.warning("no val rows: the release is not calibrated")
+            return {}
+        raw_val = self.predict(val, calibrated=False)
+        check = test if test is not None and len(test) else val
+        raw_check = self.predict(check, calibrated=False) if check is not val else raw_val
+        h_val = val[HORIZON].to_numpy(np.int64)
+        h_check = check[HORIZON].to_numpy(np.int64)
+        reports: dict[str, CalibrationReport] = {}
+        for entry in self.entries:
+            m = entry.model_id
+            y, y_check = val[entry.target].to_numpy(np.float64), check[entry.target].to_numpy(np.float64)
+            if entry.is_survival:
+                fitted = calibration.fit_logistic(y, raw_val[m], h_val)
+                before = float(np.mean((raw_check[m] - y_check) ** 2))
+                after = float(np.mean((fitted.apply(raw_check[m], h_check) - y_check) ** 2))
+                kept = after < before
+                if kept:
+                    self.calibration[m] = fitted
+                reports[m] = CalibrationReport(
+                    len(y), "logistic", kept, "test Brier" if check is test else "val Brier",
+                    {"brier": before}, {"brier": after},
+                )  # fmt: skip
+            else:
+                fitted = calibration.fit_amount_scale(y, raw_val[m], h_val)
+                self.calibration[m] = fitted
+                bias = float(raw_check[m].sum() / y_check.sum() - 1) if y_check.sum() else float("nan")
+                calibrated = fitted.apply(raw_check[m], h_check)
+                after = float(calibrated.sum() / y_check.sum() - 1) if y_check.sum() else float("nan")
+                reports[m] = CalibrationReport(
+                    len(y), "scale", True, f"overall factor {fitted.overall:.3f}",
+                    {"agg_bias": bias}, {"agg_bias": after},
+                )  # fmt: skip
+            log.info("calibration %s: %s", m, reports[m])
+        self.calibration_reports = reports
+        return reports
+
     # ------------------------------------------------------------------ predict
-    def _predict_one(self, spec: ModelSpec, builder: MatrixBuilder) -> np.ndarray:
-        model = self.models[spec.model_id]
+    def _raw(self, entry: ModelEntry, builder: MatrixBuilder) -> np.ndarray:
+        """The model's own output: P(class 1), or the regressor's default prediction (the raw value for
+        RMSE/Huber, exp(raw) for log-link losses such as Tweedie)."""
+        model = self.models[entry.model_id]
         if len(builder.frame) == 0:
             return np.zeros(0, dtype=np.float64)
-        pool = builder.pool(spec.layout)
-        if spec.kind == "classification":
+        pool = builder.pool(self.catalog.layout(entry))
+        if entry.is_survival:
             return model.predict(pool, prediction_type="Probability", thread_count=self.thread_count)[:, 1]
-        # the regressor's own default: the raw value for RMSE/Huber, exp(raw) for log-link losses (Tweedie)
         return np.asarray(model.predict(pool, thread_count=self.thread_count), dtype=np.float64)
 
-    def predict(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-        """model id → prediction per row: probability of class 1, or the DAILY-unit amount forecast.
+    def finish(self, entry: ModelEntry, raw: np.ndarray, horizons: np.ndarray) -> np.ndarray:
+        """Raw output → what the release forecasts: floored at fact_min, calibrated for the horizon."""
+        out = raw if entry.fact_min is None else np.maximum(raw, entry.fact_min)
+        cal = self.calibration.get(entry.model_id)
+        return cal.apply(out, horizons) if cal is not None else out
 
-        `frame` holds the input feature columns, `horizon` and `target_calendar_month`; `p_paid` /
-        `p_active` are added from the survival models before the regressors run.
+    def predict(self, frame: pd.DataFrame, calibrated: bool = True) -> dict[str, np.ndarray]:
+        """model id → prediction per row: probability of being in the base, or the DAILY-unit amount.
+
+        `frame` holds the input feature columns, `horizon` and `target_calendar_month`; the stacked
+        `p_<id>` features are added from the survival models' raw outputs before the regressors run.
         """
         if not self.models:
             raise BundleError("learner has no fitted models")
-        specs = [s for s in self.specs.values() if s.model_id in self.models]
-        missing = missing_columns(frame, specs)
+        entries = self.entries
+        missing = missing_columns(frame, entries)
         if missing:
             raise KeyError(f"predict: columns {missing} missing from the frame")
         builder = MatrixBuilder(frame)
+        horizons = frame[HORIZON].to_numpy(np.int64) if calibrated and self.calibration else np.zeros(0)
         out: dict[str, np.ndarray] = {}
-        for spec in specs:
-            out[spec.model_id] = self._predict_one(spec, builder)
-            if spec.model_id in SURVIVAL_FEATURE:
-                builder.add_column(SURVIVAL_FEATURE[spec.model_id], out[spec.model_id])
+        for entry in entries:
+            raw = self._raw(entry, builder)
+            if entry.is_survival:
+                builder.add_column(stacked_feature(entry.model_id), raw)
+            out[entry.model_id] = self.finish(entry, raw, horizons) if calibrated else raw
+        return out
+
+    def shap_values(self, frame: pd.DataFrame) -> dict[str, tuple[list[str], np.ndarray]]:
+        """Per model: feature names and SHAP values (rows × features) of what the release forecasts.
+
+        CatBoost explains the raw output (log-odds for survival, the amount or its log for log-link
+        losses); the per-horizon calibration is linear there — a slope in log-odds, a factor on the
+        amount, a shift of the log — so each row's values are scaled by that map at its horizon. Stacked
+        features are filled exactly as `predict` fills them.
+        """
+        builder = MatrixBuilder(frame)
+        horizons = frame[HORIZON].to_numpy(np.int64)
+        out: dict[str, tuple[list[str], np.ndarray]] = {}
+        for entry in self.entries:
+            layout = self.catalog.layout(entry)
+            model = self.models[entry.model_id]
+            shap = model.get_feature_importance(builder.pool(layout), type="ShapValues")[:, :-1]
+            cal = self.calibration.get(entry.model_id)
+            if cal is not None and not log_link(entry):
+                shap = shap * cal.shap_scale(horizons)[:, None]
+            out[entry.model_id] = ([*layout[0], *layout[1]], shap)
+            if entry.is_survival:
+                builder.add_column(stacked_feature(entry.model_id), self._raw(entry, builder))
         return out
 
     # ------------------------------------------------------------------ bundle
     def manifest(self) -> dict[str, Any]:
-        """release.json: the models' layout plus whatever the trainer put in `meta`."""
+        """release.json: the catalog, the calibration and whatever the trainer put in `meta`."""
+        catalog = self.catalog.subset(list(self.models)) if self.models else self.catalog
         return {
             **self.meta,
             "format": BUNDLE_FORMAT,
-            "models": {m: self.specs[m].to_json() for m in self.specs if m in self.models},
+            **catalog.to_json(),
+            "calibration": {m: c.to_json() for m, c in self.calibration.items()},
             "thread_count": self.thread_count,
         }
 
@@ -329,20 +368,23 @@ class Learner:
             raise BundleError(f"bundle has no {RELEASE_JSON} (files: {sorted(files)})")
         manifest = json.loads(files[RELEASE_JSON])
         if manifest.get("format") != BUNDLE_FORMAT:
-            raise BundleError(f"{RELEASE_JSON}: format {manifest.get('format')!r}, expected {BUNDLE_FORMAT}")
-        specs = [
-            ModelSpec(m, e["kind"], tuple(e["feature_cols"]), tuple(e["cat_features"]))
-            for m, e in manifest["models"].items()
-        ]
-        learner = cls(specs, thread_count or int(manifest.get("thread_count", 2)))
-        learner.meta = {k: v for k, v in manifest.items() if k not in ("format", "models", "thread_count")}
-        for spec in learner.specs.values():
-            name = manifest["models"][spec.model_id]["file"]
+            raise BundleError(
+                f"{RELEASE_JSON}: format {manifest.get('format')!r}, expected {BUNDLE_FORMAT} "
+                "(a release from an older version: train a new one)"
+            )
+        learner = cls(ModelCatalog.from_json(manifest), thread_count or int(manifest.get("thread_count", 2)))
+        skip = ("format", "model_ids", "models", "categorical", "tenure_column", "calibration", "thread_count")
+        learner.meta = {k: v for k, v in manifest.items() if k not in skip}
+        learner.calibration = {
+            m: calibration.from_json(c) for m, c in (manifest.get("calibration") or {}).items()
+        }
+        for entry in learner.catalog:
+            name = manifest["models"][entry.model_id]["file"]
             if name not in files:
-                raise BundleError(f"bundle: model {spec.model_id} file {name} missing")
-            model = CatBoostClassifier() if spec.kind == "classification" else CatBoostRegressor()
+                raise BundleError(f"bundle: model {entry.model_id} file {name} missing")
+            model = CatBoostClassifier() if entry.is_survival else CatBoostRegressor()
             model.load_model(blob=bytes(files[name]), format="cbm")
-            learner.models[spec.model_id] = model
+            learner.models[entry.model_id] = model
         learner._check_stacking()
         return learner
 

@@ -29,14 +29,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from spark_app.config import (
-    ALL_MODELS,
-    AMOUNT_MODELS,
-    DERIVED_FEATURES,
-    CostsConfig,
-    MonitoringConfig,
-    Settings,
-)
+from spark_app.catalog import ModelCatalog
+from spark_app.cltv import ValueFormula
+from spark_app.config import MonitoringConfig, Settings
 from spark_app.contract import ID, MONTH, InputContractError, read_table
 from spark_app.months import add_months, fmt, months_between
 from spark_app.progress import StageTimer
@@ -46,12 +41,6 @@ log = logging.getLogger(__name__)
 
 OK, WARN, FAIL, SKIPPED = "ok", "warn", "fail", "skipped"
 NULL_LABEL = "<null>"
-# what each model forecasts, as a column of the facts table
-FACT_OF_MODEL = {
-    "paid": "in_paid_base",
-    "active": "in_active_base",
-    **{m: m for m in AMOUNT_MODELS},
-}
 VALUE = "value_cum"  # pseudo model id of the cumulative value rows of the backtest
 SCORE_NON_METRIC = {ID, "score_month", "release_version", "holdout", MONTH}
 PSI_FLOOR = 1e-4  # share given to an empty bin, so PSI stays finite
@@ -316,47 +305,31 @@ def _float(x: Any) -> float:
 
 
 # ===================================================================== pure: backtest
-def detail_models(columns: list[str]) -> list[str]:
-    """Models whose 24 monthly forecasts (`<model>_h`) a scores table carries, in canonical order."""
-    return [m for m in ALL_MODELS if f"{m}_h" in columns]
-
-
-def _monthly_value(get, models: list[str], costs: CostsConfig):
-    """Value of one month from per-model amounts (`get(model)` → Column): margins − SAC − traffic costs −
-    overheads × probability of the overhead base. Components whose model is not enabled count as zero,
-    as in the CLTV itself."""
-    zero = F.lit(0.0)
-    value = zero
-    for m in ("sm_mobile", "sm_fmc", "sm_fttb"):
-        if m in models:
-            value = value + get(m)
-    if "sac" in models:
-        value = value - get("sac")
-    if "data_gb" in models:
-        value = value - get("data_gb") * F.lit(costs.cost_per_gb)
-    if "voice_min" in models:
-        value = value - get("voice_min") * F.lit(costs.cost_per_minute)
-    overhead = costs.overhead_sb + costs.overhead_ga + costs.overhead_am
-    if costs.overhead_base in models and overhead:
-        value = value - get(costs.overhead_base) * F.lit(overhead)
-    return value
+def detail_models(columns: list[str], catalog: ModelCatalog) -> list[str]:
+    """The catalog's models whose monthly forecasts (`<model>_h`) a scores table carries, in its order."""
+    return [m for m in catalog.ids if f"{m}_h" in columns]
 
 
 def forecast_rows(
-    scores: DataFrame, month: dt.date, *, models: list[str], costs: CostsConfig, max_horizon: int
+    scores: DataFrame, month: dt.date, *, models: list[str], formula: ValueFormula, max_horizon: int
 ) -> DataFrame:
     """Forecasts for `month` made at earlier score months: element h of `<model>_h` of month T−h.
 
-    Adds `horizon`, `f_<model>` and `f_value_cum` (forecast value of months T−h+1..T, undiscounted).
+    Adds `horizon`, `f_<model>` and `f_value_cum` (forecast value of months T−h+1..T, undiscounted, by the
+    value formula CLTV uses).
     """
     horizon = F.months_between(F.lit(month), F.col("score_month")).cast("int")
     df = scores.withColumn("horizon", horizon).where(
         (F.col("horizon") >= 1) & (F.col("horizon") <= max_horizon)
     )
+    available = set(models)
     monthly_value = F.transform(
         F.sequence(F.lit(1), F.lit(max_horizon)),
-        lambda i: _monthly_value(
-            lambda m: F.coalesce(F.element_at(F.col(f"{m}_h"), i), F.lit(0.0)), models, costs
+        lambda i: (
+            F.lit(0.0)
+            + formula.monthly_value(
+                lambda m: F.coalesce(F.element_at(F.col(f"{m}_h"), i), F.lit(0.0)), available
+            )
         ),
     )
     cum = F.aggregate(F.slice(monthly_value, 1, F.col("horizon")), F.lit(0.0), lambda acc, x: acc + x)
@@ -373,20 +346,25 @@ def forecast_rows(
 
 
 def realized_rows(
-    facts: DataFrame, month: dt.date, *, models: list[str], costs: CostsConfig, max_horizon: int
+    facts: DataFrame,
+    month: dt.date,
+    *,
+    models: list[str],
+    catalog: ModelCatalog,
+    formula: ValueFormula,
+    max_horizon: int,
 ) -> DataFrame:
     """Per subscriber with facts in T−max_horizon+1..T: `a_<model>` at T, and `a_value_by_k`, an array
     whose element k is the value realized over the last k months (T−k+1..T)."""
     first = add_months(month, -(max_horizon - 1))
     window = facts.where((F.col(MONTH) >= F.lit(first)) & (F.col(MONTH) <= F.lit(month)))
     offset = F.months_between(F.lit(month), F.col(MONTH)).cast("int")  # 0 = T, 1 = T−1, ...
-    value = _monthly_value(lambda m: F.col(FACT_OF_MODEL[m]).cast("double"), models, costs)
-    rows = window.select(
-        ID,
-        offset.alias("ago"),
-        value.alias("v"),
-        *[F.col(FACT_OF_MODEL[m]).cast("double").alias(m) for m in models],
-    )
+
+    def fact(m: str):
+        return F.col(catalog[m].fact).cast("double")
+
+    value = F.lit(0.0) + formula.monthly_value(fact, set(models))
+    rows = window.select(ID, offset.alias("ago"), value.alias("v"), *[fact(m).alias(m) for m in models])
     per_sub = rows.groupBy(ID).agg(
         *[F.sum(F.when(F.col("ago") == 0, F.col(m))).alias(f"a_{m}") for m in models],
         *[F.sum(F.when(F.col("ago") == j, F.col("v"))).alias(f"v{j}") for j in range(max_horizon)],
@@ -553,7 +531,7 @@ def read_reference(release: Any) -> pd.DataFrame:
 
 def drift_columns(reference: pd.DataFrame, settings: Settings) -> tuple[list[str], list[str]]:
     """Input features of the enabled models that the reference holds: (numeric, categorical)."""
-    wanted = [c for c in settings.models.input_feature_cols() if c not in DERIVED_FEATURES]
+    wanted = settings.models.catalog().input_columns()
     present = [c for c in wanted if c in reference.columns]
     absent = sorted(set(wanted) - set(present))
     if absent:
@@ -580,6 +558,7 @@ def backtest_inputs(
     """Union of the scores of T−1..T−k that carry detail arrays, with the breakdown columns from the
     features of their scoring month. Returns (rows or None, models, notes, deepest horizon found)."""
     cfg = settings.monitoring
+    catalog = settings.models.catalog()
     notes: list[str] = []
     parts = []
     months: list[dt.date] = []
@@ -589,7 +568,7 @@ def backtest_inputs(
         scores = read_scores(spark, settings, m)
         if scores is None:
             continue
-        found = detail_models(scores.columns)
+        found = detail_models(scores.columns, catalog)
         if not found:
             notes.append(f"scores {fmt(m)} have no detail arrays (score with --detail): not backtested")
             continue
@@ -613,10 +592,11 @@ def backtest_inputs(
         if d not in dims
     ]
     group_cols = [F.col(d) for d in dims]
-    if cfg.tenure_column and cfg.tenure_column in features.columns:
-        group_cols.append(tenure_cohort(cfg.tenure_column, cfg.tenure_cohorts).alias("tenure_cohort"))
-    elif cfg.tenure_column:
-        notes.append(f"tenure column {cfg.tenure_column!r} is not a feature column: no tenure cohorts")
+    tenure = catalog.tenure_column
+    if tenure and tenure in features.columns:
+        group_cols.append(tenure_cohort(tenure, cfg.tenure_cohorts).alias("tenure_cohort"))
+    elif tenure:
+        notes.append(f"tenure column {tenure!r} is not a feature column: no tenure cohorts")
     groups = features.select(ID, F.col(MONTH).alias("score_month"), *group_cols)
     deepest = max(months_between(m, month) for m in months)
     return union.join(groups, [ID, "score_month"], "left"), models, notes, deepest
@@ -637,8 +617,12 @@ def run_backtest(spark: SparkSession, settings: Settings, month: dt.date) -> tup
         return pd.DataFrame(columns=BACKTEST_COLUMNS), notes
     dims = [c for c in scored.columns if c in {*cfg.backtest_dimensions, "tenure_cohort"}]
     # facts only as far back as the oldest forecast found (realized value over T-k+1..T)
-    forecasts = forecast_rows(scored, month, models=models, costs=settings.costs, max_horizon=deepest)
-    realized = realized_rows(facts, month, models=models, costs=settings.costs, max_horizon=deepest)
+    catalog = settings.models.catalog()
+    formula = ValueFormula.from_catalog(catalog.subset(models), settings.costs)
+    forecasts = forecast_rows(scored, month, models=models, formula=formula, max_horizon=deepest)
+    realized = realized_rows(
+        facts, month, models=models, catalog=catalog, formula=formula, max_horizon=deepest
+    )
     rows = backtest_rows(forecasts, realized, models=models)
     return aggregate_backtest(rows, models=models, dimensions=dims), notes
 
@@ -770,7 +754,10 @@ def log_monitoring_run(
             if not pdf.empty:
                 mlflow.log_text(pdf.to_csv(index=False), f"monitoring/{name}.csv")
         for name, fig in report.monitoring_figures(
-            result_tables, settings.monitoring.psi_warn, settings.monitoring.psi_fail
+            result_tables,
+            settings.models.catalog(),
+            settings.monitoring.psi_warn,
+            settings.monitoring.psi_fail,
         ).items():
             mlflow.log_figure(fig, f"plots/{name}.png")
             report.close(fig)

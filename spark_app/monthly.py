@@ -19,7 +19,15 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from spark_app.config import Settings
-from spark_app.contract import FACTS_SPEC, ID, MONTH, InputContractError, features_spec, read_table, validate
+from spark_app.contract import (
+    ID,
+    MONTH,
+    InputContractError,
+    catalog_features_spec,
+    facts_spec,
+    read_table,
+    validate,
+)
 from spark_app.inputs_ready import SUCCESS, filesystem_for
 from spark_app.months import fmt
 
@@ -49,16 +57,17 @@ def score_partition(settings: Settings, month: dt.date) -> str:
 
 def validate_inputs(spark: SparkSession, settings: Settings, month: dt.date) -> None:
     """Raise InputContractError when either input table breaks the contract for `month`."""
-    models = settings.models
-    cols = models.input_feature_cols()
-    categorical = [c for c in cols if c in models.categorical]
-    numeric = [c for c in cols if c not in models.categorical]
+    catalog = settings.models.catalog()
     context = f"validate-inputs {fmt(month)}"
+    features_contract = catalog_features_spec(catalog)
     features = read_table(spark, settings.paths.features, "features")
-    validate(features, features_spec(numeric, categorical), [month], context=context)
+    validate(features, features_contract, [month], context=context)
     facts = read_table(spark, settings.paths.facts, "facts")
-    validate(facts, FACTS_SPEC, [month], context=context)
-    log.info("inputs of %s satisfy the contract (features: %d columns, facts)", fmt(month), len(cols))
+    validate(facts, facts_spec(catalog), [month], context=context)
+    log.info(
+        "inputs of %s satisfy the contract (features: %d columns, facts)", fmt(month),
+        len(features_contract.columns),
+    )  # fmt: skip
 
 
 def output_counts(scores: DataFrame) -> dict[str, int]:

@@ -26,9 +26,21 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from spark_app.catalog import HORIZON
 from spark_app.cli import UserError
+from spark_app.cltv import ValueFormula
 from spark_app.config import MlflowConfig, Settings, Traversable
-from spark_app.evaluation import main_metric_of, markdown_table, metrics_for, relative_worsening
+from spark_app.evaluation import (
+    VALUE,
+    actuals,
+    agg_bias,
+    cumulative_bias,
+    main_metric_of,
+    markdown_table,
+    metrics_for,
+    monthly_values,
+    relative_worsening,
+)
 from spark_app.models import RELEASE_JSON, Learner
 
 log = logging.getLogger(__name__)
@@ -168,8 +180,27 @@ def copy_package(into: Path) -> Path:
     return target
 
 
-def save_pyfunc(bundle_dir: Path, out: Path) -> Path:
-    """The release as an MLflow pyfunc directory; the package travels along (code_paths)."""
+def model_input(features: pd.DataFrame, learner: Learner, rows: int = 5) -> pd.DataFrame:
+    """What the pyfunc takes: a month's features (one row per subscriber) and the month they describe.
+    Numerics as float64, so the signature accepts the nulls a month may hold."""
+    catalog = learner.catalog
+    columns = [c for c in catalog.input_columns() if c in features]
+    frame = features.head(rows)[columns].copy()
+    for column in columns:
+        if column not in catalog.categorical:
+            frame[column] = frame[column].astype("float64")
+    month = features["feature_month"] if "feature_month" in features else features["report_month"]
+    frame.insert(0, "feature_month", pd.to_datetime(month.head(rows)).to_numpy())
+    return frame.reset_index(drop=True)
+
+
+def save_pyfunc(bundle_dir: Path, out: Path, learner: Learner, input_example: pd.DataFrame) -> Path:
+    """The release as an MLflow pyfunc directory with its signature and an input example; the package
+    travels along (code_paths)."""
+    from mlflow.models import infer_signature
+
+    horizons = list(learner.meta.get("horizons") or range(1, 25))
+    signature = infer_signature(input_example, forecast_frame(learner, input_example, horizons))
     with tempfile.TemporaryDirectory(prefix="cltv-code-") as tmp:
         mlflow.pyfunc.save_model(
             path=str(out),
@@ -177,6 +208,8 @@ def save_pyfunc(bundle_dir: Path, out: Path) -> Path:
             artifacts={BUNDLE_KEY: str(bundle_dir)},
             code_paths=[str(copy_package(Path(tmp)))],
             pip_requirements=pip_requirements(),
+            signature=signature,
+            input_example=input_example,
         )
     return out
 
@@ -188,6 +221,9 @@ def release_description(learner: Learner, evaluation: Any, rows: dict[str, int])
     quality = evaluation.quality.copy()
     if len(quality):
         quality["beats_naive"] = quality["beats_naive"].map({True: "yes", False: "**NO**"})
+        for col in ("agg_bias", "naive_agg_bias", "cum_bias", "naive_cum_bias"):
+            if col in quality:
+                quality[col] = quality[col].map(lambda v: "" if pd.isna(v) else f"{v:+.2%}")
     fits = pd.DataFrame(
         [
             {
@@ -206,9 +242,9 @@ def release_description(learner: Learner, evaluation: Any, rows: dict[str, int])
         else list(evaluation.quality.loc[~evaluation.quality["beats_naive"], "model_id"])
     )
     verdict = (
-        "Every model beats its naive baseline on OOT."
+        "Every model beats its naive baseline on OOT (main metric and |aggregate bias|)."
         if not failing
-        else f"**Models not beating their naive baseline on OOT: {', '.join(failing)}.**"
+        else f"**Not beating their naive baseline on OOT: {', '.join(failing)}.**"
     )
     return "\n\n".join(
         [
@@ -217,12 +253,15 @@ def release_description(learner: Learner, evaluation: Any, rows: dict[str, int])
             f"Package {meta.get('package_version')}, trained {meta.get('trained_at')}. "
             f"Rows per split: {', '.join(f'{k} {v:,}' for k, v in rows.items())}.",
             verdict,
-            "#### OOT main metric vs naive baseline (all horizons)",
+            "#### OOT, all horizons: aggregate bias (Σ forecast / Σ actual − 1) and main metric vs naive",
+            "`value` is the month's value by the CLTV formula; `cum_bias` its bias summed over horizons "
+            "1..24 (the cumulative 24-month value).",
             markdown_table(quality) if len(quality) else "(no OOT rows)",
             "#### Fits",
             markdown_table(fits),
-            "Per-horizon tables: run artifacts `evaluation/metrics_by_horizon.csv`; calibration and "
-            "plots under `evaluation/`.",
+            "Metrics against the horizon: the run's `*.by_horizon` metrics (step = horizon). Tables: "
+            "`evaluation/metrics_by_horizon.csv`, `deciles.csv`, `calibration_report.json`; plots under "
+            "`evaluation/plots/`.",
         ]
     )
 
@@ -235,6 +274,7 @@ def log_release(
     evaluation_dir: Path,
     evaluation: Any,
     rows: dict[str, int],
+    input_example: pd.DataFrame,
 ) -> tuple[int, str]:
     """ONE run (params, metrics, evaluation artifacts, the pyfunc) → ONE new version, alias challenger."""
     cfg = settings.mlflow
@@ -261,9 +301,9 @@ def log_release(
             "random_seed": settings.training.random_seed,
             **{f"rows.{k}": v for k, v in rows.items()},
         }
-        for model_id, spec in learner.specs.items():
-            for key, value in spec.params.items():
-                params[f"{model_id}.{key}"] = value
+        for entry in learner.entries:
+            for key, value in entry.params.items():
+                params[f"{entry.model_id}.{key}"] = value
         metrics = evaluation.summary_metrics()
         for model_id, report in learner.fit_reports.items():
             metrics[f"{model_id}.fit_seconds"] = report.seconds
@@ -273,6 +313,7 @@ def log_release(
         now = int(dt.datetime.now(dt.timezone.utc).timestamp() * 1000)
         param_list = [Param(k, str(v)[:6000]) for k, v in params.items()]
         metric_list = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+        metric_list += [Metric(k, v, now, step) for k, v, step in evaluation.metrics_by_horizon()]
         for i in range(0, len(param_list), 100):
             client.log_batch(run_id, params=param_list[i : i + 100])
         for i in range(0, len(metric_list), 500):
@@ -282,7 +323,7 @@ def log_release(
         description = release_description(learner, evaluation, rows)
         client.set_tag(run_id, "mlflow.note.content", description)
         with tempfile.TemporaryDirectory(prefix="cltv-pyfunc-") as tmp:
-            model_dir = save_pyfunc(bundle_dir, Path(tmp) / MODEL_DIR)
+            model_dir = save_pyfunc(bundle_dir, Path(tmp) / MODEL_DIR, learner, input_example)
             client.log_artifacts(run_id, str(model_dir), MODEL_DIR)
         ensure_registered_model(client, cfg.model_name)
         version = client.create_model_version(
@@ -378,57 +419,54 @@ class PromotionDecision:
 def compare_releases(
     challenger: Learner, champion: Learner, data: pd.DataFrame, settings: Settings
 ) -> pd.DataFrame:
-    """Per challenger model: main metric of both releases on the same rows, and the tolerance verdict."""
+    """Per challenger model, on the same rows: the main metric of both releases (tolerance verdict) and
+    the challenger's aggregate bias (limit `promotion.max_abs_bias` for amounts); plus the challenger's
+    bias of the cumulative 24-month value."""
+    cfg = settings.promotion
+    limit = cfg.max_abs_bias
     new = challenger.predict(data)
     old = champion.predict(data)
+    catalog = challenger.catalog.subset(list(challenger.models))
+    y_all = actuals(data, catalog)
     rows = []
-    for model_id, spec in challenger.specs.items():
-        metric = main_metric_of(settings.promotion.main_metric, model_id, spec.kind)
-        tolerance = float(settings.promotion.tolerance.get(model_id, 0.0))
-        y = data[f"{model_id}_fact"].to_numpy(np.float64)
-        value = metrics_for(spec.kind, y, new[model_id])[metric]
+
+    def row(model_id: str, metric: str, **values: Any) -> dict[str, Any]:
+        base = dict(model_id=model_id, metric=metric, challenger=np.nan, champion=np.nan, worsening=np.nan,
+                    tolerance=np.nan, agg_bias=np.nan, max_abs_bias=np.nan, ok=True, note="")  # fmt: skip
+        return {**base, **values}
+
+    for entry in catalog:
+        model_id = entry.model_id
+        metric = main_metric_of(cfg.main_metric, model_id, entry.kind)
+        tolerance = float(cfg.tolerance.get(model_id, 0.0))
+        y = y_all[model_id]
+        value = metrics_for(entry.kind, y, new[model_id])[metric]
+        bias = agg_bias(y, new[model_id])
+        checks_bias = not entry.is_survival
+        bias_ok = not checks_bias or abs(bias) <= limit
+        common = dict(challenger=value, tolerance=tolerance, agg_bias=bias,
+                      max_abs_bias=limit if checks_bias else np.nan)  # fmt: skip
+        note = "" if bias_ok else f"|aggregate bias| {abs(bias):.2%} > {limit:.0%}"
         if model_id not in old:
-            rows.append(
-                dict(
-                    model_id=model_id,
-                    metric=metric,
-                    challenger=value,
-                    champion=np.nan,
-                    worsening=np.nan,
-                    tolerance=tolerance,
-                    ok=True,
-                    note="new model",
-                )
-            )
+            rows.append(row(model_id, metric, **common, ok=bias_ok, note=note or "new model"))
             continue
-        before = metrics_for(spec.kind, y, old[model_id])[metric]
+        before = metrics_for(entry.kind, y, old[model_id])[metric]
         worse = relative_worsening(metric, value, before)
+        rows.append(row(model_id, metric, **common, champion=before, worsening=worse,
+                        ok=bool(worse <= tolerance) and bias_ok, note=note))  # fmt: skip
+    if len(catalog.ids) == len(challenger.catalog.ids) and catalog.amounts:
+        formula = ValueFormula.from_catalog(catalog, settings.costs)
+        f_value = monthly_values(data, new, catalog, formula)
+        y_value = monthly_values(data, y_all, catalog, formula)
+        cum = cumulative_bias(data[HORIZON].to_numpy(), f_value, y_value, settings.dataset.max_horizon)
+        ok = bool(np.isfinite(cum) and abs(cum) <= limit)
+        note = "" if ok else f"|cumulative 24-month value bias| {abs(cum):.2%} > {limit:.0%}"
         rows.append(
-            dict(
-                model_id=model_id,
-                metric=metric,
-                challenger=value,
-                champion=before,
-                worsening=worse,
-                tolerance=tolerance,
-                ok=bool(worse <= tolerance),
-                note="",
-            )
+            row(VALUE, "cum24_bias", challenger=cum, agg_bias=cum, max_abs_bias=limit, ok=ok, note=note)
         )
     for model_id in champion.models:
         if model_id not in challenger.models:
-            rows.append(
-                dict(
-                    model_id=model_id,
-                    metric="",
-                    challenger=np.nan,
-                    champion=np.nan,
-                    worsening=np.nan,
-                    tolerance=np.nan,
-                    ok=True,
-                    note="not in the challenger (disabled)",
-                )
-            )
+            rows.append(row(model_id, "", note="not in the challenger (disabled)"))
     return pd.DataFrame(rows)
 
 
@@ -522,7 +560,8 @@ def promote(settings: Settings, version: int | None = None, auto: bool = False) 
                 worse = table[~table["ok"]]
                 if len(worse):
                     details = "; ".join(
-                        f"{r.model_id} {r.metric} {r.challenger:.4f} vs champion {r.champion:.4f} "
+                        (r.note and f"{r.model_id}: {r.note}")
+                        or f"{r.model_id} {r.metric} {r.challenger:.4f} vs champion {r.champion:.4f} "
                         f"({r.worsening:+.2%} worse, tolerance {r.tolerance:.2%})"
                         for r in worse.itertuples(index=False)
                     )

@@ -27,8 +27,10 @@ from matplotlib.figure import Figure
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from spark_app.config import AMOUNT_MODELS, SURVIVAL_MODELS, Settings
+from spark_app.catalog import CALENDAR_MONTH, HORIZON, ModelCatalog
+from spark_app.config import Settings
 from spark_app.contract import ID, MONTH
+from spark_app.models import Learner
 from spark_app.monitoring import (
     FAIL,
     OK,
@@ -110,9 +112,9 @@ def _overall(backtest: pd.DataFrame) -> pd.DataFrame:
     return backtest[backtest["dimension"] == "all"].sort_values("horizon")
 
 
-def calibration_figure(backtest: pd.DataFrame) -> Figure | None:
+def calibration_figure(backtest: pd.DataFrame, catalog: ModelCatalog) -> Figure | None:
     rows = _overall(backtest)
-    models = [m for m in SURVIVAL_MODELS if m in set(rows["model_id"])]
+    models = [e.model_id for e in catalog.survival if e.model_id in set(rows["model_id"])]
     if not models:
         return None
     fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 3.2), squeeze=False)
@@ -149,10 +151,10 @@ def calibration_figure(backtest: pd.DataFrame) -> Figure | None:
     return fig
 
 
-def wape_figure(backtest: pd.DataFrame) -> Figure | None:
+def wape_figure(backtest: pd.DataFrame, catalog: ModelCatalog) -> Figure | None:
     rows = _overall(backtest)
     rows = rows[rows["population"] == "all"]
-    models = [m for m in AMOUNT_MODELS if m in set(rows["model_id"])]
+    models = [e.model_id for e in catalog.amounts if e.model_id in set(rows["model_id"])]
     if not models:
         return None
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10.5, 3.2))
@@ -209,7 +211,7 @@ def value_figure(backtest: pd.DataFrame) -> Figure | None:
 
 
 def monitoring_figures(
-    tables: dict[str, pd.DataFrame], warn: float = 0.1, fail: float = 0.25
+    tables: dict[str, pd.DataFrame], catalog: ModelCatalog, warn: float = 0.1, fail: float = 0.25
 ) -> dict[str, Figure]:
     """The plots of one month's monitoring tables, for MLflow and for the report."""
     figures = {
@@ -217,8 +219,8 @@ def monitoring_figures(
     }
     backtest = tables.get("backtest", pd.DataFrame())
     if backtest is not None and not backtest.empty:
-        figures["backtest_calibration"] = calibration_figure(backtest)
-        figures["backtest_wape"] = wape_figure(backtest)
+        figures["backtest_calibration"] = calibration_figure(backtest, catalog)
+        figures["backtest_wape"] = wape_figure(backtest, catalog)
         figures["backtest_value"] = value_figure(backtest)
     return {k: v for k, v in figures.items() if v is not None}
 
@@ -418,38 +420,29 @@ def release_learner(release: Any) -> Any | None:
 def feature_frame(features: pd.DataFrame, month: dt.date, horizon: int) -> pd.DataFrame:
     """The features of `month` as the models see them `horizon` months ahead."""
     frame = features.copy()
-    frame["horizon"] = horizon
-    frame["target_calendar_month"] = (month_index(month) + horizon) % 12 + 1
+    frame[HORIZON] = horizon
+    frame[CALENDAR_MONTH] = (month_index(month) + horizon) % 12 + 1
     return frame
 
 
 def drivers(
-    learner: Any, sample: pd.DataFrame, month: dt.date, settings: Settings
+    learner: Learner, sample: pd.DataFrame, month: dt.date, settings: Settings
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Top drivers per model: CatBoost's own importance, and mean |SHAP| over a sample of this month's
-    subscribers at the configured horizon, with p_paid / p_active stacked in from the survival models
-    exactly as the Learner does when it predicts."""
-    from spark_app.models import SURVIVAL_FEATURE, MatrixBuilder
-
+    """Top drivers per model: CatBoost's own importance, and mean |SHAP| of the calibrated forecast over a
+    sample of this month's subscribers at the configured horizon (Learner.shap_values)."""
     frame = feature_frame(sample, month, settings.monitoring.report_shap_horizon)
-    builder = MatrixBuilder(frame)
     imp_rows, shap_rows = [], []
-    for model_id, spec in learner.specs.items():
-        model = learner.models.get(model_id)
-        if model is None:
-            continue
-        names = [*spec.layout[0], *spec.layout[1]]
-        pool = builder.pool(spec.layout)
+    for model_id, model in learner.models.items():
         importance = model.get_feature_importance()
         imp_rows += [(model_id, n, float(v)) for n, v in zip(model.feature_names_, importance, strict=True)]
-        try:
-            shap = np.abs(model.get_feature_importance(pool, type="ShapValues")[:, :-1]).mean(axis=0)
-            shap_rows += [(model_id, n, float(v)) for n, v in zip(names, shap, strict=True)]
-        except Exception as exc:
-            log.warning("SHAP values of %s not computed: %s", model_id, exc)
-        if model_id in SURVIVAL_FEATURE:
-            p = model.predict(pool, prediction_type="Probability")[:, 1]
-            builder.add_column(SURVIVAL_FEATURE[model_id], p)
+    try:
+        explained = learner.shap_values(frame)
+    except Exception as exc:
+        log.warning("SHAP values not computed: %s", exc)
+        explained = {}
+    for model_id, (names, values) in explained.items():
+        mean_abs = np.abs(values).mean(axis=0)
+        shap_rows += [(model_id, n, float(v)) for n, v in zip(names, mean_abs, strict=True)]
     return (
         pd.DataFrame(imp_rows, columns=["model_id", "feature", "importance"]),
         pd.DataFrame(shap_rows, columns=["model_id", "feature", "mean_abs_shap"]),
@@ -528,14 +521,16 @@ def img_html(fig: Figure | None, alt: str) -> str:
     return f'<p><img alt="{_esc(alt)}" src="data:image/png;base64,{png_base64(fig)}"></p>'
 
 
-def backtest_tables(backtest: pd.DataFrame, horizons: list[int]) -> dict[str, pd.DataFrame]:
+def backtest_tables(
+    backtest: pd.DataFrame, horizons: list[int], catalog: ModelCatalog
+) -> dict[str, pd.DataFrame]:
     """Readable slices of the long backtest table."""
     if backtest.empty:
         return {}
     bt = backtest.copy()
     out = {}
     overall = bt[(bt["dimension"] == "all")]
-    surv = overall[overall["model_id"].isin(SURVIVAL_MODELS)]
+    surv = overall[overall["model_id"].isin([e.model_id for e in catalog.survival])]
     if not surv.empty:
         t = surv[surv["horizon"].isin(horizons)]
         t = t[["model_id", "horizon", "score_month", "population", "n", "forecast_mean", "actual_mean"]]
@@ -544,7 +539,7 @@ def backtest_tables(backtest: pd.DataFrame, horizons: list[int]) -> dict[str, pd
         out["Survival calibration at selected horizons (predicted vs realized share in base)"] = (
             t.sort_values(["model_id", "horizon", "population"])
         )
-    amounts = overall[overall["model_id"].isin([*AMOUNT_MODELS, VALUE])]
+    amounts = overall[overall["model_id"].isin([*(e.model_id for e in catalog.amounts), VALUE])]
     if not amounts.empty:
         t = amounts[amounts["horizon"].isin(horizons)]
         t = t[["model_id", "horizon", "population", "n", "forecast_sum", "actual_sum", "wape", "bias"]]
@@ -761,6 +756,7 @@ def _section_drift(settings: Settings, drift: pd.DataFrame, pred: pd.DataFrame) 
 
 
 def _section_backtest(settings: Settings, backtest: pd.DataFrame) -> str:
+    catalog = settings.models.catalog()
     if backtest.empty:
         return (
             "<p class='note'>No backtest: no earlier scores with detail arrays (score with --detail), "
@@ -773,12 +769,12 @@ def _section_backtest(settings: Settings, backtest: pd.DataFrame) -> str:
         "campaigns must not target, so its figures are not biased by retention actions.</p>"
     )
     for fig, alt in (
-        (calibration_figure(backtest), "calibration"),
-        (wape_figure(backtest), "wape"),
+        (calibration_figure(backtest, catalog), "calibration"),
+        (wape_figure(backtest, catalog), "wape"),
         (value_figure(backtest), "value"),
     ):
         body += img_html(fig, alt)
-    for title, t in backtest_tables(backtest, settings.monitoring.metric_horizons).items():
+    for title, t in backtest_tables(backtest, settings.monitoring.metric_horizons, catalog).items():
         body += f"<h3>{_esc(title)}</h3>" + table_html(t, status_col=None, max_rows=300)
     return body
 

@@ -12,11 +12,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
-import importlib
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -25,17 +24,18 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from spark_app.catalog import CALENDAR_MONTH, HORIZON, ModelCatalog
 from spark_app.cltv import (
     SURVIVAL_POINTS,
-    CostRates,
     Extrapolation,
+    ValueFormula,
     cltv_columns,
     forecast_days,
     target_calendar_months,
 )
-from spark_app.config import ALL_MODELS, AMOUNT_MODELS, DERIVED_FEATURES, SURVIVAL_MODELS, Settings
+from spark_app.config import Settings
 from spark_app.contract import ID, MONTH, InputContractError, features_spec, read_table, validate
-from spark_app.models import RELEASE_JSON
+from spark_app.models import RELEASE_JSON, Learner
 from spark_app.months import fmt, month_index
 from spark_app.progress import StageTimer
 from spark_app.storage import Storage
@@ -43,7 +43,6 @@ from spark_app.storage import Storage
 log = logging.getLogger(__name__)
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
-COMPONENTS = ("sm_mobile", "sm_fmc", "sm_fttb", "sac", "data_cost", "voice_cost", "overheads")
 ARROW_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
 
 
@@ -75,15 +74,15 @@ class BatchPlan:
     release_key: str  # version + digest of the bundle: workers are reused across jobs and releases
     release_version: int
     models: tuple[str, ...]  # model ids of the release, survival models first
+    amounts: frozenset[str]  # the regressors among them (daily units → monthly)
     input_cols: tuple[str, ...]  # feature-table columns the models read
     categorical: tuple[str, ...]
     horizons: int
     score_month: dt.date
-    rates: CostRates
+    formula: ValueFormula
     extrapolation: Extrapolation
     detail: bool
     threads: int = 1  # CatBoost threads per Python worker: the cores of one Spark task
-    learner_class: str = "spark_app.models:Learner"  # module:class with from_bundle_bytes and predict
 
     @property
     def score_month_index(self) -> int:
@@ -95,17 +94,16 @@ class BatchPlan:
 
 
 # ---------------------------------------------------------------- release → plan
-def release_models(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Model entries of a release manifest keyed by model id, in the canonical (survival first) order."""
-    models = manifest.get("models")
-    if isinstance(models, list):
-        models = {m["model_id"]: m for m in models}
-    if not isinstance(models, dict) or not models:
+def release_catalog(manifest: dict[str, Any]) -> ModelCatalog:
+    """The models of a release as its release.json declares them (survival models first)."""
+    if not isinstance(manifest.get("models"), dict) or not manifest["models"]:
         raise ScoringError("release manifest has no models")
-    unknown = [m for m in models if m not in ALL_MODELS]
-    if unknown:
-        raise ScoringError(f"release manifest: unknown model ids {unknown}")
-    return {m: models[m] for m in ALL_MODELS if m in models}
+    try:
+        return ModelCatalog.from_json(manifest)
+    except (KeyError, TypeError) as exc:
+        raise ScoringError(
+            f"release manifest: a model entry lacks {exc} (a release of an older format?)"
+        ) from None
 
 
 def release_horizons(manifest: dict[str, Any]) -> int:
@@ -132,22 +130,19 @@ def bundle_digest(files: dict[str, bytes]) -> str:
 def make_plan(
     settings: Settings, manifest: dict[str, Any], version: int, digest: str, month: dt.date, detail: bool
 ) -> BatchPlan:
-    models = release_models(manifest)
-    derived = set(DERIVED_FEATURES)
-    cols: dict[str, None] = {}
-    cats: dict[str, None] = {}
-    for entry in models.values():
-        cols.update((c, None) for c in entry["feature_cols"] if c not in derived)
-        cats.update((c, None) for c in entry.get("cat_features", []) if c not in derived)
+    catalog = release_catalog(manifest)
+    model_inputs = [c for e in catalog for c in e.feature_cols if c in catalog.input_columns()]
+    cols = tuple(dict.fromkeys(model_inputs))
     return BatchPlan(
         release_key=f"{version}:{digest}",
         release_version=int(version),
-        models=tuple(models),
-        input_cols=tuple(cols),
-        categorical=tuple(c for c in cols if c in cats),
+        models=catalog.ids,
+        amounts=frozenset(e.model_id for e in catalog.amounts),
+        input_cols=cols,
+        categorical=tuple(c for c in cols if c in catalog.categorical),
         horizons=release_horizons(manifest),
         score_month=month,
-        rates=CostRates.from_config(settings.costs),
+        formula=ValueFormula.from_catalog(catalog, settings.costs),
         extrapolation=Extrapolation(
             months=settings.scoring.extrapolation_months,
             trend_floor=settings.scoring.trend_floor,
@@ -166,10 +161,10 @@ def output_schema(plan: BatchPlan) -> T.StructType:
         T.StructField("release_version", T.IntegerType(), False),
         T.StructField("cltv", T.DoubleType()),
         T.StructField(f"cltv_{min(24, total)}m", T.DoubleType()),
-        *[T.StructField(f"{c}_{total}m", T.DoubleType()) for c in COMPONENTS],
+        *[T.StructField(f"{c}_{total}m", T.DoubleType()) for c in plan.formula.components],
         *[
             T.StructField(f"p_{base}_{p}m", T.DoubleType())
-            for base in SURVIVAL_MODELS
+            for base in plan.formula.survival
             for p in SURVIVAL_POINTS
             if p <= total
         ],
@@ -180,18 +175,16 @@ def output_schema(plan: BatchPlan) -> T.StructType:
 
 
 # ---------------------------------------------------------------- the batch (runs in Python workers)
-_LEARNERS: dict[str, Any] = {}
+_LEARNERS: dict[str, Learner] = {}
 
 
-def cached_learner(plan: BatchPlan, bundle: Any) -> Any:
+def cached_learner(plan: BatchPlan, bundle: Any) -> Learner:
     """The worker's Learner for a release, built from the broadcast bundle on first use only."""
     learner = _LEARNERS.get(plan.release_key)
     if learner is None:
-        module, _, name = plan.learner_class.partition(":")
-        learner_type = getattr(importlib.import_module(module), name)
         files = bundle.value if hasattr(bundle, "value") else bundle
         _LEARNERS.clear()  # one release at a time: a reused worker does not pile up old models
-        learner = learner_type.from_bundle_bytes(files, thread_count=plan.threads)
+        learner = Learner.from_bundle_bytes(files, thread_count=plan.threads)
         _LEARNERS[plan.release_key] = learner
         log.info("release %s loaded in worker", plan.release_key)
     return learner
@@ -218,8 +211,8 @@ def horizon_frame(features: pd.DataFrame, plan: BatchPlan) -> pd.DataFrame:
         else:
             values = pd.to_numeric(features[c], errors="raise").to_numpy(dtype=np.float32, na_value=np.nan)
             frame[c] = values[rows]
-    frame["horizon"] = np.tile(np.arange(1, horizons + 1, dtype=np.int64), n)
-    frame["target_calendar_month"] = np.tile(target_calendar_months(plan.score_month_index, horizons), n)
+    frame[HORIZON] = np.tile(np.arange(1, horizons + 1, dtype=np.int64), n)
+    frame[CALENDAR_MONTH] = np.tile(target_calendar_months(plan.score_month_index, horizons), n)
     return pd.DataFrame(frame)
 
 
@@ -229,16 +222,16 @@ def monthly_forecasts(predictions: dict[str, np.ndarray], n: int, plan: BatchPla
     out = {}
     for model_id in plan.models:
         values = np.asarray(predictions[model_id], dtype=np.float64).reshape(n, plan.horizons)
-        out[model_id] = values * days if model_id in AMOUNT_MODELS else values
+        out[model_id] = values * days if model_id in plan.amounts else values
     return out
 
 
-def score_frame(features: pd.DataFrame, learner: Any, plan: BatchPlan) -> pd.DataFrame:
+def score_frame(features: pd.DataFrame, learner: Learner, plan: BatchPlan) -> pd.DataFrame:
     """Scores of one batch of subscribers (one row each), from their features of the score month."""
     n = len(features)
     predictions = learner.predict(horizon_frame(features, plan))
     forecasts = monthly_forecasts(predictions, n, plan)
-    cols = cltv_columns(forecasts, plan.score_month_index, plan.rates, plan.extrapolation)
+    cols = cltv_columns(forecasts, plan.score_month_index, plan.formula, plan.extrapolation)
     out: dict[str, Any] = {
         ID: features[ID].to_numpy(),
         "score_month": np.full(n, plan.score_month),
@@ -481,10 +474,6 @@ def score_month(
         timer.summary(),
     )
     return summary
-
-
-def summary_dict(summary: ScoreSummary) -> dict[str, Any]:
-    return {**asdict(summary), "month": fmt(summary.month)}
 
 
 __all__ = ["InputContractError", "ScoreSummary", "score_month"]

@@ -24,16 +24,25 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 
 from spark_app import __version__
+from spark_app.catalog import CALENDAR_MONTH, HORIZON, REGRESSION, ModelCatalog
 from spark_app.cli import UserError
-from spark_app.config import DERIVED_FEATURES, Settings
+from spark_app.cltv import ValueFormula
+from spark_app.config import Settings
 from spark_app.evaluation import (
     ALL_HORIZONS,
+    VALUE,
     NaiveBaseline,
+    actuals,
     calibration_table,
+    cumulative_bias,
+    decile_table,
     main_metric_of,
     metric_rows,
     metric_table,
+    monthly_values,
+    plot_bias_by_horizon,
     plot_calibration,
+    plot_deciles,
     plot_importance,
     plot_metric_by_horizon,
     quality_table,
@@ -44,7 +53,7 @@ from spark_app.progress import StageTimer
 log = logging.getLogger(__name__)
 
 ID = "subscriber_id"
-KEY_COLUMNS = (ID, "feature_month", "target_month", "horizon", "target_calendar_month")
+KEY_COLUMNS = (ID, "feature_month", "target_month", HORIZON, CALENDAR_MONTH)
 EVAL_SPLITS = ("train", "val", "test", "oot")
 ARROW_CONF = "spark.sql.execution.arrow.pyspark.enabled"
 OOT_SAMPLE = "oot.parquet"  # the evaluation data promotion re-scores both releases on
@@ -71,18 +80,24 @@ class ReleaseInfo:
         return f"{self.model_name} v{self.version} (run {self.run_id}, dataset {self.dataset_id})"
 
 
+BY_HORIZON_SPLITS = ("val", "test", "oot")
+BY_HORIZON_METRICS = ("agg_bias", "roc_auc", "brier", "rmse", "gini", "spearman", "mean_pred", "mean_actual")
+
+
 @dataclass
 class Evaluation:
     """Everything measured about a fitted learner, ready to be logged."""
 
     table: pd.DataFrame  # long: model_id, kind, split, horizon, rows, metric, value, naive
-    calibration: dict[str, dict[str, pd.DataFrame]]  # model_id → split → table
-    quality: pd.DataFrame  # one row per model: OOT main metric vs naive
+    calibration: dict[str, dict[str, pd.DataFrame]]  # survival model_id → split → probability-bin table
+    deciles: pd.DataFrame  # model_id, split, decile, rows, mean_pred, mean_actual (all horizons)
+    quality: pd.DataFrame  # one row per model (and the value): OOT bias and main metric vs naive
 
     def summary_metrics(self) -> dict[str, float]:
-        """MLflow metrics kept few: every metric on val/oot over all horizons, main metrics on train/test."""
+        """Over all horizons: every metric on val/oot, the main metric and bias on train/test; and the
+        cumulative 24-month value bias."""
         agg = self.table[self.table["horizon"] == ALL_HORIZONS]
-        main = set(self.quality["metric"]) if len(self.quality) else set()
+        main = {*set(self.quality["metric"]), "agg_bias"} if len(self.quality) else {"agg_bias"}
         out: dict[str, float] = {}
         for row in agg.itertuples(index=False):
             if row.split not in ("val", "oot") and row.metric not in main:
@@ -90,6 +105,26 @@ class Evaluation:
             for suffix, value in (("", row.value), ("_naive", row.naive)):
                 if value is not None and np.isfinite(value):
                     out[f"{row.model_id}.{row.split}.{row.metric}{suffix}"] = float(value)
+        for row in self.quality.itertuples(index=False):
+            if row.model_id == VALUE:
+                for suffix, value in (("", row.cum_bias), ("_naive", row.naive_cum_bias)):
+                    if np.isfinite(value):
+                        out[f"{VALUE}.{row.split}.cum24_bias{suffix}"] = float(value)
+        return out
+
+    def metrics_by_horizon(self) -> list[tuple[str, float, int]]:
+        """(key, value, step = horizon): MLflow plots these against the horizon."""
+        rows = self.table[
+            (self.table["horizon"] != ALL_HORIZONS)
+            & self.table["split"].isin(BY_HORIZON_SPLITS)
+            & self.table["metric"].isin(BY_HORIZON_METRICS)
+        ]
+        out = []
+        for row in rows.itertuples(index=False):
+            for suffix, value in (("", row.value), ("_naive", row.naive)):
+                if value is not None and np.isfinite(value):
+                    out.append((f"{row.model_id}.{row.split}.{row.metric}{suffix}.by_horizon", float(value),
+                                int(row.horizon)))  # fmt: skip
         return out
 
 
@@ -116,10 +151,8 @@ def capped(df: DataFrame, *, rows: int, cap: int, salt: str) -> DataFrame:
     return df.where(unit_hash(ID, salt, "train-cap") < float(cap) / rows)
 
 
-def needed_columns(settings: Settings) -> list[str]:
-    inputs = [c for c in settings.models.input_feature_cols() if c not in DERIVED_FEATURES]
-    targets = [f"{p.model_id}_fact" for p in settings.models.enabled_profiles()]
-    return [*KEY_COLUMNS, *inputs, *targets]
+def needed_columns(catalog: ModelCatalog) -> list[str]:
+    return [*KEY_COLUMNS, *catalog.input_columns(), *catalog.targets()]
 
 
 def to_driver(
@@ -130,7 +163,7 @@ def to_driver(
     dataset_id: str,
 ) -> dict[str, pd.DataFrame]:
     """Each split's capped sample as pandas (Arrow on), with only the columns the models need."""
-    columns = needed_columns(settings)
+    columns = needed_columns(settings.models.catalog())
     cap = settings.training.max_rows_per_model
     out: dict[str, pd.DataFrame] = {}
     with arrow_enabled(spark):
@@ -161,35 +194,53 @@ def to_driver(
 def evaluate(
     learner: Learner, frames: dict[str, pd.DataFrame], naive: NaiveBaseline, settings: Settings
 ) -> Evaluation:
-    """Metrics per model × split × horizon beside the naive baseline; `train` = each model's own split."""
-    kinds = {m: s.kind for m, s in learner.specs.items()}
-    model_ids = list(learner.models)
-    surv = [m for m in model_ids if kinds[m] == "classification"]
-    reg = [m for m in model_ids if kinds[m] == "regression"]
+    """Metrics per model × split × horizon beside the naive baseline; `train` = each model's own split.
+    On the held-out splits also the month's value of each row (pseudo-model `value`)."""
+    catalog = learner.catalog.subset(list(learner.models))
+    kinds = {e.model_id: e.kind for e in catalog}
+    kinds[VALUE] = REGRESSION
+    formula = ValueFormula.from_catalog(catalog, settings.costs)
+    surv = [e.model_id for e in catalog.survival]
+    reg = [e.model_id for e in catalog.amounts]
     sources: list[tuple[str, pd.DataFrame, list[str]]] = [
         ("train", frames["train_surv"], surv),
         ("train", frames["train_reg"], reg),
-        *[(s, frames[s], model_ids) for s in ("val", "test", "oot")],
+        *[(s, frames[s], list(catalog.ids)) for s in ("val", "test", "oot")],
     ]
     rows: list[dict[str, Any]] = []
+    cumulative: dict[str, tuple[float, float]] = {}
+    deciles: list[pd.DataFrame] = []
     calibration: dict[str, dict[str, pd.DataFrame]] = {m: {} for m in surv}
     for split, frame, wanted in sources:
         if not len(frame) or not wanted:
             continue
-        predictions = learner.predict(frame)
+        predictions = {m: v for m, v in learner.predict(frame).items() if m in wanted}
         baseline = naive.predict(frame, wanted)
-        rows += metric_rows(frame, {m: predictions[m] for m in wanted}, baseline, kinds, split)
-        for m in wanted:
-            if kinds[m] == "classification":
-                y = frame[f"{m}_fact"].to_numpy(np.float64)
-                calibration[m][split] = calibration_table(
-                    y, predictions[m], settings.training.calibration_bins
+        actual = actuals(frame, catalog)
+        if len(wanted) == len(catalog.ids):
+            predictions[VALUE] = monthly_values(frame, predictions, catalog, formula)
+            baseline[VALUE] = monthly_values(frame, baseline, catalog, formula)
+            actual[VALUE] = monthly_values(frame, actual, catalog, formula)
+            if split == "oot":
+                h, up_to = frame[HORIZON].to_numpy(), settings.dataset.max_horizon
+                cumulative[VALUE] = (
+                    cumulative_bias(h, predictions[VALUE], actual[VALUE], up_to),
+                    cumulative_bias(h, baseline[VALUE], actual[VALUE], up_to),
                 )
+        rows += metric_rows(frame, predictions, baseline, actual, kinds, split)
+        for m, pred in predictions.items():
+            deciles.append(decile_table(actual[m], pred).assign(model_id=m, split=split))
+            if m in calibration:
+                bins = settings.training.calibration_bins
+                calibration[m][split] = calibration_table(actual[m], pred, bins)
     table = metric_table(rows)
     quality = (
-        quality_table(table, settings.promotion.main_metric, split="oot") if len(table) else pd.DataFrame()
+        quality_table(table, settings.promotion.main_metric, split="oot", cumulative=cumulative)
+        if len(table)
+        else pd.DataFrame()
     )
-    return Evaluation(table=table, calibration=calibration, quality=quality)
+    decile_frame = pd.concat(deciles, ignore_index=True) if deciles else pd.DataFrame()
+    return Evaluation(table=table, calibration=calibration, deciles=decile_frame, quality=quality)
 
 
 def write_evaluation(
@@ -207,26 +258,33 @@ def write_evaluation(
     ]
     if calib:
         pd.concat(calib, ignore_index=True).to_csv(out / "calibration.csv", index=False)
+    if len(evaluation.deciles):
+        evaluation.deciles.to_csv(out / "deciles.csv", index=False)
     reports = {m: asdict(r) for m, r in learner.fit_reports.items()}
     (out / "fit_report.json").write_text(json.dumps(reports, indent=2))
+    recalibration = {m: asdict(r) for m, r in learner.calibration_reports.items()}
+    (out / "calibration_report.json").write_text(json.dumps(recalibration, indent=2))
     import matplotlib.pyplot as plt
 
-    for model_id, spec in learner.specs.items():
-        if model_id not in learner.models:
-            continue
-        metric = main_metric_of(main_metric, model_id, spec.kind)
-        figures = {
-            f"{model_id}_{metric}_by_horizon.png": plot_metric_by_horizon(evaluation.table, model_id, metric)
-        }
-        if spec.kind == "classification" and evaluation.calibration.get(model_id):
+    figures = {"agg_bias_by_horizon.png": plot_bias_by_horizon(evaluation.table)}
+    for entry in learner.entries:
+        model_id = entry.model_id
+        metric = main_metric_of(main_metric, model_id, entry.kind)
+        figures[f"{model_id}_{metric}_by_horizon.png"] = plot_metric_by_horizon(
+            evaluation.table, model_id, metric
+        )
+        if entry.is_survival and evaluation.calibration.get(model_id):
             figures[f"{model_id}_calibration.png"] = plot_calibration(
                 evaluation.calibration[model_id], model_id
             )
+        if len(evaluation.deciles):
+            figures[f"{model_id}_deciles.png"] = plot_deciles(evaluation.deciles, model_id)
         model = learner.models[model_id]
         figures[f"{model_id}_importance.png"] = plot_importance(
             list(model.feature_names_), model.get_feature_importance(), model_id
         )
-        for name, fig in figures.items():
+    for name, fig in figures.items():
+        if fig is not None:
             fig.savefig(plots / name, dpi=90)
             plt.close(fig)
 
@@ -257,11 +315,23 @@ def target_window(manifest: dict[str, Any]) -> str:
     return f"{months[0]}..{months[-1]}" if months else str(manifest.get("target_end", "?"))
 
 
+def log_quality(quality: pd.DataFrame) -> None:
+    """Aggregate bias first, then the main metric, each beside the naive baseline's."""
+    for row in quality.itertuples(index=False):
+        cum = f", cumulative 24-month bias {row.cum_bias:+.2%}" if np.isfinite(row.cum_bias) else ""
+        log.log(
+            logging.INFO if row.beats_naive else logging.WARNING,
+            "OOT %s: bias %+.2%% (naive %+.2%%), %s %.4f (naive %.4f)%s%s",
+            row.model_id, row.agg_bias, row.naive_agg_bias, row.metric, row.value, row.naive, cum,
+            "" if row.beats_naive else "  <-- does NOT beat the naive baseline",
+        )  # fmt: skip
+
+
 # ---------------------------------------------------------------- the job
 def train_release(spark: SparkSession, settings: Settings, dataset_id: str | None = None) -> ReleaseInfo:
     """Train, evaluate and register one release from training set `dataset_id` (default: the newest)."""
     from spark_app.dataset import read_dataset
-    from spark_app.registry import log_release
+    from spark_app.registry import log_release, model_input
 
     timer = StageTimer()
     with timer.stage("read training set", spark):
@@ -273,24 +343,16 @@ def train_release(spark: SparkSession, settings: Settings, dataset_id: str | Non
     learner = Learner.from_settings(settings)
     with timer.stage("fit models"):
         learner.fit(frames["train_surv"], frames["train_reg"], frames["val"])
+    with timer.stage("calibrate"):
+        learner.calibrate(frames["val"], frames["test"])
     with timer.stage("evaluate"):
-        model_ids = list(learner.models)
         naive = NaiveBaseline.fit(
-            frames["train_surv"], frames["train_reg"], model_ids, settings.training.tenure_bands
+            learner.catalog, frames["train_surv"], frames["train_reg"], settings.training.tenure_bands
         )
         evaluation = evaluate(learner, frames, naive, settings)
-    for row in evaluation.quality.itertuples(index=False):
-        log.log(
-            logging.INFO if row.beats_naive else logging.WARNING,
-            "OOT %s %s: model %.4f vs naive %.4f%s",
-            row.model_id,
-            row.metric,
-            row.value,
-            row.naive,
-            "" if row.beats_naive else "  <-- does NOT beat the naive baseline",
-        )
+    log_quality(evaluation.quality)
     train_frames = [frames["train_surv"], frames["train_reg"]]
-    inputs = [c for c in settings.models.input_feature_cols() if c not in DERIVED_FEATURES]
+    inputs = learner.catalog.input_columns()
     learner.meta = {
         "horizons": list(manifest.get("horizons") or settings.dataset.horizons),
         "dataset_id": dataset_id,
@@ -299,7 +361,7 @@ def train_release(spark: SparkSession, settings: Settings, dataset_id: str | Non
         "trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "config": settings.resolved(),
         "input_feature_cols": inputs,
-        "categories": categories_seen(train_frames, list(settings.models.categorical)),
+        "categories": categories_seen(train_frames, learner.catalog.input_categorical()),
         "fit": {m: asdict(r) for m, r in learner.fit_reports.items()},
     }
     with tempfile.TemporaryDirectory(prefix="cltv-release-") as tmp:
@@ -320,6 +382,7 @@ def train_release(spark: SparkSession, settings: Settings, dataset_id: str | Non
                 evaluation_dir=eval_dir,
                 evaluation=evaluation,
                 rows={name: len(f) for name, f in frames.items()},
+                input_example=model_input(frames["oot"] if len(frames["oot"]) else frames["val"], learner),
             )
     info = ReleaseInfo(
         version=version,

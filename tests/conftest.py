@@ -15,6 +15,14 @@ from spark_app.generate import PanelSpec, generate_panel
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "docker"))  # docker/image_root.py
 
+# The default catalog (conf/models.yaml), for tests that iterate over its models.
+DEFAULTS = load_settings(None, environ={})
+CATALOG = DEFAULTS.models.catalog()
+ALL_MODELS = CATALOG.ids
+AMOUNT_MODELS = tuple(e.model_id for e in CATALOG.amounts)
+FACT_OF = {e.model_id: e.fact for e in CATALOG}
+FACT_COLUMNS = tuple(e.fact for e in CATALOG)
+
 PANEL_START = dt.date(2022, 1, 1)
 PANEL_MONTHS = 40
 PANEL_SUBSCRIBERS = 3000

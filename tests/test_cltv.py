@@ -7,9 +7,10 @@ import datetime as dt
 import numpy as np
 import pytest
 
+from conftest import CATALOG
 from spark_app.cltv import (
-    CostRates,
     Extrapolation,
+    ValueFormula,
     cltv_columns,
     discount_factors,
     extend_amount,
@@ -25,13 +26,16 @@ from spark_app.months import month_index
 # Fader & Hardie (2007), "How to project customer retention", Table 1: % alive at the end of years 1..7.
 REGULAR = [63.1, 46.8, 38.2, 32.6, 28.9, 26.2, 24.1]
 HIGH_END = [86.9, 74.3, 65.3, 59.3, 55.1, 51.7, 49.1]
-RATES = CostRates(
+COSTS = CostsConfig(
     cost_per_gb=0.5,
     cost_per_minute=0.01,
-    overhead_per_month=2.0,
+    overhead_sb=1.0,
+    overhead_ga=0.5,
+    overhead_am=0.5,
     overhead_base="paid",
     annual_discount_rate=0.12,
 )
+RATES = ValueFormula.from_catalog(CATALOG, COSTS)
 DEC = month_index(dt.date(2025, 12, 1))
 
 
@@ -173,15 +177,22 @@ def test_absent_models_count_as_zero():
     cols = cltv_columns(only_survival, DEC, RATES, Extrapolation(months=60))
     np.testing.assert_allclose(cols["cltv"], -cols["overheads_60m"])
     assert (cols["sm_mobile_60m"] == 0).all()
-    active_base = CostRates(**{**RATES.__dict__, "overhead_base": "active"})
+    active_base = ValueFormula.from_catalog(CATALOG, COSTS.model_copy(update={"overhead_base": "active"}))
     cols2 = cltv_columns(only_survival, DEC, active_base, Extrapolation(months=24))
     expected = 2.0 * (only_survival["active"] * discount_factors(24, 0.12)).sum(axis=1)
     np.testing.assert_allclose(cols2["overheads_24m"], expected)
 
 
-def test_cost_rates_from_config_sum_the_three_overheads():
-    rates = CostRates.from_config(CostsConfig(overhead_sb=1.0, overhead_ga=0.5, overhead_am=0.25))
-    assert rates.overhead_per_month == pytest.approx(1.75)
+def test_value_formula_sums_the_three_overheads_and_takes_signs_and_unit_costs_from_the_catalog():
+    formula = ValueFormula.from_catalog(CATALOG, CostsConfig(overhead_sb=1.0, overhead_ga=0.5, overhead_am=0.25))
+    assert formula.overhead_per_month == pytest.approx(1.75)
+    terms = {t.model_id: (t.component, t.sign, t.unit_cost, t.carrier) for t in formula.terms}
+    assert terms["data_gb"] == ("data_cost", -1.0, 0.35, "paid")
+    assert terms["sm_fmc"] == ("sm_fmc", 1.0, 1.0, "active")
+    assert formula.nesting == (("paid", "active"),)
+    # one value of a month, whoever evaluates it (scoring on numpy, the backtest on Spark columns)
+    month = {"sm_mobile": 30.0, "data_gb": 10.0, "sac": 5.0, "paid": 0.5}
+    assert formula.monthly_value(month.__getitem__, set(month)) == pytest.approx(30 - 3.5 - 5 - 0.5 * 1.75)
 
 
 def test_active_survival_never_falls_below_paid_survival():

@@ -1,9 +1,10 @@
 from pathlib import Path
 
 import pytest
+from conftest import ALL_MODELS
 
 from spark_app.cli import main
-from spark_app.config import ALL_MODELS, ConfigError, load_settings
+from spark_app.config import ConfigError, load_settings
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -22,7 +23,8 @@ def test_embedded_default_resolves_every_section():
     assert s.paths.features.endswith("features")
     assert s.dataset.horizons == list(range(1, 25))
     assert [p.model_id for p in s.models.enabled_profiles()] == list(ALL_MODELS)
-    assert s.models.cat_features(s.models.profiles["paid"]) == ["segment", "tariff", "region", "device_type"]
+    catalog = s.models.catalog()
+    assert catalog.cat_features(catalog["paid"]) == ("segment", "tariff", "region", "device_type")
 
 
 def test_environment_file_overrides_base(tmp_path):
@@ -72,10 +74,14 @@ def test_unknown_env_section_is_an_error(tmp_path):
         load_settings(env_file, environ={"CLTV_PATH__FEATURES": "x"})
 
 
-def test_amount_models_need_both_survival_models(tmp_path):
+def test_an_amount_model_needs_its_carrier_and_stacked_models_enabled(tmp_path):
     env_file = write_env_file(tmp_path, "models:\n  enabled: [paid, sm_mobile]\n")
-    with pytest.raises(ConfigError, match="enable both"):
+    with pytest.raises(ConfigError) as err:
         load_settings(env_file, environ={})
+    message = str(err.value)  # every problem at once
+    assert "profiles.sm_mobile.stacked: 'active' is not an enabled classification model" in message
+    assert "profiles.sm_mobile.carrier: 'active' is not an enabled classification model" in message
+    assert "profiles.paid.inside: 'active' is not another enabled classification model" in message
 
 
 def test_subset_of_models_can_be_enabled(tmp_path):
@@ -160,3 +166,64 @@ def test_the_demo_conf_works_after_being_copied_elsewhere(tmp_path):
     moved.parent.mkdir()
     moved.write_text(demo.read_text())
     assert load_settings(moved, environ={}).paths.scores == load_settings(demo, environ={}).paths.scores
+
+
+def test_a_ninth_model_is_config_only(tmp_path):
+    """A new amount (roaming margin) is declared in conf/ and flows into the catalog and the value formula."""
+    env_file = write_env_file(
+        tmp_path,
+        """models:
+  enabled: [paid, active, sm_mobile, sm_fmc, sm_fttb, data_gb, voice_min, sac, roaming]
+  profiles:
+    roaming:
+      kind: regression
+      fact: roaming_margin
+      feature_cols: [horizon, tenure_months, margin_1m]
+      stacked: [active]
+      carrier: active
+      cltv: {component: roaming, sign: 1}
+      naive: {last_value: margin_1m}
+""",
+    )
+    s = load_settings(env_file, environ={})
+    catalog = s.models.catalog()
+    assert catalog.ids[-1] == "roaming" and catalog["roaming"].features[-1] == "p_active"
+    from spark_app.cltv import ValueFormula
+
+    assert "roaming" in ValueFormula.from_catalog(catalog, s.costs).components
+    from spark_app.contract import facts_spec
+
+    assert "roaming_margin" in facts_spec(catalog).columns
+
+
+def test_names_that_must_refer_to_models_or_cost_keys_are_checked_together(tmp_path):
+    env_file = write_env_file(
+        tmp_path,
+        """costs: {overhead_base: sm_mobile}
+promotion:
+  tolerance: {paid: 0.01, nosuch: 0.01}
+  main_metric: {classification: roc_auc, regression: nosuch_metric}
+models:
+  profiles:
+    data_gb: {cltv: {component: data_cost, sign: -1, unit_cost: cost_per_tb}}
+""",
+    )
+    with pytest.raises(ConfigError) as err:
+        load_settings(env_file, environ={})
+    message = str(err.value)
+    assert "costs.overhead_base: 'sm_mobile' is not an enabled classification model" in message
+    assert "promotion.tolerance: unknown model ids ['nosuch']" in message
+    assert "promotion.main_metric.regression: unknown metric 'nosuch_metric'" in message
+    assert "data_gb.cltv.unit_cost: 'cost_per_tb' is neither a number nor a costs key" in message
+
+
+def test_overriding_one_model_does_not_change_models_sharing_a_yaml_alias(tmp_path):
+    env_file = write_env_file(tmp_path, "models:\n  profiles:\n    paid: {params: {iterations: 7}}\n")
+    catalog = load_settings(env_file, environ={}).models.catalog()
+    assert catalog["paid"].params["iterations"] == 7 and catalog["active"].params["iterations"] == 600
+
+
+def test_catboost_basics_are_checked_at_start(tmp_path):
+    env_file = write_env_file(tmp_path, "models:\n  profiles:\n    sac: {params: {iterations: -5}}\n")
+    with pytest.raises(ConfigError, match=r"models\.profiles\.sac\.params.*iterations must be an integer >= 1"):
+        load_settings(env_file, environ={})

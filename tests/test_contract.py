@@ -3,7 +3,10 @@ import datetime as dt
 import pytest
 from pyspark.sql import types as T
 
-from spark_app.contract import FACTS_SPEC, InputContractError, features_spec, read_table, validate
+from conftest import CATALOG
+from spark_app.contract import InputContractError, facts_spec, features_spec, read_table, validate
+
+FACTS_SPEC = facts_spec(CATALOG)
 
 JAN, FEB, MAR = dt.date(2024, 1, 1), dt.date(2024, 2, 1), dt.date(2024, 3, 1)
 

@@ -9,13 +9,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import make_settings
+from conftest import AMOUNT_MODELS, make_settings
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from scipy.stats import chisquare
 
 from spark_app.config import DatasetConfig
-from spark_app.contract import FACT_AMOUNTS, ID, MONTH, InputContractError, read_table
+from spark_app.contract import ID, MONTH, InputContractError, read_table
 from spark_app.dataset import (
     FEATURE_MONTH,
     HORIZON,
@@ -137,11 +137,11 @@ def test_targets_are_daily_averages_of_the_facts_of_t_and_zero_when_absent(built
         ).count()
         == 0
     )
-    for amount in FACT_AMOUNTS:
+    for amount in AMOUNT_MODELS:
         assert (
             present.where(F.abs(F.col(f"{amount}_fact") - F.col(f"src_{amount}") / days) > 1e-9).count() == 0
         )
-    fact_cols = ["paid_fact", "active_fact", *[f"{a}_fact" for a in FACT_AMOUNTS]]
+    fact_cols = ["paid_fact", "active_fact", *[f"{a}_fact" for a in AMOUNT_MODELS]]
     assert absent.where(" OR ".join(f"{c} != 0" for c in fact_cols)).count() == 0
     assert dict(rows.dtypes)["paid_fact"] == "int" and dict(rows.dtypes)["sm_mobile_fact"] == "double"
     matched.unpersist()

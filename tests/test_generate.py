@@ -6,7 +6,10 @@ import pytest
 from pyspark.sql import Window
 from pyspark.sql import functions as F
 
-from spark_app.contract import FACTS_SPEC, TableSpec, features_spec, read_table, validate
+from conftest import CATALOG
+from spark_app.contract import TableSpec, facts_spec, features_spec, read_table, validate
+
+FACTS_SPEC = facts_spec(CATALOG)
 from spark_app.generate import (
     CONVERGENT,
     FEATURE_CATEGORICAL,

@@ -7,9 +7,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_settings
+from conftest import ALL_MODELS, CATALOG, make_settings
 
-from spark_app.config import ALL_MODELS
 from spark_app.evaluation import (
     NaiveBaseline,
     calibration_table,
@@ -107,10 +106,10 @@ def test_bundle_round_trip_from_dir_and_bytes_predicts_identically(fitted, frame
     fitted.meta = {"horizons": list(range(1, 25)), "dataset_id": "ds-x"}
     fitted.save_bundle(tmp_path / "b", reference=frames["oot"][["tenure_months", "segment"]])
     manifest = json.loads((tmp_path / "b" / RELEASE_JSON).read_text())
-    assert manifest["format"] == 1 and manifest["dataset_id"] == "ds-x"
+    assert manifest["format"] == 2 and manifest["dataset_id"] == "ds-x"
     assert manifest["models"]["sm_fmc"]["file"] == "sm_fmc.cbm"
     assert manifest["models"]["paid"]["kind"] == "classification"
-    assert "segment" in manifest["models"]["paid"]["cat_features"]
+    assert "segment" in manifest["models"]["paid"]["feature_cols"] and "segment" in manifest["categorical"]
     assert (tmp_path / "b" / "reference.parquet").exists()
     files = {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()}
     expected = fitted.predict(frames["oot"])
@@ -183,7 +182,7 @@ def test_calibration_table_bins_and_rates():
 
 def test_naive_baseline_is_last_value_times_survival_rate(frames):
     edges = [0, 12, 48]
-    naive = NaiveBaseline.fit(frames["train_surv"], frames["train_reg"], list(ALL_MODELS), edges)
+    naive = NaiveBaseline.fit(CATALOG, frames["train_surv"], frames["train_reg"], edges)
     oot = frames["oot"]
     out = naive.predict(oot, list(ALL_MODELS))
     band = tenure_band(oot["tenure_months"], edges)
@@ -195,10 +194,16 @@ def test_naive_baseline_is_last_value_times_survival_rate(frames):
     cell = ts[(ts["horizon"] == h) & (ts_band == b)]["paid_fact"]
     expected_rate = cell.mean() if len(cell) else ts["paid_fact"].mean()
     assert out["paid"][i] == pytest.approx(expected_rate)
-    # sm_fmc: margin_1m / 31 days (January) x paid rate, only for fmc subscribers
-    expected = np.where(oot["segment"] == "fmc", oot["margin_1m"] / 31.0, 0.0) * out["paid"]
+    # sm_fmc: margin_1m / 31 days (January) x the rate of its carrier (active), only for fmc subscribers
+    expected = np.where(oot["segment"] == "fmc", oot["margin_1m"] / 31.0, 0.0) * out["active"]
     np.testing.assert_allclose(out["sm_fmc"], expected)
-    np.testing.assert_allclose(out["data_gb"], oot["data_gb_1m"] / 31.0 * out["paid"])
+    np.testing.assert_allclose(out["data_gb"], oot["data_gb_1m"] / 31.0 * out["paid"])  # carried by paid
+
+
+def test_a_missing_naive_baseline_column_is_an_error_not_a_zero(frames):
+    naive = NaiveBaseline.fit(CATALOG, frames["train_surv"], frames["train_reg"], [0, 12])
+    with pytest.raises(KeyError, match=r"naive baseline of sm_mobile: columns \['margin_1m'\]"):
+        naive.predict(frames["oot"].drop(columns=["margin_1m"]), ["sm_mobile"])
 
 
 def test_quality_table_says_who_beats_naive():
@@ -210,6 +215,7 @@ def test_quality_table_says_who_beats_naive():
         df,
         {"paid": good, "active": bad},
         {"paid": bad, "active": good},
+        {"paid": y, "active": y},
         {"paid": "classification", "active": "classification"},
         "oot",
     )

@@ -13,10 +13,10 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import FACT_COLUMNS
 from pyspark.sql import functions as F
 
 from spark_app.config import CostsConfig, MonitoringConfig
-from spark_app.contract import FACT_COLUMNS
 from spark_app.monitoring import (
     FAIL,
     OK,

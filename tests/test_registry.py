@@ -11,10 +11,9 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import make_settings
+from conftest import ALL_MODELS, make_settings
 from mlflow_server import mlflow_server
 
-from spark_app.config import ALL_MODELS
 from spark_app.dataset import build_dataset
 from spark_app.registry import (
     CHALLENGER,

@@ -10,11 +10,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_settings
+from conftest import ALL_MODELS, AMOUNT_MODELS, FACT_OF, make_settings
 from pyspark.sql import functions as F
 
 from spark_app.cltv import CostRates, Extrapolation, cltv_columns
-from spark_app.config import ALL_MODELS, AMOUNT_MODELS
 from spark_app.contract import InputContractError
 from spark_app.models import Learner
 from spark_app.months import add_months, days_in_month_index, month_index
@@ -34,7 +33,6 @@ from spark_app.training import Evaluation, categories_seen
 
 MONTH = dt.date(2025, 4, 1)  # the panel's last month (2022-01 + 39)
 EVAL_COLUMNS = ["model_id", "kind", "split", "horizon", "rows", "metric", "value", "naive"]
-FACT_OF = {"paid": "in_paid_base", "active": "in_active_base", **{m: m for m in AMOUNT_MODELS}}
 
 
 def training_frames(features: pd.DataFrame, facts: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -11,9 +11,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_settings
+from conftest import ALL_MODELS, make_settings
 
-from spark_app.config import ALL_MODELS
 from spark_app.dataset import build_dataset, read_dataset
 from spark_app.models import Learner
 from spark_app.registry import CHALLENGER, forecast_frame, load_release, mlflow_client
