@@ -60,7 +60,7 @@ def feature_rows_in_window(spark: SparkSession, settings: Settings, plan: Datase
 def baseline(spark: SparkSession, settings: Settings, plan: DatasetPlan, keep: float, out: str) -> float:
     """Read the inputs the build reads, write a `keep` share of the feature rows; return seconds."""
     start = time.perf_counter()
-    cols = settings.models.input_feature_cols()
+    cols = settings.models.catalog().input_columns()
     features = read_table(spark, settings.paths.features, "features")
     facts = read_table(spark, settings.paths.facts, "facts")
     fm, tm = plan.feature_months, plan.fact_months
@@ -93,7 +93,7 @@ def main() -> None:
     settings = settings_for(args)
     spark = get_spark(settings.spark)
     storage = Storage(spark)
-    plan = DatasetPlan.from_config(settings.dataset, args.target_end)
+    plan = DatasetPlan.from_config(settings.dataset, args.target_end, settings.models.catalog())
     builds: list[float] = []
     baselines: list[float] = []
     stages: list[dict[str, float]] = []

@@ -198,7 +198,7 @@ def training_frames(spark, panel: str, month: dt.date, rows: int) -> tuple[pd.Da
 def ensure_release(spark, settings, panel: str, month: dt.date, rows: int) -> int:
     """The benchmark's release: real profiles, full 600 trees, registered in the bench MLflow store."""
     from spark_app.models import Learner
-    from spark_app.registry import ReleaseNotFoundError, load_release, log_release
+    from spark_app.registry import ReleaseNotFoundError, load_release, log_release, model_input
     from spark_app.training import Evaluation, categories_seen
 
     try:
@@ -222,6 +222,7 @@ def ensure_release(spark, settings, panel: str, month: dt.date, rows: int) -> in
             columns=["model_id", "kind", "split", "horizon", "rows", "metric", "value", "naive"]
         ),
         calibration={},
+        deciles=pd.DataFrame(),
         quality=pd.DataFrame(columns=["model_id", "metric", "value", "naive", "beats_naive"]),
     )
     version, _ = log_release(
@@ -231,6 +232,7 @@ def ensure_release(spark, settings, panel: str, month: dt.date, rows: int) -> in
         evaluation_dir=work / "evaluation",
         evaluation=evaluation,
         rows={"train_surv": len(surv), "train_reg": len(reg)},
+        input_example=model_input(reg, learner),
     )
     return version
 

@@ -128,7 +128,7 @@ def main() -> None:
     from spark_app.dataset import read_dataset
 
     _, _, splits = read_dataset(spark, settings, dataset_id)
-    cols = [c for c in settings.models.input_feature_cols()]
+    cols = [c for c in settings.models.catalog().input_columns()]
     subs = splits["oot"].select("feature_month", *cols).limit(args.predict_subscribers).toPandas()
     n = len(subs)
     frame = subs.loc[np.repeat(np.arange(n), 24)].reset_index(drop=True)

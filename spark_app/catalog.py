@@ -52,6 +52,7 @@ class NaiveSpec:
 
     last_value: str | None = None
     where: tuple[tuple[str, str], ...] = ()
+    scale: float = 1.0  # last_value's unit → the fact's unit (e.g. 0.001 for MB → GB)
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -96,7 +97,11 @@ class ModelEntry:
             "carrier": self.carrier,
             "inside": self.inside,
             "value": None if self.value is None else vars(self.value).copy(),
-            "naive": {"last_value": self.naive.last_value, "where": dict(self.naive.where)},
+            "naive": {
+                "last_value": self.naive.last_value,
+                "where": dict(self.naive.where),
+                "scale": self.naive.scale,
+            },
             "fact_min": self.fact_min,
             "params": dict(self.params),
             "fit_params": dict(self.fit_params),
@@ -116,7 +121,11 @@ class ModelEntry:
             carrier=data.get("carrier"),
             inside=data.get("inside"),
             value=None if value is None else ValueTerm(**value),
-            naive=NaiveSpec(naive.get("last_value"), tuple(sorted((naive.get("where") or {}).items()))),
+            naive=NaiveSpec(
+                naive.get("last_value"),
+                tuple(sorted((naive.get("where") or {}).items())),
+                float(naive.get("scale", 1.0)),
+            ),
             fact_min=data.get("fact_min"),
             params=dict(data.get("params") or {}),
             fit_params=dict(data.get("fit_params") or {}),

@@ -123,7 +123,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from spark_app.pipeline import run_demo
 
-    run_demo(subscribers=args.subscribers, months=args.months, workdir=args.workdir, conf=args.conf)
+    run_demo(
+        subscribers=args.subscribers,
+        months=args.months,
+        workdir=args.workdir,
+        conf=args.conf,
+        profile=args.profile,
+    )
     return 0
 
 
@@ -204,7 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("demo", cmd_demo, "run the whole pipeline embedded on a synthetic panel")
     p.add_argument("--subscribers", type=int, default=20_000)
     p.add_argument("--months", type=int, default=40)
-    p.add_argument("--workdir", type=Path, default=Path("work/demo"))
+    p.add_argument("--workdir", type=Path, default=None, help="default: work/demo, or work/demo-<profile>")
+    p.add_argument(
+        "--profile",
+        choices=PANEL_PROFILES,
+        default="convergent",
+        help="the generated operator; prepaid runs on conf/examples/prepaid.yaml (unless --conf is given)",
+    )
 
     p = command(
         "validate-inputs",

@@ -197,6 +197,7 @@ class NaiveConfig(_Section):
 
     last_value: str | None = None
     where: dict[str, str] | None = None
+    scale: confloat(gt=0) = 1.0  # last_value's unit → the fact's (0.001: a feature in MB, a fact in GB)
 
 
 class ModelProfile(_Section):
@@ -323,7 +324,9 @@ class ModelsConfig(_Section):
                     inside=p.inside,
                     value=None if p.cltv is None else ValueTerm(p.cltv.component, float(p.cltv.sign),
                                                                 p.cltv.unit_cost),
-                    naive=NaiveSpec(p.naive.last_value, tuple(sorted((p.naive.where or {}).items()))),
+                    naive=NaiveSpec(
+                        p.naive.last_value, tuple(sorted((p.naive.where or {}).items())), p.naive.scale
+                    ),
                     fact_min=p.fact_min,
                     params=dict(p.params),
                     fit_params=dict(p.fit_params),

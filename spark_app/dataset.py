@@ -482,7 +482,7 @@ def build_dataset(spark: SparkSession, settings: Settings, target_end: dt.date) 
             "target_end": fmt(plan.last_target),
             "target_months": [fmt(m) for m in plan.target_months],
             "horizons": list(plan.horizons),
-            "population": plan.population,
+            "population": settings.dataset.population,
             "sample_rate": plan.sample_rate,
             "salt": plan.salt,
             "inputs": {

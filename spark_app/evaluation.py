@@ -271,7 +271,7 @@ class NaiveBaseline:
                     f"naive baseline of {model_id}: columns {missing} (models.profiles.{model_id}.naive) "
                     "are not in the frame"
                 )
-            last = frame[source].astype(np.float64).fillna(0.0).to_numpy()
+            last = frame[source].astype(np.float64).fillna(0.0).to_numpy() * entry.naive.scale
             for column, wanted in entry.naive.where:
                 last = np.where(frame[column].astype(str).to_numpy() == wanted, last, 0.0)
             daily = last / days_in_months(frame["feature_month"]) if "feature_month" in frame else last / 30.4

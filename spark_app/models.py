@@ -373,7 +373,15 @@ class Learner:
                 "(a release from an older version: train a new one)"
             )
         learner = cls(ModelCatalog.from_json(manifest), thread_count or int(manifest.get("thread_count", 2)))
-        skip = ("format", "model_ids", "models", "categorical", "tenure_column", "calibration", "thread_count")
+        skip = (
+            "format",
+            "model_ids",
+            "models",
+            "categorical",
+            "tenure_column",
+            "calibration",
+            "thread_count",
+        )
         learner.meta = {k: v for k, v in manifest.items() if k not in skip}
         learner.calibration = {
             m: calibration.from_json(c) for m, c in (manifest.get("calibration") or {}).items()

@@ -14,7 +14,15 @@ from pathlib import Path
 
 import yaml
 
-from spark_app.config import BASE_FILES, Settings, base_layers, default_conf_file, load_settings
+from spark_app.config import (
+    BASE_FILES,
+    Settings,
+    Traversable,
+    base_layers,
+    default_conf_file,
+    load_settings,
+    packaged_conf,
+)
 from spark_app.generate import PanelSpec, generate_panel
 from spark_app.months import add_months, fmt, months_between, parse_month
 from spark_app.progress import StageTimer
@@ -48,13 +56,14 @@ class DemoPlan:
         return cls(start, months, earliest_end, scores)
 
 
-def write_demo_conf(workdir: Path, conf: Path | None) -> Path:
-    """Copy the base layers beside a demo environment file whose paths all point into `workdir`."""
+def write_demo_conf(workdir: Path, conf: Path | None, env_file: Traversable | None = None) -> Path:
+    """Copy the base layers beside a demo environment file (`conf`, else `env_file`, else the embedded
+    local.yaml) whose paths all point into `workdir`."""
     conf_dir = workdir / "conf"
     conf_dir.mkdir(parents=True, exist_ok=True)
     for layer in base_layers(conf):
         (conf_dir / layer.name).write_text(layer.read_text())
-    source = conf if conf is not None else default_conf_file()
+    source = conf if conf is not None else env_file or default_conf_file()
     env = (yaml.safe_load(source.read_text()) or {}) if source.name not in BASE_FILES else {}
     root = workdir.resolve()
     env["paths"] = {
@@ -74,7 +83,16 @@ def write_demo_conf(workdir: Path, conf: Path | None) -> Path:
     return demo_conf
 
 
-def run_demo(*, subscribers: int, months: int, workdir: Path, conf: Path | None) -> dict[str, object]:
+def profile_conf(profile: str) -> Traversable:
+    """The packaged environment file of a profile: conf/local.yaml, or conf/examples/<profile>.yaml."""
+    if profile == "convergent":
+        return default_conf_file()
+    return packaged_conf().joinpath("examples", f"{profile}.yaml")
+
+
+def run_demo(
+    *, subscribers: int, months: int, workdir: Path | None, conf: Path | None, profile: str = "convergent"
+) -> dict[str, object]:
     from spark_app.dataset import build_dataset
     from spark_app.monitoring import monitor_month
     from spark_app.registry import promote
@@ -83,7 +101,8 @@ def run_demo(*, subscribers: int, months: int, workdir: Path, conf: Path | None)
     from spark_app.training import train_release
 
     started = time.perf_counter()
-    demo_conf = write_demo_conf(workdir, conf)
+    workdir = workdir or Path("work/demo" if profile == "convergent" else f"work/demo-{profile}")
+    demo_conf = write_demo_conf(workdir, conf, env_file=None if conf else profile_conf(profile))
     settings = load_settings(demo_conf)
     plan = DemoPlan.for_panel(DEMO_START, months, settings)
     spark = get_spark(settings.spark)
@@ -97,7 +116,8 @@ def run_demo(*, subscribers: int, months: int, workdir: Path, conf: Path | None)
         ", ".join(fmt(m) for m in plan.score_months),
     )
     with timer.stage("generate"):
-        generate_panel(spark, str(workdir.resolve() / "panel"), PanelSpec(subscribers, months, DEMO_START))
+        spec = PanelSpec(subscribers, months, DEMO_START, profile=profile)
+        generate_panel(spark, str(workdir.resolve() / "panel"), spec)
     with timer.stage("build-dataset"):
         dataset = build_dataset(spark, settings, target_end=plan.target_end)
     with timer.stage("train"):

@@ -24,9 +24,11 @@ import numpy as np
 import pandas as pd
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature, infer_signature
 from mlflow.tracking import MlflowClient
+from mlflow.types.schema import AnyType, ColSpec, DataType, Schema
 
-from spark_app.catalog import HORIZON
+from spark_app.catalog import HORIZON, ModelCatalog
 from spark_app.cli import UserError
 from spark_app.cltv import ValueFormula
 from spark_app.config import MlflowConfig, Settings, Traversable
@@ -181,26 +183,30 @@ def copy_package(into: Path) -> Path:
 
 
 def model_input(features: pd.DataFrame, learner: Learner, rows: int = 5) -> pd.DataFrame:
-    """What the pyfunc takes: a month's features (one row per subscriber) and the month they describe.
-    Numerics as float64, so the signature accepts the nulls a month may hold."""
-    catalog = learner.catalog
-    columns = [c for c in catalog.input_columns() if c in features]
+    """What the pyfunc takes: a month's features (one row per subscriber) and the month they describe."""
+    columns = [c for c in learner.catalog.input_columns() if c in features]
     frame = features.head(rows)[columns].copy()
-    for column in columns:
-        if column not in catalog.categorical:
-            frame[column] = frame[column].astype("float64")
     month = features["feature_month"] if "feature_month" in features else features["report_month"]
     frame.insert(0, "feature_month", pd.to_datetime(month.head(rows)).to_numpy())
     return frame.reset_index(drop=True)
 
 
+def input_schema(catalog: ModelCatalog) -> Schema:
+    """The pyfunc's input columns: the month, categorical features as strings, numeric ones of any numeric
+    type (a month read from Spark has int columns, or floats where they hold nulls; MLflow would refuse
+    to convert int64 to a declared double)."""
+    cols = [ColSpec(DataType.datetime, "feature_month")]
+    for column in catalog.input_columns():
+        cols.append(ColSpec(DataType.string if column in catalog.categorical else AnyType(), column))
+    return Schema(cols)
+
+
 def save_pyfunc(bundle_dir: Path, out: Path, learner: Learner, input_example: pd.DataFrame) -> Path:
     """The release as an MLflow pyfunc directory with its signature and an input example; the package
     travels along (code_paths)."""
-    from mlflow.models import infer_signature
-
     horizons = list(learner.meta.get("horizons") or range(1, 25))
-    signature = infer_signature(input_example, forecast_frame(learner, input_example, horizons))
+    output = infer_signature(input_example, forecast_frame(learner, input_example, horizons)).outputs
+    signature = ModelSignature(inputs=input_schema(learner.catalog), outputs=output)
     with tempfile.TemporaryDirectory(prefix="cltv-code-") as tmp:
         mlflow.pyfunc.save_model(
             path=str(out),

@@ -266,27 +266,27 @@ def write_evaluation(
     (out / "calibration_report.json").write_text(json.dumps(recalibration, indent=2))
     import matplotlib.pyplot as plt
 
-    figures = {"agg_bias_by_horizon.png": plot_bias_by_horizon(evaluation.table)}
-    for entry in learner.entries:
-        model_id = entry.model_id
-        metric = main_metric_of(main_metric, model_id, entry.kind)
-        figures[f"{model_id}_{metric}_by_horizon.png"] = plot_metric_by_horizon(
-            evaluation.table, model_id, metric
-        )
-        if entry.is_survival and evaluation.calibration.get(model_id):
-            figures[f"{model_id}_calibration.png"] = plot_calibration(
-                evaluation.calibration[model_id], model_id
-            )
-        if len(evaluation.deciles):
-            figures[f"{model_id}_deciles.png"] = plot_deciles(evaluation.deciles, model_id)
-        model = learner.models[model_id]
-        figures[f"{model_id}_importance.png"] = plot_importance(
-            list(model.feature_names_), model.get_feature_importance(), model_id
-        )
-    for name, fig in figures.items():
+    def save(name: str, fig: Any) -> None:
         if fig is not None:
             fig.savefig(plots / name, dpi=90)
             plt.close(fig)
+
+    save("agg_bias_by_horizon.png", plot_bias_by_horizon(evaluation.table))
+    for entry in learner.entries:
+        model_id = entry.model_id
+        metric = main_metric_of(main_metric, model_id, entry.kind)
+        save(
+            f"{model_id}_{metric}_by_horizon.png", plot_metric_by_horizon(evaluation.table, model_id, metric)
+        )
+        if entry.is_survival and evaluation.calibration.get(model_id):
+            save(f"{model_id}_calibration.png", plot_calibration(evaluation.calibration[model_id], model_id))
+        if len(evaluation.deciles):
+            save(f"{model_id}_deciles.png", plot_deciles(evaluation.deciles, model_id))
+        model = learner.models[model_id]
+        save(
+            f"{model_id}_importance.png",
+            plot_importance(list(model.feature_names_), model.get_feature_importance(), model_id),
+        )
 
 
 # ---------------------------------------------------------------- bundle contents
@@ -319,11 +319,12 @@ def log_quality(quality: pd.DataFrame) -> None:
     """Aggregate bias first, then the main metric, each beside the naive baseline's."""
     for row in quality.itertuples(index=False):
         cum = f", cumulative 24-month bias {row.cum_bias:+.2%}" if np.isfinite(row.cum_bias) else ""
+        verdict = "" if row.beats_naive else "  <-- does NOT beat the naive baseline"
         log.log(
             logging.INFO if row.beats_naive else logging.WARNING,
-            "OOT %s: bias %+.2%% (naive %+.2%%), %s %.4f (naive %.4f)%s%s",
-            row.model_id, row.agg_bias, row.naive_agg_bias, row.metric, row.value, row.naive, cum,
-            "" if row.beats_naive else "  <-- does NOT beat the naive baseline",
+            "OOT %s: bias %s (naive %s), %s %.4f (naive %.4f)%s%s",
+            row.model_id, f"{row.agg_bias:+.2%}", f"{row.naive_agg_bias:+.2%}", row.metric, row.value,
+            row.naive, cum, verdict,
         )  # fmt: skip
 
 

@@ -6,8 +6,8 @@ import datetime as dt
 
 import numpy as np
 import pytest
-
 from conftest import CATALOG
+
 from spark_app.cltv import (
     Extrapolation,
     ValueFormula,
@@ -184,7 +184,9 @@ def test_absent_models_count_as_zero():
 
 
 def test_value_formula_sums_the_three_overheads_and_takes_signs_and_unit_costs_from_the_catalog():
-    formula = ValueFormula.from_catalog(CATALOG, CostsConfig(overhead_sb=1.0, overhead_ga=0.5, overhead_am=0.25))
+    formula = ValueFormula.from_catalog(
+        CATALOG, CostsConfig(overhead_sb=1.0, overhead_ga=0.5, overhead_am=0.25)
+    )
     assert formula.overhead_per_month == pytest.approx(1.75)
     terms = {t.model_id: (t.component, t.sign, t.unit_cost, t.carrier) for t in formula.terms}
     assert terms["data_gb"] == ("data_cost", -1.0, 0.35, "paid")

@@ -225,5 +225,7 @@ def test_overriding_one_model_does_not_change_models_sharing_a_yaml_alias(tmp_pa
 
 def test_catboost_basics_are_checked_at_start(tmp_path):
     env_file = write_env_file(tmp_path, "models:\n  profiles:\n    sac: {params: {iterations: -5}}\n")
-    with pytest.raises(ConfigError, match=r"models\.profiles\.sac\.params.*iterations must be an integer >= 1"):
+    with pytest.raises(
+        ConfigError, match=r"models\.profiles\.sac\.params.*iterations must be an integer >= 1"
+    ):
         load_settings(env_file, environ={})

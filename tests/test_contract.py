@@ -1,9 +1,9 @@
 import datetime as dt
 
 import pytest
+from conftest import CATALOG
 from pyspark.sql import types as T
 
-from conftest import CATALOG
 from spark_app.contract import InputContractError, facts_spec, features_spec, read_table, validate
 
 FACTS_SPEC = facts_spec(CATALOG)

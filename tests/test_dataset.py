@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import AMOUNT_MODELS, make_settings
+from conftest import AMOUNT_MODELS, CATALOG, make_settings
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from scipy.stats import chisquare
@@ -83,7 +83,7 @@ def test_every_row_has_features_from_t_minus_h_and_a_target_in_the_window(built,
     assert rows.where(F.col(FEATURE_MONTH) != F.add_months(TARGET_MONTH, -F.col(HORIZON))).count() == 0
     assert rows.where(F.month(TARGET_MONTH) != F.col("target_calendar_month")).count() == 0
     # Leakage: every feature value is the features table's value at (subscriber, T − h), none later.
-    feature_cols = settings.models.input_feature_cols()
+    feature_cols = settings.models.catalog().input_columns()
     source = features.select(
         F.col(ID), F.col(MONTH).alias(FEATURE_MONTH), *[F.col(c).alias(f"src_{c}") for c in feature_cols]
     )
@@ -231,8 +231,8 @@ def test_plan_does_not_grow_with_horizons_or_target_months(spark, built, tables,
         )
     texts = []
     for cfg in (small, large):
-        plan = DatasetPlan.from_config(settings.dataset.model_copy(update=cfg), TARGET_END)
-        texts.append(_plan_text(training_rows(features, facts, plan=plan, models=settings.models)))
+        plan = DatasetPlan.from_config(settings.dataset.model_copy(update=cfg), TARGET_END, CATALOG)
+        texts.append(_plan_text(training_rows(features, facts, plan=plan, catalog=settings.models.catalog())))
     assert texts[0].count("FileScan") == texts[1].count("FileScan") == 2
     assert texts[0] == texts[1]
 
@@ -311,7 +311,7 @@ def test_wrong_column_type_is_refused_and_nothing_is_written(spark, panel_dir, t
 def test_duplicate_keys_are_refused_and_nothing_is_written(spark, panel_dir, tmp_path, tables):
     """Duplicates in rows the build reads are refused; elsewhere only with dataset.validate_all_rows."""
     features, facts = tables
-    plan = DatasetPlan.from_config(DatasetConfig(**SMALL), TARGET_END)
+    plan = DatasetPlan.from_config(DatasetConfig(**SMALL), TARGET_END, CATALOG)
     read_features = read_feature_keys(features, plan=plan).select(ID, MONTH).orderBy(ID).limit(1)
     read_facts = read_fact_keys(facts, plan=plan).select(ID, MONTH).orderBy(ID).limit(3).collect()
     dupes = facts.join(spark.createDataFrame(read_facts[:2]), [ID, MONTH])
@@ -352,7 +352,7 @@ def test_read_dataset_without_any_dataset_is_a_clear_error(spark, tmp_path):
 
 
 def test_dataset_plan_reads_only_the_months_it_needs():
-    plan = DatasetPlan.from_config(DatasetConfig(), TARGET_END)
+    plan = DatasetPlan.from_config(DatasetConfig(), TARGET_END, CATALOG)
     assert plan.target_months == tuple(WINDOW)
     assert plan.feature_months[0] == add_months(WINDOW[0], -24) and plan.feature_months[-1] == add_months(
         TARGET_END, -1

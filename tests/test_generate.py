@@ -3,13 +3,11 @@ import datetime as dt
 
 import numpy as np
 import pytest
+from conftest import CATALOG
 from pyspark.sql import Window
 from pyspark.sql import functions as F
 
-from conftest import CATALOG
 from spark_app.contract import TableSpec, facts_spec, features_spec, read_table, validate
-
-FACTS_SPEC = facts_spec(CATALOG)
 from spark_app.generate import (
     CONVERGENT,
     FEATURE_CATEGORICAL,
@@ -25,6 +23,8 @@ from spark_app.generate import (
     uniform,
 )
 from spark_app.months import month_range
+
+FACTS_SPEC = facts_spec(CATALOG)
 
 SMALL = PanelSpec(subscribers=400, months=14, start=dt.date(2023, 1, 1), seed=3)
 

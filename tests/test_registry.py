@@ -45,9 +45,15 @@ def workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("registry")
 
 
-def settings_for(workdir: Path, panel: Path, url: str, models: dict):
+def settings_for(workdir: Path, panel: Path, url: str, models: dict, max_abs_bias: float = 10.0):
+    """The bias gate is opened wide: a 3,000-subscriber panel's OOT month has ~100 rows, whose
+    aggregate bias is mostly noise; `test_the_bias_gate_refuses_...` closes it."""
     return make_settings(
-        workdir, panel, models=models, mlflow={"tracking_uri": url, "artifact_location": None}
+        workdir,
+        panel,
+        models=models,
+        mlflow={"tracking_uri": url, "artifact_location": None},
+        promotion={"max_abs_bias": max_abs_bias},
     )
 
 
@@ -85,8 +91,9 @@ def test_a_challenger_not_worse_than_the_champion_is_promoted(releases):
     second = decisions[2]
     assert second.promoted and second.champion == 1 and second.challenger == 2
     rows = {r["model_id"]: r for r in second.comparison}
-    assert set(rows) == set(ALL_MODELS)
-    assert rows["paid"]["metric"] == "roc_auc" and rows["data_gb"]["metric"] == "wape"
+    assert set(rows) == {*ALL_MODELS, "value"}
+    assert rows["paid"]["metric"] == "roc_auc" and rows["data_gb"]["metric"] == "rmse"
+    rows.pop("value")
     assert all(abs(r["worsening"]) < 1e-9 for r in rows.values())  # same config, same data: same models
 
 
@@ -116,7 +123,7 @@ def test_decisions_are_recorded_on_versions_and_as_runs(releases):
 def test_load_release_by_alias_and_number_and_clear_errors(releases):
     settings, _ = releases
     champion = load_release(settings, CHAMPION)
-    assert champion.version == 2 and champion.manifest["format"] == 1
+    assert champion.version == 2 and champion.manifest["format"] == 2
     assert set(champion.files) >= {"release.json", "reference.parquet", *[f"{m}.cbm" for m in ALL_MODELS]}
     assert load_release(settings, "1").version == 1
     assert list(champion.learner().models) == list(ALL_MODELS)
@@ -148,3 +155,17 @@ def test_registered_pyfunc_loads_from_the_server(releases, tmp_path):
     features = pd.read_parquet(io.BytesIO(reference)).head(3).assign(feature_month="2025-04-01")
     out = model.predict(features)
     assert len(out) == 3 * 24 and set(ALL_MODELS) <= set(out.columns)
+
+
+def test_the_bias_gate_refuses_a_challenger_whose_oot_bias_exceeds_the_limit(
+    releases, workdir, panel_dir, server
+):
+    """v1 equals the champion v2 on every metric; with a 0.01 % limit its aggregate bias alone refuses it."""
+    strict = settings_for(workdir, panel_dir, server, FAST, max_abs_bias=0.0001)
+    decision = promote(strict, version=1)
+    assert not decision.promoted and decision.champion == 2
+    assert "aggregate bias" in decision.reason or "cumulative 24-month value bias" in decision.reason
+    rows = {r["model_id"]: r for r in decision.comparison}
+    assert rows["value"]["metric"] == "cum24_bias" and not rows["value"]["ok"]
+    assert all(abs(r["worsening"]) < 1e-9 for m, r in rows.items() if m != "value")
+    assert alias_version(strict, CHAMPION) == 2

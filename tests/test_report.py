@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
+from spark_app.catalog import ModelCatalog, ModelEntry, ValueTerm
 from spark_app.generate import FEATURE_CATEGORICAL, FEATURE_NUMERIC
-from spark_app.models import Learner, ModelSpec
+from spark_app.models import Learner
 from spark_app.monitoring import monitor_month
 from spark_app.months import add_months
 from spark_app.report import build_report, metrics_by_horizon
@@ -86,12 +87,17 @@ def tiny_learner(sample: pd.DataFrame) -> Learner:
     inputs = [*FEATURE_CATEGORICAL, *FEATURE_NUMERIC, "horizon", "target_calendar_month"]
     cats = tuple(FEATURE_CATEGORICAL)
     params = {"iterations": 30, "depth": 4}
-    learner = Learner(
-        [
-            ModelSpec("paid", "classification", tuple(inputs), cats, params),
-            ModelSpec("sm_mobile", "regression", (*inputs, "p_paid"), cats, params),
-        ]
-    )
+    catalog = ModelCatalog(
+        (
+            ModelEntry("paid", "classification", "in_paid_base", tuple(inputs), params=params),
+            ModelEntry(
+                "sm_mobile", "regression", "sm_mobile", tuple(inputs), stacked=("paid",), carrier="paid",
+                value=ValueTerm("sm_mobile", 1.0), params=params,
+            ),
+        ),
+        cats,
+    )  # fmt: skip
+    learner = Learner(catalog)
     train = sample.assign(
         horizon=12,
         target_calendar_month=9,
@@ -107,7 +113,7 @@ def evaluation_artifacts(client, run_id: str, tmp: Path) -> None:
     rows = []
     for model_id, kind, metric in (
         ("paid", "classification", "roc_auc"),
-        ("sm_mobile", "regression", "wape"),
+        ("sm_mobile", "regression", "rmse"),
     ):
         for h in range(0, 25):
             value = 0.9 - h / 100 if kind == "classification" else 0.2 + h / 100

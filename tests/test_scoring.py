@@ -13,11 +13,11 @@ import pytest
 from conftest import ALL_MODELS, AMOUNT_MODELS, FACT_OF, make_settings
 from pyspark.sql import functions as F
 
-from spark_app.cltv import CostRates, Extrapolation, cltv_columns
+from spark_app.cltv import Extrapolation, ValueFormula, cltv_columns
 from spark_app.contract import InputContractError
 from spark_app.models import Learner
 from spark_app.months import add_months, days_in_month_index, month_index
-from spark_app.registry import forecast_frame, load_release, log_release
+from spark_app.registry import forecast_frame, load_release, log_release, model_input
 from spark_app.scoring import (
     _LEARNERS,
     cached_learner,
@@ -82,6 +82,7 @@ def release_env(spark, panel_dir, tmp_path_factory):
     evaluation = Evaluation(
         table=pd.DataFrame(columns=EVAL_COLUMNS),
         calibration={},
+        deciles=pd.DataFrame(),
         quality=pd.DataFrame(columns=["model_id", "metric", "value", "naive", "beats_naive"]),
     )
     version, _ = log_release(
@@ -91,6 +92,7 @@ def release_env(spark, panel_dir, tmp_path_factory):
         evaluation_dir=work / "evaluation",
         evaluation=evaluation,
         rows={"train_surv": len(surv), "train_reg": len(reg)},
+        input_example=model_input(reg, learner),
     )
     return settings, version, panel
 
@@ -151,7 +153,8 @@ def test_scores_equal_the_releases_own_predictions_and_cltv_recomputes_from_deta
     forecasts = {m: np.stack(scores[f"{m}_h"].to_numpy()) for m in ALL_MODELS}
     cfg = settings.scoring
     ext = Extrapolation(months=60, trend_floor=cfg.trend_floor, trend_cap=cfg.trend_cap)
-    cols = cltv_columns(forecasts, month_index(MONTH), CostRates.from_config(settings.costs), ext)
+    formula = ValueFormula.from_catalog(release.learner().catalog, settings.costs)
+    cols = cltv_columns(forecasts, month_index(MONTH), formula, ext)
     for name, values in cols.items():
         np.testing.assert_allclose(scores[name].to_numpy(), values, rtol=1e-9, atol=1e-9, err_msg=name)
     parts = scores[["sm_mobile_60m", "sm_fmc_60m", "sm_fttb_60m"]].sum(axis=1) - scores[

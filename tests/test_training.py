@@ -73,26 +73,37 @@ def test_metrics_per_model_and_split_beside_naive_and_per_horizon_tables(trained
     _, info = trained
     client = mlflow_client(settings.mlflow)
     metrics = client.get_run(info.run_id).data.metrics
-    assert 100 < len(metrics) < 400  # aggregated per model × split, not per horizon
+    summary = {k: v for k, v in metrics.items() if not k.endswith(".by_horizon")}
+    assert 100 < len(summary) < 600  # aggregated per model × split
     for split in ("train", "val", "test", "oot"):
         assert f"paid.{split}.roc_auc" in metrics and f"paid.{split}.roc_auc_naive" in metrics
-        assert f"data_gb.{split}.wape" in metrics and f"data_gb.{split}.wape_naive" in metrics
-    for metric in ("bias", "mae", "r2", "rmse", "wape"):
+        for metric in ("agg_bias", "rmse"):  # bias first, then the main metric, beside naive
+            assert f"data_gb.{split}.{metric}" in metrics and f"data_gb.{split}.{metric}_naive" in metrics
+    for metric in ("agg_bias", "gini", "spearman", "decile_error", "bias", "mae", "r2", "rmse", "wape"):
         assert f"voice_min.oot.{metric}" in metrics
-    assert "paid.oot.brier" in metrics
+    assert {"paid.oot.brier", "value.oot.agg_bias", "value.oot.cum24_bias", "value.oot.gini"} <= set(metrics)
+    assert "paid.oot.mean_pred" in metrics and "sm_mobile.oot.mean_actual" in metrics
+    # per-horizon metrics are logged with step = horizon, so MLflow plots them against the horizon
+    history = client.get_metric_history(info.run_id, "paid.val.agg_bias.by_horizon")
+    steps = sorted(m.step for m in history)
+    assert set(steps) <= set(range(1, 25)) and len(steps) >= 18 and len(set(steps)) == len(steps)
     with_dst = client.download_artifacts(info.run_id, "evaluation", str(Path(settings.paths.scores) / "dl"))
     table = pd.read_csv(Path(with_dst) / "metrics_by_horizon.csv")
-    per_h = table[(table["horizon"] > 0) & (table["metric"].isin(["roc_auc", "wape"]))]
+    per_h = table[(table["horizon"] > 0) & (table["metric"].isin(["roc_auc", "rmse"]))]
     counts = per_h.groupby(["model_id", "split"])["horizon"].nunique()
-    assert set(counts.index.get_level_values(0)) == set(ALL_MODELS)
+    assert set(counts.index.get_level_values(0)) == {*ALL_MODELS, "value"}
     assert counts.max() == 24
     calib = pd.read_csv(Path(with_dst) / "calibration.csv")
     assert set(calib["model_id"]) == {"paid", "active"}
     plots = {p.name for p in (Path(with_dst) / "plots").iterdir()}
-    assert {"paid_calibration.png", "sac_importance.png", "data_gb_wape_by_horizon.png"} <= plots
+    assert {"paid_calibration.png", "sac_importance.png", "data_gb_rmse_by_horizon.png"} <= plots
+    assert {"agg_bias_by_horizon.png", "sm_mobile_deciles.png"} <= plots
     quality = pd.read_csv(Path(with_dst) / "quality_oot.csv")
-    assert list(quality["model_id"]) == list(ALL_MODELS)
-    assert quality.set_index("model_id").loc["sac", "metric"] == "rmse"  # per-model main metric
+    assert list(quality["model_id"]) == [*ALL_MODELS, "value"]
+    assert quality.set_index("model_id").loc["sac", "metric"] == "rmse"
+    assert list(quality.columns[:6]) == ["model_id", "kind", "split", "rows", "agg_bias", "naive_agg_bias"]
+    deciles = pd.read_csv(Path(with_dst) / "deciles.csv")
+    assert set(deciles["decile"]) == set(range(1, 11))
 
 
 def test_registered_bundle_and_pyfunc_score_like_the_trained_models(spark, trained, settings, tmp_path):
@@ -100,14 +111,14 @@ def test_registered_bundle_and_pyfunc_score_like_the_trained_models(spark, train
     release = load_release(settings, CHALLENGER)
     assert release.version == info.version and release.run_id == info.run_id
     manifest = release.manifest
-    assert manifest["format"] == 1 and manifest["dataset_id"] == dataset.dataset_id
+    assert manifest["format"] == 2 and manifest["dataset_id"] == dataset.dataset_id
     assert manifest["horizons"] == list(range(1, 25))
     assert set(manifest["models"]) == set(ALL_MODELS)
     assert manifest["config"]["mlflow"]["model_name"] == settings.mlflow.model_name
     assert "mobile" in manifest["categories"]["segment"]
     reference = pd.read_parquet(__import__("io").BytesIO(release.files["reference.parquet"]))
     assert 0 < len(reference) <= 500
-    assert set(reference.columns) == set(settings.models.input_feature_cols()) - {
+    assert set(reference.columns) == set(settings.models.catalog().input_columns()) - {
         "horizon",
         "target_calendar_month",
     }
@@ -136,6 +147,12 @@ def test_registered_bundle_and_pyfunc_score_like_the_trained_models(spark, train
     month = pd.to_datetime(subscribers["feature_month"].iloc[0]).month
     first = out[out["row"] == 0]
     assert first["target_calendar_month"].iloc[0] == month % 12 + 1
+    # registered with a signature and an input example a reviewer can try
+    info = mlflow.models.get_model_info(local)
+    inputs = {c.name for c in info.signature.inputs.inputs}
+    assert {"feature_month", "segment", "tenure_months"} <= inputs
+    example = pd.read_json(Path(local) / "input_example.json", orient="split")
+    assert len(pyfunc.predict(example)) == len(example) * 24
 
 
 def test_row_cap_is_hash_chosen_deterministic_and_logged(spark, trained, settings, caplog):
@@ -173,3 +190,14 @@ def test_release_json_is_valid_json_with_fit_reports(trained, settings):
     assert set(fit) == set(ALL_MODELS)
     assert all(r["rows"] > 0 and r["seconds"] >= 0 for r in fit.values())
     json.dumps(release.manifest)
+
+
+def test_the_release_is_calibrated_per_horizon_on_val(trained, settings):
+    """Amounts: one factor per horizon; survival: a logistic recalibration, kept only where it helps."""
+    release = load_release(settings, "1")
+    calibration = release.manifest["calibration"]
+    for model_id in ("sm_mobile", "data_gb", "sac"):
+        assert calibration[model_id]["kind"] == "scale"
+        horizons = set(map(int, calibration[model_id]["factors"]))
+        assert horizons <= set(range(1, 25)) and len(horizons) >= 18  # horizons with val rows
+    assert all(calibration[m]["kind"] == "logistic" for m in ("paid", "active") if m in calibration)
