@@ -32,6 +32,8 @@ from typing import Any
 
 import yaml
 
+from spark_app.errors import UserError
+
 log = logging.getLogger(__name__)
 
 KINDS = ("WorkflowTemplate", "ClusterWorkflowTemplate", "Workflow", "CronWorkflow")
@@ -57,7 +59,7 @@ _WORKFLOW_VAR = re.compile(r"\bworkflow\.([A-Za-z][A-Za-z0-9]*(?:\.json)?)")
 _DEPENDS_NAME = re.compile(r"([A-Za-z0-9][A-Za-z0-9_-]*)(?:\.[A-Za-z]+)?")
 
 
-class ArgoError(ValueError):
+class ArgoError(UserError):
     """A manifest cannot be run or submitted; the message names the file, template and field."""
 
 
@@ -875,7 +877,8 @@ class _LocalRun:
 
 def run_cli_in_process(where: str, args: list[str]) -> int:
     """`cltv ARGS` in this process, sharing its SparkSession: one JVM for the whole local run."""
-    from spark_app.cli import EXIT_CRASH, EXIT_USER_ERROR, main
+    from spark_app.cli import main
+    from spark_app.errors import EXIT_CRASH, EXIT_USER_ERROR
 
     try:
         return int(main(args) or 0)

@@ -9,18 +9,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from spark_app import __version__
-from spark_app.config import ConfigError, Settings, dump_yaml, load_settings
+from spark_app.config import Settings, dump_yaml, load_settings
+from spark_app.errors import EXIT_CRASH, EXIT_VERDICT, CltvError, UserError
 from spark_app.months import parse_month
+from spark_app.redact import RedactingFormatter
 
 log = logging.getLogger("spark_app")
 
 # `generate --profile` choices; spark_app.generate.PROFILES declares them (a test keeps the two equal),
 # named here so that parsing arguments does not import Spark
 PANEL_PROFILES = ("convergent", "prepaid")
-
-
-class UserError(Exception):
-    """An error the user can fix from the message alone: printed without a traceback, exit code 2."""
 
 
 def _month(text: str):
@@ -298,38 +296,11 @@ def cmd_argo_submit(args: argparse.Namespace) -> int:
     return 0
 
 
-EXIT_VERDICT = 1  # the job ran and said no: promotion refused, drift beyond a fail threshold
-EXIT_USER_ERROR = 2  # fixable from the message alone (config, input contract, missing release)
-EXIT_NOT_READY = 3  # the month's inputs have not arrived (wait-for-inputs)
-EXIT_CRASH = 70  # EX_SOFTWARE: a bug or a lost cluster; the traceback is logged and Argo retries it
-
-
-def _exit_code_of(exc: Exception) -> int | None:
-    """2 for errors the user fixes from the message alone, 3 for inputs not there yet; None: a bug.
-
-    Imported on the failure path only, so light commands (wait-for-inputs) never load Spark or CatBoost.
-    """
-    from spark_app.inputs_ready import InputsNotReady
-
-    if isinstance(exc, InputsNotReady):
-        return EXIT_NOT_READY
-    from spark_app.argo import ArgoError
-    from spark_app.contract import InputContractError
-    from spark_app.dataset import DatasetNotFoundError
-    from spark_app.models import BundleError
-    from spark_app.scoring import ScoringError
-
-    user_errors = (ConfigError, InputContractError, ArgoError, UserError, DatasetNotFoundError, BundleError)
-    return EXIT_USER_ERROR if isinstance(exc, (*user_errors, ScoringError)) else None
-
-
 def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        force=True,
-    )
+    """One stderr handler whose formatter masks credentials in every line (spark_app.redact)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
     for noisy in ("py4j", "urllib3", "alembic", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -339,11 +310,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose)
     log.info("cltv %s %s (spark_app from %s)", __version__, args.command, Path(__file__).parent)
     try:
-        code = args.handler(args)
-    except Exception as exc:
-        code = _exit_code_of(exc)
-        if code is None:
+        return args.handler(args)
+    except CltvError as exc:
+        if exc.exit_code == EXIT_CRASH:
             log.exception("cltv %s: unexpected error (exit code %d)", args.command, EXIT_CRASH)
-            return EXIT_CRASH
-        log.error("%s", exc)
-    return code
+        else:
+            log.error("%s", exc)
+        return exc.exit_code
+    except Exception:
+        log.exception("cltv %s: unexpected error (exit code %d)", args.command, EXIT_CRASH)
+        return EXIT_CRASH

@@ -35,6 +35,8 @@ from spark_app.catalog import (
     NaiveSpec,
     ValueTerm,
 )
+from spark_app.errors import UserError
+from spark_app.redact import redact_obj
 
 try:
     from importlib.resources.abc import Traversable
@@ -48,7 +50,7 @@ ENV_NESTING = "__"
 BASE_FILES = ("base.yaml", "models.yaml")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration file or override is wrong; the message names the key and where it came from."""
 
 
@@ -77,6 +79,10 @@ class MlflowConfig(_Section):
     monitoring_experiment: str = "cltv-monitoring"
     model_name: str = "cltv"
     artifact_location: str | None = "work/mlartifacts"
+    # MLflow's HTTP client retries ~4 minutes by default before a job learns the server is down; Argo
+    # retries the job with backoff anyway (exit 75), so each call gives up sooner
+    http_retries: int = Field(default=3, ge=0, le=10)
+    http_timeout: PositiveInt = 60  # seconds per request
 
 
 class DatasetConfig(_Section):
@@ -406,7 +412,9 @@ class Settings(BaseSettings):
         return (init_settings,)
 
     def resolved(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        """The whole configuration as JSON-like data, credentials in URIs masked: what `config show`
+        prints and what releases and MLflow runs record."""
+        return redact_obj(self.model_dump(mode="json"))
 
     def config_hash(self) -> str:
         import hashlib

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from spark_app.catalog import ModelCatalog
+from spark_app.errors import UserError
 from spark_app.months import describe_months
+from spark_app.storage import Storage
+
+log = logging.getLogger(__name__)
 
 ID = "subscriber_id"
 MONTH = "report_month"
@@ -29,7 +36,7 @@ _KIND_OF_TYPE = {
 }
 
 
-class InputContractError(ValueError):
+class InputContractError(UserError):
     """An input table breaks the contract; the message lists every problem found, by table and column."""
 
 
@@ -76,15 +83,160 @@ def kind_of(data_type: T.DataType) -> str:
     return data_type.simpleString()
 
 
-def read_table(spark: SparkSession, path: str, table: str) -> DataFrame:
-    """Read a Hive-partitioned Parquet table; `report_month` comes back as DATE."""
+def read_table(spark: SparkSession, path: str, table: str, months: list[dt.date] | None = None) -> DataFrame:
+    """Read a Hive-partitioned Parquet table (only the `months` directories when given); `report_month`
+    comes back as DATE."""
+    paths = [path] if months is None else [f"{path.rstrip('/')}/{MONTH}={m:%Y-%m-%d}" for m in months]
     try:
-        df = spark.read.option("basePath", path).parquet(path)
+        df = spark.read.option("basePath", path).parquet(*paths)
     except Exception as exc:  # AnalysisException: path missing or no Parquet under it
         raise InputContractError(f"{table}: cannot read {path}: {str(exc).splitlines()[0]}") from None
     if MONTH in df.columns and not isinstance(df.schema[MONTH].dataType, T.DateType):
         df = df.withColumn(MONTH, F.to_date(F.col(MONTH).cast("string")))
     return df
+
+
+# ---------------------------------------------------------------- the files of the months read
+_MONTH_DIR = re.compile(rf"{MONTH}=([0-9]{{4}})-([0-9]{{2}})(?:-([0-9]{{2}}))?")
+_FIELD = re.compile(r"^\s*(required|optional|repeated)\s+(\w+)\s+(.+?)(?:\s+\(([^)]*)\))?(?:\s*=\s*\d+)?;$")
+FOOTER_THREADS = 8  # footers are read over py4j, one small round trip each: a few in flight at once
+
+
+def month_dirs(storage: Storage, path: str, table: str) -> tuple[dict[dt.date, str], list[str]]:
+    """The table's `report_month=YYYY-MM-01` directories by month, and the names that are not one (a stray
+    `report_month=2025-13-01`, a `tmp` folder): those are never read, only reported."""
+    found: dict[dt.date, str] = {}
+    strays: list[str] = []
+    for name in storage.list_dir(path):
+        if name.startswith(("_", ".")):
+            continue
+        m = _MONTH_DIR.fullmatch(name)
+        if m is None or not 1 <= int(m.group(2)) <= 12 or m.group(3) not in (None, "01"):
+            strays.append(name)
+            continue
+        month = dt.date(int(m.group(1)), int(m.group(2)), 1)
+        if month in found:
+            raise InputContractError(f"{table}: two directories for {month:%Y-%m}: {found[month]}, {name}")
+        found[month] = name
+    return found, strays
+
+
+def parquet_kind(primitive: str, annotation: str | None) -> str:
+    """The contract kind of a Parquet leaf column (STRING/DATE annotations, numeric primitives)."""
+    note = (annotation or "").upper()
+    if primitive == "binary" and note.startswith(("STRING", "UTF8", "ENUM")):
+        return STRING
+    if note.startswith("DATE"):
+        return DATE
+    if primitive in ("int32", "int64", "float", "double") or note.startswith("DECIMAL"):
+        return NUMERIC
+    return f"{primitive} ({annotation})" if annotation else primitive
+
+
+def footer_kinds(jvm: Any, conf: Any, status: Any) -> dict[str, str]:
+    """Column → contract kind from one Parquet file's footer (one round trip for the schema's text)."""
+    reader = jvm.org.apache.parquet.hadoop.ParquetFileReader.open(
+        jvm.org.apache.parquet.hadoop.util.HadoopInputFile.fromStatus(status, conf)
+    )
+    try:
+        text = str(reader.getFooter().getFileMetaData().getSchema().toString())
+    finally:
+        reader.close()
+    kinds = {}
+    for line in text.splitlines()[1:]:
+        m = _FIELD.match(line)
+        if m:
+            kinds[m.group(3)] = parquet_kind(m.group(2), m.group(4))
+    return kinds
+
+
+def file_problems(spark: SparkSession, path: str, spec: TableSpec, dirs: dict[dt.date, str]) -> list[str]:
+    """Every data file of the months read against the contract: readable as Parquet, every column the
+    contract needs present with its kind. Spark reads one file's schema and would score a column missing
+    from one month's files as nulls, or crash on a type that differs; this names the month and the file."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    jvm = spark.sparkContext._jvm
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    root = jvm.org.apache.hadoop.fs.Path(path)
+    fs = root.getFileSystem(conf)
+    wanted = {c: k for c, k in spec.columns.items() if c != MONTH}  # the month is the directory's name
+    jobs = []
+    for month, name in sorted(dirs.items()):
+        for status in fs.listStatus(jvm.org.apache.hadoop.fs.Path(root, name)):
+            file = str(status.getPath().getName())
+            if status.isFile() and not file.startswith(("_", ".")):
+                jobs.append((month, file, status))
+
+    def check(job: tuple[dt.date, str, Any]) -> list[tuple[str, dt.date, str]]:
+        """(problem, month, file) for one file."""
+        month, file, status = job
+        try:
+            kinds = footer_kinds(jvm, conf, status)
+        except Exception as exc:
+            reason = str(getattr(exc, "java_exception", exc)).splitlines()[0][:200]
+            hint = " (a stale .crc beside it? remove it, or rewrite the file)" if "Checksum" in reason else ""
+            return [(f"is not a readable Parquet file: {reason}{hint}", month, file)]
+        problems = []
+        for column, kind in wanted.items():
+            if column not in kinds:
+                problems.append((f"column {column!r} is missing{spec.why(column)}", month, file))
+            elif kinds[column] != kind:
+                found = kinds[column]
+                problems.append(
+                    (f"column {column!r} is {found}, expected {kind}{spec.why(column)}", month, file)
+                )
+        return problems
+
+    with ThreadPoolExecutor(FOOTER_THREADS) as pool:
+        found = [p for problems in pool.map(check, jobs) for p in problems]
+    by_problem: dict[str, list[tuple[dt.date, str]]] = {}
+    for problem, month, file in found:
+        by_problem.setdefault(problem, []).append((month, file))
+    out = []
+    for problem, where in by_problem.items():
+        month, file = where[0]
+        if len(where) == 1:
+            out.append(f"{spec.name}: month {month:%Y-%m}: file {file}: {problem}")
+        else:
+            months = sorted({m for m, _ in where})
+            out.append(
+                f"{spec.name}: {problem}, in {len(where)} files of months {describe_months(months)} "
+                f"(e.g. {month:%Y-%m}/{file})"
+            )
+    return out
+
+
+def month_problems(spark: SparkSession, path: str, spec: TableSpec, months: list[dt.date]) -> list[str]:
+    """What the files alone tell about the table's `months`, before any job: every month's directory
+    present, every data file readable with the contract's columns and kinds."""
+    storage = Storage(spark)
+    if not storage.exists(path):
+        return [f"{spec.name}: cannot read {path}: no such directory"]
+    dirs, strays = month_dirs(storage, path, spec.name)
+    if strays:
+        log.warning("%s: ignoring directories that are not %s=YYYY-MM-01: %s", spec.name, MONTH, strays[:10])
+    missing = [m for m in months if m not in dirs]
+    problems = [f"{spec.name}: months missing {describe_months(missing)}"] if missing else []
+    return problems + file_problems(spark, path, spec, {m: dirs[m] for m in months if m in dirs})
+
+
+def raise_problems(problems: list[str], context: str = "") -> None:
+    """One InputContractError listing every problem, or nothing."""
+    if problems:
+        suffix = f" ({context})" if context else ""
+        raise InputContractError("input contract violated" + suffix + ":\n  " + "\n  ".join(problems))
+
+
+def read_months(
+    spark: SparkSession, tables: list[tuple[str, TableSpec, list[dt.date]]], *, context: str = ""
+) -> list[DataFrame]:
+    """Each (path, spec, months) table read for just those months, once `month_problems` found nothing in
+    any of them (one error lists every problem of every table); other months' directories, stray ones
+    included, are never read."""
+    problems = [p for path, spec, months in tables for p in month_problems(spark, path, spec, months)]
+    raise_problems(problems, context)
+    return [read_table(spark, path, spec.name, months) for path, spec, months in tables]
 
 
 def schema_problems(df: DataFrame, spec: TableSpec) -> list[str]:
@@ -156,6 +308,4 @@ def validate(
     if {ID, MONTH} <= typed:
         checkable = TableSpec(spec.name, spec.columns, tuple(f for f in spec.flags if f in typed))
         problems += data_problems(df, checkable, months)
-    if problems:
-        suffix = f" ({context})" if context else ""
-        raise InputContractError("input contract violated" + suffix + ":\n  " + "\n  ".join(problems))
+    raise_problems(problems, context)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -35,10 +34,12 @@ from spark_app.contract import (
     data_problems,
     facts_spec,
     kind_of,
-    read_table,
+    raise_problems,
+    read_months,
     schema_problems,
     validate,
 )
+from spark_app.errors import UserError
 from spark_app.months import add_months, describe_months, fmt, month_range
 from spark_app.progress import StageTimer
 from spark_app.storage import Storage
@@ -56,7 +57,7 @@ MANIFEST = "manifest.json"
 _UNIT = 1 << 53  # hash → uniform [0, 1) with double precision
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(UserError):
     """No training set under paths.datasets (or not the requested id)."""
 
 
@@ -260,55 +261,28 @@ def training_rows(
 def read_inputs(spark: SparkSession, settings: Settings, plan: DatasetPlan) -> tuple[DataFrame, DataFrame]:
     """Read both tables and check, before any work, what can be checked cheaply; raise InputContractError.
 
-    Schema and months always. Null ids, duplicate keys and 0/1 flags: with `validate_all_rows` on every
+    Months and every file's schema always (contract.read_months). Null ids, duplicate keys and 0/1
+    flags: with `validate_all_rows` on every
     row of the window (contract.validate); with population active/paid on the rows the build reads; with
     population base after the build, on its output (`check_rows_read`), which costs no extra scan.
     """
-    features = read_table(spark, settings.paths.features, "features")
-    facts = read_table(spark, settings.paths.facts, "facts")
     catalog = settings.models.catalog()
     specs = (catalog_features_spec(catalog), facts_spec(catalog))
     context = f"needed by {plan.describe()}"
+    features, facts = read_months(
+        spark,
+        [
+            (settings.paths.features, specs[0], plan.feature_months),
+            (settings.paths.facts, specs[1], plan.fact_months),
+        ],
+        context=context,
+    )
     if settings.dataset.validate_all_rows:
         validate(features, specs[0], plan.feature_months, context=context)
         validate(facts, specs[1], plan.fact_months, context=context)
-        return features, facts
-    if plan.population != "base":
-        problems = rows_read_problems(features, facts, plan=plan, catalog=catalog)
-    else:
-        problems = month_problems(features, specs[0], plan.feature_months)
-        problems += month_problems(facts, specs[1], plan.fact_months)
-    if problems:
-        raise InputContractError(f"input contract violated ({context}):\n  " + "\n  ".join(problems))
+    elif plan.population != "base":
+        raise_problems(rows_read_problems(features, facts, plan=plan, catalog=catalog), context)
     return features, facts
-
-
-def month_problems(df: DataFrame, spec: TableSpec, months: list[dt.date]) -> list[str]:
-    """Schema, and every month present: from the data files' `report_month=` directories, which Spark
-    has listed already (no job), else from a count per month."""
-    problems = schema_problems(df, spec)
-    if MONTH not in df.columns or kind_of(df.schema[MONTH].dataType) != DATE:
-        return problems
-    found = months_of_files(df.inputFiles())
-    if not found:
-        found = {r[MONTH] for r in df.where(F.col(MONTH).isin(months)).groupBy(MONTH).count().collect()}
-    missing = [m for m in months if m not in found]
-    if missing:
-        problems.append(f"{spec.name}: months missing {describe_months(missing)}")
-    return problems
-
-
-_PARTITION_DIR = re.compile(rf"/{MONTH}=(\d{{4}})-(\d{{2}})(?:-\d{{2}})?/")
-
-
-def months_of_files(paths: list[str]) -> set[dt.date]:
-    """Months of Hive-style `report_month=YYYY-MM-DD/` data-file paths (empty: not laid out that way)."""
-    found = set()
-    for path in paths:
-        m = _PARTITION_DIR.search(path)
-        if m:
-            found.add(dt.date(int(m.group(1)), int(m.group(2)), 1))
-    return found
 
 
 def rows_read_problems(

@@ -26,6 +26,7 @@ from typing import Protocol
 from urllib.parse import urlparse
 
 from spark_app.config import ConfigError, PathsConfig, Settings
+from spark_app.errors import InputsNotReady
 from spark_app.months import fmt
 
 log = logging.getLogger(__name__)
@@ -33,10 +34,6 @@ log = logging.getLogger(__name__)
 SUCCESS = "_SUCCESS"
 IN_PROGRESS = ("_temporary",)
 INPUT_TABLES = ("features", "facts")
-
-
-class InputsNotReady(Exception):
-    """The month's input partitions did not become complete before the timeout; the message says which."""
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from spark_app import calibration
 from spark_app.calibration import Calibration, CalibrationReport
 from spark_app.catalog import HORIZON, ModelCatalog, ModelEntry, stacked_feature
 from spark_app.config import Settings
+from spark_app.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,11 @@ REFERENCE = "reference.parquet"
 NULL_CATEGORY = "<null>"  # how a missing categorical value reaches CatBoost (report.py uses the same)
 
 
-class BundleError(ValueError):
+class ModelFitError(UserError):
+    """A model cannot be fitted on the rows it was given; the message names the model, split and fix."""
+
+
+class BundleError(UserError):
     """A release bundle is incomplete or inconsistent; the message names the file or model."""
 
 
@@ -194,7 +199,14 @@ class Learner:
                 raise ValueError(f"model {entry.model_id}: no training rows ({split})")
             layout = self.catalog.layout(entry)
             model = self._new_model(entry)
-            pool = train_m.pool(layout, label=train_m.frame[entry.target].to_numpy(np.float64))
+            label = train_m.frame[entry.target].to_numpy(np.float64)
+            if np.ptp(label) == 0:
+                raise ModelFitError(
+                    f"model {entry.model_id}: all {len(label):,} {split} targets equal {label[0]:g} "
+                    f"({entry.fact} never varies in the training window); CatBoost cannot fit a constant. "
+                    "Disable the model (models.enabled) or train on more subscribers or target months."
+                )
+            pool = train_m.pool(layout, label=label)
             eval_pool = (
                 val_m.pool(layout, label=val_m.frame[entry.target].to_numpy(np.float64)) if val_m else None
             )

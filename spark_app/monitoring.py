@@ -29,10 +29,19 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from spark_app import tracking
 from spark_app.catalog import ModelCatalog
 from spark_app.cltv import ValueFormula
 from spark_app.config import MonitoringConfig, Settings
-from spark_app.contract import ID, MONTH, InputContractError, read_table
+from spark_app.contract import (
+    ID,
+    MONTH,
+    catalog_features_spec,
+    month_dirs,
+    read_months,
+    read_table,
+)
+from spark_app.errors import UserError
 from spark_app.months import add_months, fmt, months_between
 from spark_app.progress import StageTimer
 from spark_app.storage import Storage
@@ -46,7 +55,7 @@ SCORE_NON_METRIC = {ID, "score_month", "release_version", "holdout", MONTH}
 PSI_FLOOR = 1e-4  # share given to an empty bin, so PSI stays finite
 
 
-class MonitoringError(InputContractError):
+class MonitoringError(UserError):
     """Something monitoring needs is missing (a release's reference sample, a scores partition)."""
 
 
@@ -239,7 +248,7 @@ def feature_drift(
     """
     missing = [c for c in [*numeric, *categorical] if c not in current.columns]
     if missing:
-        raise InputContractError(f"features: columns {missing} of the release's reference are missing")
+        raise MonitoringError(f"features: columns {missing} of the release's reference are missing")
     edges = {
         c: quantile_edges(reference[c].to_numpy(dtype=np.float64, na_value=np.nan), cfg.psi_bins)
         for c in numeric
@@ -515,8 +524,18 @@ def read_scores(spark: SparkSession, settings: Settings, month: dt.date) -> Data
 
 
 def read_month_features(spark: SparkSession, settings: Settings, month: dt.date) -> DataFrame:
-    features = read_table(spark, settings.paths.features, "features")
-    return features.where(F.col(MONTH) == F.lit(month))
+    """The features of `month`, every file of it checked against the catalog's contract."""
+    spec = catalog_features_spec(settings.models.catalog())
+    (features,) = read_months(
+        spark, [(settings.paths.features, spec, [month])], context=f"monitor {fmt(month)}"
+    )
+    return features
+
+
+def present_months(spark: SparkSession, path: str, table: str, months: list[dt.date]) -> list[dt.date]:
+    """Those of `months` whose partition directory exists."""
+    found, _ = month_dirs(Storage(spark), path, table)
+    return [m for m in months if m in found]
 
 
 def read_reference(release: Any) -> pd.DataFrame:
@@ -584,7 +603,8 @@ def backtest_inputs(
         sel = sel.withColumn("release_version", F.col("release_version").cast("string"))
         sel = sel.withColumn("holdout", F.coalesce(F.col("holdout").cast("boolean"), F.lit(False)))
         union = sel if union is None else union.unionByName(sel)
-    features = read_table(spark, settings.paths.features, "features").where(F.col(MONTH).isin(months))
+    present = present_months(spark, settings.paths.features, "features", months)
+    features = read_table(spark, settings.paths.features, "features", present)
     dims = [d for d in cfg.backtest_dimensions if d in features.columns]
     notes += [
         f"backtest dimension {d!r} is not a feature column: skipped"
@@ -611,10 +631,12 @@ def run_backtest(spark: SparkSession, settings: Settings, month: dt.date) -> tup
             f"{fmt(add_months(month, -1))}: nothing to backtest"
         )
         return pd.DataFrame(columns=BACKTEST_COLUMNS), notes
-    facts = read_table(spark, settings.paths.facts, "facts")
-    if facts.where(F.col(MONTH) == F.lit(month)).limit(1).count() == 0:
+    window = [add_months(month, -k) for k in range(deepest - 1, -1, -1)]
+    arrived = present_months(spark, settings.paths.facts, "facts", window)
+    if month not in arrived:
         notes.append(f"facts of {fmt(month)} have not arrived: nothing to backtest")
         return pd.DataFrame(columns=BACKTEST_COLUMNS), notes
+    facts = read_table(spark, settings.paths.facts, "facts", arrived)
     dims = [c for c in scored.columns if c in {*cfg.backtest_dimensions, "tenure_cohort"}]
     # facts only as far back as the oldest forecast found (realized value over T-k+1..T)
     catalog = settings.models.catalog()
@@ -664,30 +686,6 @@ def read_monitoring(spark: SparkSession, settings: Settings, month: dt.date) -> 
 
 
 # ===================================================================== MLflow
-def mlflow_client(settings: Settings):
-    import mlflow
-
-    mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
-    if settings.mlflow.registry_uri:
-        mlflow.set_registry_uri(settings.mlflow.registry_uri)
-    return mlflow.MlflowClient(settings.mlflow.tracking_uri, settings.mlflow.registry_uri)
-
-
-def monitoring_experiment_id(settings: Settings) -> str:
-    """Id of `mlflow.monitoring_experiment`, created (with the configured artifact location) if needed."""
-    from pathlib import Path
-
-    client = mlflow_client(settings)
-    name = settings.mlflow.monitoring_experiment
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    location = settings.mlflow.artifact_location
-    if location and "://" not in location and not location.startswith("file:"):
-        location = Path(location).resolve().as_uri()
-    return client.create_experiment(name, artifact_location=location)
-
-
 def _metrics(
     drift: pd.DataFrame, pred: pd.DataFrame, backtest: pd.DataFrame, cfg: MonitoringConfig
 ) -> dict[str, float]:
@@ -714,54 +712,57 @@ def _metrics(
     return {k: v for k, v in out.items() if np.isfinite(v)}
 
 
+@tracking.guarded
 def log_monitoring_run(
     settings: Settings, month: dt.date, result_tables: dict[str, pd.DataFrame], summary: dict[str, Any]
 ) -> str:
     """One MLflow run per monitored month in the monitoring experiment: metrics, plots, the tables."""
-    import mlflow
-
     from spark_app import report
 
-    mlflow_client(settings)
-    exp_id = monitoring_experiment_id(settings)
+    cfg = settings.mlflow
+    mlflow = tracking.client(cfg)
+    exp_id = tracking.experiment_id(mlflow, cfg.monitoring_experiment, cfg.artifact_location)
     tags = {
         "month": fmt(month),
         "status": summary["status"],
         "release_version": str(summary["release_version"]),
     }
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"monitor {fmt(month)}", tags=tags) as run:
-        mlflow.log_params(
-            {
-                "month": fmt(month),
-                "release_version": summary["release_version"],
-                "psi_warn": settings.monitoring.psi_warn,
-                "psi_fail": settings.monitoring.psi_fail,
-                "unseen_warn": settings.monitoring.unseen_warn,
-                "unseen_fail": settings.monitoring.unseen_fail,
-                "output": summary["output"],
-            }
-        )
+    run_id = mlflow.create_run(exp_id, run_name=f"monitor {fmt(month)}", tags=tags).info.run_id
+    try:
+        params = {
+            "month": fmt(month),
+            "release_version": summary["release_version"],
+            "psi_warn": settings.monitoring.psi_warn,
+            "psi_fail": settings.monitoring.psi_fail,
+            "unseen_warn": settings.monitoring.unseen_warn,
+            "unseen_fail": settings.monitoring.unseen_fail,
+            "output": summary["output"],
+        }
         metrics = _metrics(
             result_tables["drift"],
             result_tables["prediction_drift"],
             result_tables["backtest"],
             settings.monitoring,
         )
-        if metrics:
-            mlflow.log_metrics(metrics)
-        mlflow.log_dict(summary, "monitoring/summary.json")
+        tracking.log_values(mlflow, run_id, params=params, metrics=metrics)
+        mlflow.log_dict(run_id, summary, "monitoring/summary.json")
         for name, pdf in result_tables.items():
             if not pdf.empty:
-                mlflow.log_text(pdf.to_csv(index=False), f"monitoring/{name}.csv")
-        for name, fig in report.monitoring_figures(
+                mlflow.log_text(run_id, pdf.to_csv(index=False), f"monitoring/{name}.csv")
+        figures = report.monitoring_figures(
             result_tables,
             settings.models.catalog(),
             settings.monitoring.psi_warn,
             settings.monitoring.psi_fail,
-        ).items():
-            mlflow.log_figure(fig, f"plots/{name}.png")
+        )
+        for name, fig in figures.items():
+            mlflow.log_figure(run_id, fig, f"plots/{name}.png")
             report.close(fig)
-        return run.info.run_id
+    except BaseException:
+        mlflow.set_terminated(run_id, status="FAILED")
+        raise
+    mlflow.set_terminated(run_id)
+    return run_id
 
 
 # ===================================================================== the job

@@ -21,13 +21,15 @@ from pyspark.sql import functions as F
 from spark_app.config import Settings
 from spark_app.contract import (
     ID,
-    MONTH,
     InputContractError,
     catalog_features_spec,
     facts_spec,
+    raise_problems,
+    read_months,
     read_table,
     validate,
 )
+from spark_app.errors import UserError
 from spark_app.inputs_ready import SUCCESS, filesystem_for
 from spark_app.months import fmt
 
@@ -37,7 +39,7 @@ PUBLISHED = "_PUBLISHED"
 SCORE_MONTH = "score_month"
 
 
-class OutputContractError(InputContractError):
+class OutputContractError(UserError):
     """The month's scores are incomplete or wrong; nothing downstream should read them (CLI exit code 2)."""
 
 
@@ -59,14 +61,21 @@ def validate_inputs(spark: SparkSession, settings: Settings, month: dt.date) -> 
     """Raise InputContractError when either input table breaks the contract for `month`."""
     catalog = settings.models.catalog()
     context = f"validate-inputs {fmt(month)}"
-    features_contract = catalog_features_spec(catalog)
-    features = read_table(spark, settings.paths.features, "features")
-    validate(features, features_contract, [month], context=context)
-    facts = read_table(spark, settings.paths.facts, "facts")
-    validate(facts, facts_spec(catalog), [month], context=context)
+    tables = [
+        (settings.paths.features, catalog_features_spec(catalog), [month]),
+        (settings.paths.facts, facts_spec(catalog), [month]),
+    ]
+    frames = read_months(spark, tables, context=context)
+    problems = []
+    for df, (_, spec, _) in zip(frames, tables, strict=True):
+        try:
+            validate(df, spec, [month])
+        except InputContractError as exc:
+            problems += str(exc).splitlines()[1:]
+    raise_problems([p.strip() for p in problems], context)
     log.info(
-        "inputs of %s satisfy the contract (features: %d columns, facts)", fmt(month),
-        len(features_contract.columns),
+        "inputs of %s satisfy the contract (features: %d columns, facts: %d)", fmt(month),
+        len(tables[0][1].columns), len(tables[1][1].columns),
     )  # fmt: skip
 
 
@@ -92,8 +101,8 @@ def validate_output(spark: SparkSession, settings: Settings, month: dt.date) -> 
     if "cltv" not in scores.columns or ID not in scores.columns:
         raise OutputContractError(f"scores {fmt(month)}: {target} lacks column 'cltv' or {ID!r}")
     counts = output_counts(scores)
-    features = read_table(spark, settings.paths.features, "features")
-    expected = features.where(F.col(MONTH) == F.lit(month)).select(ID).distinct().count()
+    features = read_table(spark, settings.paths.features, "features", [month])
+    expected = features.select(ID).distinct().count()
     check = OutputCheck(
         fmt(month), target, counts["rows"], counts["subscribers"], expected, counts["null_cltv"]
     )

@@ -8,14 +8,15 @@ import re
 
 import numpy as np
 
-_MONTH = re.compile(r"^(\d{4})-(\d{2})(?:-01)?$")
+_MONTH = re.compile(r"([0-9]{4})-([0-9]{2})")
 
 
 def parse_month(text: str) -> dt.date:
-    """'2025-06' or '2025-06-01' → date(2025, 6, 1); anything else is a clear error."""
-    m = _MONTH.match(text.strip())
+    """'2025-06' → date(2025, 6, 1). Exactly that form — ASCII digits, no day, no spaces — so that one month
+    has one spelling: the Argo mutex and the lock of a month's partition key on it."""
+    m = _MONTH.fullmatch(text)
     if not m or not 1 <= int(m.group(2)) <= 12:
-        raise ValueError(f"not a month: {text!r} (expected YYYY-MM)")
+        raise ValueError(f"not a month: {text!r} (expected YYYY-MM, e.g. 2025-06)")
     return dt.date(int(m.group(1)), int(m.group(2)), 1)
 
 

@@ -17,21 +17,20 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import AnyType, ColSpec, DataType, Schema
 
+from spark_app import tracking
 from spark_app.catalog import HORIZON, ModelCatalog
-from spark_app.cli import UserError
 from spark_app.cltv import ValueFormula
-from spark_app.config import MlflowConfig, Settings, Traversable
+from spark_app.config import Settings, Traversable
+from spark_app.errors import UserError
 from spark_app.evaluation import (
     VALUE,
     actuals,
@@ -55,37 +54,11 @@ EVALUATION_DIR = "evaluation"
 OOT_SAMPLE = "oot.parquet"
 
 
-class ReleaseNotFoundError(UserError, LookupError):
+class ReleaseNotFoundError(UserError):
     """No registered version behind an alias or number; the message names the model and the reference."""
 
 
-# ---------------------------------------------------------------- client and experiment
-def mlflow_client(cfg: MlflowConfig) -> MlflowClient:
-    return MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.registry_uri or cfg.tracking_uri)
-
-
-def artifact_location_uri(location: str | None) -> str | None:
-    """A local path (relative to the working directory) as a file: URI; URIs pass through."""
-    if not location:
-        return None
-    if urlparse(location).scheme and len(urlparse(location).scheme) > 1:
-        return location
-    return Path(location).resolve().as_uri()
-
-
-def experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
-    found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=artifact_location_uri(artifact_location))
-    except MlflowException:  # created concurrently
-        found = client.get_experiment_by_name(name)
-        if found is None:
-            raise
-        return found.experiment_id
-
-
+# ---------------------------------------------------------------- registry
 def ensure_registered_model(client: MlflowClient, name: str) -> None:
     try:
         client.get_registered_model(name)
@@ -272,6 +245,7 @@ def release_description(learner: Learner, evaluation: Any, rows: dict[str, int])
     )
 
 
+@tracking.guarded
 def log_release(
     settings: Settings,
     *,
@@ -284,8 +258,8 @@ def log_release(
 ) -> tuple[int, str]:
     """ONE run (params, metrics, evaluation artifacts, the pyfunc) → ONE new version, alias challenger."""
     cfg = settings.mlflow
-    client = mlflow_client(cfg)
-    exp = experiment_id(client, cfg.experiment, cfg.artifact_location)
+    client = tracking.client(cfg)
+    exp = tracking.experiment_id(client, cfg.experiment, cfg.artifact_location)
     meta = learner.meta
     tags = {
         "cltv.job": "train",
@@ -316,14 +290,7 @@ def log_release(
             metrics[f"{model_id}.rows"] = report.rows
             if report.best_iteration is not None:
                 metrics[f"{model_id}.best_iteration"] = report.best_iteration
-        now = int(dt.datetime.now(dt.timezone.utc).timestamp() * 1000)
-        param_list = [Param(k, str(v)[:6000]) for k, v in params.items()]
-        metric_list = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
-        metric_list += [Metric(k, v, now, step) for k, v, step in evaluation.metrics_by_horizon()]
-        for i in range(0, len(param_list), 100):
-            client.log_batch(run_id, params=param_list[i : i + 100])
-        for i in range(0, len(metric_list), 500):
-            client.log_batch(run_id, metrics=metric_list[i : i + 500])
+        tracking.log_values(client, run_id, params, metrics, evaluation.metrics_by_horizon())
         client.log_dict(run_id, settings.resolved(), "config/resolved.json")
         client.log_artifacts(run_id, str(evaluation_dir), EVALUATION_DIR)
         description = release_description(learner, evaluation, rows)
@@ -379,15 +346,18 @@ def model_version(client: MlflowClient, name: str, release: str):
             return client.get_model_version(name, ref)
         return client.get_model_version_by_alias(name, ref)
     except MlflowException as exc:
+        if not tracking.is_not_found(exc):
+            raise
         what = f"version {ref}" if ref.isdigit() else f"alias {ref!r}"
         hint = "run `cltv train` and `cltv promote` first" if ref == CHAMPION else exc.message.splitlines()[0]
         raise ReleaseNotFoundError(f"registered model {name!r} has no {what} ({hint})") from None
 
 
+@tracking.guarded
 def load_release(settings: Settings, release: str) -> Release:
     """Download the bundle of `release` ("champion", "challenger" or a version number) into memory."""
     cfg = settings.mlflow
-    client = mlflow_client(cfg)
+    client = tracking.client(cfg)
     mv = model_version(client, cfg.model_name, release)
     source = client.get_model_version_download_uri(cfg.model_name, mv.version)
     with tempfile.TemporaryDirectory(prefix="cltv-load-") as tmp:
@@ -492,7 +462,7 @@ def record_decision(
 ) -> None:
     """A `promote` run with the comparison table, and tags on the challenger's model version."""
     cfg = settings.mlflow
-    exp = experiment_id(client, cfg.experiment, cfg.artifact_location)
+    exp = tracking.experiment_id(client, cfg.experiment, cfg.artifact_location)
     verdict = "promoted" if decision.promoted else "refused"
     run = client.create_run(
         exp,
@@ -525,6 +495,7 @@ def record_decision(
             client.set_model_version_tag(cfg.model_name, str(decision.challenger), key, value)
 
 
+@tracking.guarded
 def promote(settings: Settings, version: int | None = None, auto: bool = False) -> PromotionDecision:
     """Move alias champion to `version` (or to the challenger) if no model is worse than its tolerance.
 
@@ -532,12 +503,14 @@ def promote(settings: Settings, version: int | None = None, auto: bool = False) 
     candidate is promoted. A refusal leaves the champion untouched; the reason is logged and recorded.
     """
     cfg = settings.mlflow
-    client = mlflow_client(cfg)
+    client = tracking.client(cfg)
     candidate = model_version(client, cfg.model_name, str(version) if version is not None else CHALLENGER)
     cand_v = int(candidate.version)
     try:
         current = client.get_model_version_by_alias(cfg.model_name, CHAMPION)
-    except MlflowException:
+    except MlflowException as exc:
+        if not tracking.is_not_found(exc):
+            raise
         current = None
     champ_v = int(current.version) if current is not None else None
     table: pd.DataFrame | None = None

@@ -27,16 +27,18 @@ from matplotlib.figure import Figure
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from spark_app import tracking
 from spark_app.catalog import CALENDAR_MONTH, HORIZON, ModelCatalog
 from spark_app.config import Settings
 from spark_app.contract import ID, MONTH
+from spark_app.errors import Unreachable
+from spark_app.evaluation import plot_bias_by_horizon
 from spark_app.models import Learner
 from spark_app.monitoring import (
     FAIL,
     OK,
     VALUE,
     WARN,
-    mlflow_client,
     read_monitoring,
     read_month_features,
     read_scores,
@@ -335,9 +337,11 @@ def release_info(settings: Settings, release: Any) -> dict[str, Any]:
     run_id = getattr(release, "run_id", None)
     if run_id:
         try:
-            run = mlflow_client(settings).get_run(run_id)
+            run = tracking.client(settings.mlflow).get_run(run_id)
             info.update(run_id=run_id, metrics=dict(run.data.metrics), run_name=run.info.run_name)
         except Exception as exc:  # the page still helps without the training run
+            if tracking.is_unreachable(exc):
+                raise
             log.warning("release run %s not readable: %s", run_id, exc)
         info.update(evaluation_tables(settings, run_id))
     return info
@@ -353,7 +357,7 @@ def evaluation_tables(settings: Settings, run_id: str) -> dict[str, pd.DataFrame
     """The per-horizon evaluation tables the training job logs as run artifacts (empty when absent)."""
     import tempfile
 
-    client = mlflow_client(settings)
+    client = tracking.client(settings.mlflow)
     out = {}
     with tempfile.TemporaryDirectory(prefix="cltv-report-") as tmp:
         for key, path in EVALUATION_TABLES.items():
@@ -624,8 +628,16 @@ def _section_release(settings: Settings, info: dict[str, Any]) -> str:
     )
     quality = info.get("quality", pd.DataFrame())
     if quality is not None and not quality.empty:
-        body += "<h3>Out-of-time quality over all horizons, against the naive baseline</h3>"
+        body += (
+            "<h3>Out-of-time quality over all horizons, against the naive baseline</h3><p class='note'>"
+            "CLTV sums expectations, so the aggregate bias (Σ forecast / Σ actual − 1) comes first; "
+            "<b>value</b> is a month's value by the CLTV formula, <b>cum_bias</b> its bias summed over "
+            "horizons 1..24.</p>"
+        )
         body += table_html(quality, status_col=None)
+    by_horizon = info.get("by_horizon", pd.DataFrame())
+    if by_horizon is not None and not by_horizon.empty:
+        body += img_html(plot_bias_by_horizon(by_horizon), "aggregate bias by horizon")
     main = main_metric_table(info.get("by_horizon", pd.DataFrame()), settings)
     if not main.empty:
         body += img_html(main_metric_figure(main), "main metric by horizon")
@@ -639,7 +651,9 @@ def _section_release(settings: Settings, info: dict[str, Any]) -> str:
         ]
         body += "<h3>Main metric at selected horizons</h3>"
         body += table_html(wide.reset_index(), status_col=None)
-    pivot, flat = metrics_by_horizon(info["metrics"])
+    pivot, flat = metrics_by_horizon(
+        {k: v for k, v in info["metrics"].items() if not k.endswith(".by_horizon")}
+    )
     if main.empty:
         body += img_html(release_metrics_figure(pivot), "release metrics by horizon")
         if not pivot.empty:
@@ -788,6 +802,8 @@ def _load_release(settings: Settings, version: str | None) -> Any | None:
         from spark_app.registry import load_release
 
         return load_release(settings, version or "champion")
+    except Unreachable:
+        raise
     except Exception as exc:
         log.warning("release %s not loadable (%s): release sections are left out", version, exc)
         return None
@@ -848,6 +864,7 @@ def build_report(
     return location[len("file:") :] if location.startswith("file:") else location
 
 
+@tracking.guarded
 def log_report(
     settings: Settings,
     month: dt.date,
@@ -857,7 +874,7 @@ def log_report(
     release_run_id: str | None,
 ) -> str | None:
     """Attach the page to the monitoring run; tag the run, the model version and its training run."""
-    client = mlflow_client(settings)
+    client = tracking.client(settings.mlflow)
     run_id = summary.get("run_id")
     if not run_id:
         return None

@@ -13,7 +13,6 @@ import contextlib
 import datetime as dt
 import hashlib
 import logging
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -24,6 +23,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from spark_app import tracking
 from spark_app.catalog import CALENDAR_MONTH, HORIZON, ModelCatalog
 from spark_app.cltv import (
     SURVIVAL_POINTS,
@@ -34,7 +34,8 @@ from spark_app.cltv import (
     target_calendar_months,
 )
 from spark_app.config import Settings
-from spark_app.contract import ID, MONTH, InputContractError, features_spec, read_table, validate
+from spark_app.contract import ID, InputContractError, features_spec, read_months, validate
+from spark_app.errors import UserError
 from spark_app.models import RELEASE_JSON, Learner
 from spark_app.months import fmt, month_index
 from spark_app.progress import StageTimer
@@ -46,7 +47,7 @@ QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 ARROW_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
 
 
-class ScoringError(ValueError):
+class ScoringError(UserError):
     """The release cannot score this month (e.g. its horizons are not 1..H); the message says why."""
 
 
@@ -276,12 +277,14 @@ def with_scores(
 def read_month_features(
     spark: SparkSession, settings: Settings, month: dt.date, plan: BatchPlan
 ) -> DataFrame:
-    """The month's features, checked against the contract for the columns the release reads."""
-    features = read_table(spark, settings.paths.features, "features")
+    """The month's features, checked against the contract for the columns the release reads: every file
+    of the month (contract.read_months), then null ids and duplicate keys."""
     numeric = [c for c in plan.input_cols if c not in plan.categorical]
     spec = features_spec(numeric, plan.categorical)
-    validate(features, spec, [month], context=f"scoring {fmt(month)}, release v{plan.release_version}")
-    return features.where(F.col(MONTH) == F.lit(month)).select(ID, *plan.input_cols)
+    context = f"scoring {fmt(month)}, release v{plan.release_version}"
+    (features,) = read_months(spark, [(settings.paths.features, spec, [month])], context=context)
+    validate(features, spec, [month], context=context)
+    return features.select(ID, *plan.input_cols)
 
 
 def input_quality(
@@ -336,12 +339,6 @@ def score_dir(settings: Settings, month: dt.date) -> str:
     return f"{settings.paths.scores.rstrip('/')}/score_month={month:%Y-%m-%d}"
 
 
-def write_month_scores(storage: Storage, scores: DataFrame, target: str) -> None:
-    """Stage, then swap in the month's partition with `_SUCCESS` (Storage.staged)."""
-    with storage.staged(target) as staging:
-        scores.write.mode("overwrite").parquet(staging)
-
-
 def summarize(spark: SparkSession, target: str) -> dict[str, Any]:
     """Rows, holdout size and the CLTV distribution of the written partition."""
     scores = spark.read.parquet(target).select("cltv", "holdout")
@@ -360,41 +357,30 @@ def summarize(spark: SparkSession, target: str) -> dict[str, Any]:
     }
 
 
+@tracking.guarded
 def log_score_run(settings: Settings, summary: ScoreSummary) -> None:
     """Record the run in the MLflow experiment (params, counts, CLTV quantiles, stage times)."""
-    from mlflow.tracking import MlflowClient
-
     cfg = settings.mlflow
-    client = MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.registry_uri)
-    experiment = client.get_experiment_by_name(cfg.experiment)
-    experiment_id = (
-        experiment.experiment_id
-        if experiment is not None
-        else client.create_experiment(cfg.experiment, artifact_location=cfg.artifact_location)
-    )
-    run = client.create_run(
-        experiment_id,
+    mlflow = tracking.client(cfg)
+    experiment = tracking.experiment_id(mlflow, cfg.experiment, cfg.artifact_location)
+    run = mlflow.create_run(
+        experiment,
         run_name=f"score {fmt(summary.month)}",
         tags={"cltv.job": "score", "cltv.score_month": fmt(summary.month)},
     )
-    run_id = run.info.run_id
-    for key, value in (
-        ("score_month", fmt(summary.month)),
-        ("release_version", summary.release_version),
-        ("detail", summary.detail),
-        ("path", summary.path),
-    ):
-        client.log_param(run_id, key, value)
+    params = {
+        "score_month": fmt(summary.month),
+        "release_version": summary.release_version,
+        "detail": summary.detail,
+        "path": summary.path,
+    }
     metrics = {"rows": summary.rows, "holdout_rows": summary.holdout_rows, "cltv_mean": summary.cltv_mean}
     metrics.update({f"cltv_{k}": v for k, v in summary.cltv_quantiles.items()})
     metrics.update({f"missing_{k}": v for k, v in summary.missing_values.items()})
     metrics.update({f"unseen_{k}": v for k, v in summary.unseen_categorical.items()})
     metrics.update({f"seconds_{k.replace(' ', '_')}": v for k, v in summary.seconds.items()})
-    now = int(time.time() * 1000)
-    from mlflow.entities import Metric
-
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
-    client.set_terminated(run_id)
+    tracking.log_values(mlflow, run.info.run_id, params=params, metrics=metrics)
+    mlflow.set_terminated(run.info.run_id)
 
 
 def score_month(
@@ -423,29 +409,31 @@ def score_month(
             plan.total_months,
             ", with detail" if detail else "",
         )
-    with timer.stage("check inputs", spark):
-        features = read_month_features(spark, settings, month, plan)
-        quality = input_quality(features, plan, seen_categories(loaded.manifest))
-        if quality["missing"]:
-            log.warning("features %s: missing values (scored as such) %s", fmt(month), quality["missing"])
-        if quality["unseen"]:
-            log.warning("features %s: categories unseen in training %s", fmt(month), quality["unseen"])
     storage = Storage(spark)
     target = score_dir(settings, month)
-    bundle = spark.sparkContext.broadcast(files)
-    try:
-        batch_rows = settings.scoring.arrow_batch_rows
-        with timer.stage("score and write", spark), arrow_batch_rows(spark, batch_rows):
-            scores = scoring_parallelism(spark, features).transform(
-                with_scores,
-                plan=plan,
-                bundle=bundle,
-                holdout_salt=settings.scoring.holdout_salt,
-                holdout_share=settings.scoring.holdout_share,
-            )
-            write_month_scores(storage, scores, target)
-    finally:
-        bundle.unpersist()
+    with storage.lock(target) as lease:  # one run writes a month; leftovers of dead runs recovered
+        with timer.stage("check inputs", spark):
+            features = read_month_features(spark, settings, month, plan)
+            quality = input_quality(features, plan, seen_categories(loaded.manifest))
+            if quality["missing"]:
+                log.warning("features %s: missing values (scored as such) %s", fmt(month), quality["missing"])
+            if quality["unseen"]:
+                log.warning("features %s: categories unseen in training %s", fmt(month), quality["unseen"])
+        bundle = spark.sparkContext.broadcast(files)
+        try:
+            batch_rows = settings.scoring.arrow_batch_rows
+            with timer.stage("score and write", spark), arrow_batch_rows(spark, batch_rows):
+                scores = scoring_parallelism(spark, features).transform(
+                    with_scores,
+                    plan=plan,
+                    bundle=bundle,
+                    holdout_salt=settings.scoring.holdout_salt,
+                    holdout_share=settings.scoring.holdout_share,
+                )
+                with storage.staged(target, lease) as staging:
+                    scores.write.mode("overwrite").parquet(staging)
+        finally:
+            bundle.unpersist()
     with timer.stage("summary", spark):
         stats = summarize(spark, target)
     summary = ScoreSummary(

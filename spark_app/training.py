@@ -25,9 +25,9 @@ from pyspark.sql import DataFrame, SparkSession
 
 from spark_app import __version__
 from spark_app.catalog import CALENDAR_MONTH, HORIZON, REGRESSION, ModelCatalog
-from spark_app.cli import UserError
 from spark_app.cltv import ValueFormula
 from spark_app.config import Settings
+from spark_app.errors import UserError
 from spark_app.evaluation import (
     ALL_HORIZONS,
     VALUE,
@@ -59,7 +59,7 @@ ARROW_CONF = "spark.sql.execution.arrow.pyspark.enabled"
 OOT_SAMPLE = "oot.parquet"  # the evaluation data promotion re-scores both releases on
 
 
-class TrainingError(UserError, ValueError):
+class TrainingError(UserError):
     """The training set cannot train this configuration; the message names the dataset and column."""
 
 

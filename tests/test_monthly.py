@@ -57,7 +57,9 @@ def test_validate_inputs_names_a_missing_column(spark, small_panel, settings_fac
     features = read_table(spark, str(small_panel / "features"), "features").drop("price")
     features.write.partitionBy(MONTH).parquet(str(broken / "features"))
     settings = settings_factory(panel=small_panel, paths={"features": str(broken / "features")})
-    with pytest.raises(InputContractError, match="features: column 'price' is missing"):
+    with pytest.raises(
+        InputContractError, match=r"features: month 2025-04: file part-\S+: column 'price' is missing"
+    ):
         validate_inputs(spark, settings, MONTH_)
 
 

@@ -26,7 +26,6 @@ from spark_app.scoring import (
     output_schema,
     score_dir,
     score_month,
-    write_month_scores,
 )
 from spark_app.storage import Storage
 from spark_app.training import Evaluation, categories_seen
@@ -181,8 +180,8 @@ def test_rerun_is_identical_and_a_failed_write_keeps_the_previous_partition(spar
         raise RuntimeError("executor lost")
 
     broken = spark.read.parquet(target).withColumn("cltv", explode(F.col("cltv")))
-    with pytest.raises(Exception, match="executor lost"):
-        write_month_scores(Storage(spark), broken, target)
+    with pytest.raises(Exception, match="executor lost"), Storage(spark).staged(target) as staging:
+        broken.write.parquet(staging)
     pd.testing.assert_frame_equal(read_scores(settings), second)
     leftovers = [p.name for p in Path(target).parent.iterdir() if p.name.startswith("_")]
     assert leftovers == []
