@@ -304,7 +304,8 @@ def test_wrong_column_type_is_refused_and_nothing_is_written(spark, panel_dir, t
     with pytest.raises(
         InputContractError,
         match=r"features: column 'price' is string, expected numeric "
-        r"\(read by models.profiles.paid.feature_cols\), in \d+ files of months \[2024-11, 2024-12, 2025-01, 2025-02, 2025-03\]",
+        r"\(read by models.profiles.paid.feature_cols\), in \d+ files of months "
+        r"\[2024-11, 2024-12, 2025-01, 2025-02, 2025-03\]",
     ):
         build_dataset(spark, settings, TARGET_END)
     _assert_nothing_written(settings)
