@@ -612,11 +612,20 @@ def lint(
 
 
 # ------------------------------------------------------------------ run-local
+_TO_JSON = re.compile(r"=\s*(?:sprig\.)?toJson\(\s*([A-Za-z0-9_.]+)\s*\)\s*")
+
+
 def _substitute(text: str, values: Mapping[str, str], where: str) -> str:
     def repl(match: re.Match) -> str:
         tag = match.group(1)
         if tag.startswith("="):
-            raise ArgoError(f"{where}: expression tag {{{{{tag}}}}} cannot be evaluated by run-local")
+            # the one expression the manifests use: a value JSON-encoded into a JSON body
+            m = _TO_JSON.fullmatch(tag)
+            if m is None:
+                raise ArgoError(f"{where}: expression tag {{{{{tag}}}}} cannot be evaluated by run-local")
+            if m.group(1) not in values:
+                raise ArgoError(f"{where}: {{{{{m.group(1)}}}}} has no value in a local run")
+            return json.dumps(values[m.group(1)])
         key = tag.strip()
         if key not in values:
             raise ArgoError(f"{where}: {{{{{key}}}}} has no value in a local run")
@@ -728,8 +737,9 @@ class _LocalRun:
                 "workflow.name": f"local-{self.label.split('/')[-1]}",
                 "workflow.namespace": "local",
                 "workflow.status": self.status,
+                # as Argo's controller renders it: a JSON string literal holding the JSON array
                 "workflow.failures": json.dumps(
-                    [{"displayName": f["step"], "message": f["message"]} for f in self.failures]
+                    json.dumps([{"displayName": f["step"], "message": f["message"]} for f in self.failures])
                 ),
             }
         )  # fmt: skip

@@ -2,7 +2,9 @@
 
 CLTV sums expectations, so an amount forecast must be unbiased in aggregate at every horizon: each
 amount model gets one factor per horizon, Σ actual / Σ forecast on the validation rows of that horizon,
-shrunk towards the factor over all horizons where a horizon has few rows. A survival model gets a logistic
+shrunk towards the factor over all horizons by empirical Bayes: by as much as the horizon's ratio is
+noisy (few rows, or a sparse target such as acquisition cost) compared with how much the horizons really
+differ. A survival model gets a logistic
 recalibration, logit p' = a_h + b · logit p (an intercept per horizon, one slope), kept only where it
 lowers the Brier score on the test split. The Learner applies both to everything it predicts (scoring,
 the registered pyfunc, evaluation, the report's SHAP values), so they cannot drift apart.
@@ -16,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-PRIOR_ROWS = 200.0  # pseudo-rows at the all-horizon factor: a horizon with few rows stays near it
 FACTOR_BOUNDS = (0.5, 2.0)  # a factor outside is a sign of a broken model, not of calibration
 _P_EPS = 1e-6
 
@@ -97,23 +98,31 @@ def from_json(data: Mapping[str, Any]) -> Calibration:
 
 
 def fit_amount_scale(y: np.ndarray, pred: np.ndarray, horizons: np.ndarray) -> AmountScale:
-    """Σy / Σpred per horizon, shrunk to the overall factor with PRIOR_ROWS pseudo-rows, within bounds."""
+    """Σy / Σpred per horizon, shrunk to the overall ratio by empirical Bayes, within FACTOR_BOUNDS.
+
+    A horizon's ratio r_h has sampling variance s_h² ≈ Σ (y − r_h·pred)² / (Σ pred)²; the spread of the
+    true ratios across horizons, τ², is what the observed spread exceeds the mean s_h² by. Each r_h
+    moves from the overall ratio by the share τ² / (τ² + s_h²) of its difference.
+    """
     y = np.asarray(y, dtype=np.float64)
     pred = np.asarray(pred, dtype=np.float64)
     h = np.asarray(horizons, dtype=np.int64)
     low, high = FACTOR_BOUNDS
-    total_pred = pred.sum()
-    if len(y) == 0 or total_pred <= 0:
+    if len(y) == 0 or pred.sum() <= 0:
         return AmountScale({}, 1.0)
-    overall = float(np.clip(y.sum() / total_pred, low, high))
-    mean_pred = total_pred / len(pred)
-    factors = {}
-    for value in np.unique(h):
-        mask = h == value
-        prior = PRIOR_ROWS * mean_pred
-        factor = (y[mask].sum() + overall * prior) / (pred[mask].sum() + prior)
-        factors[int(value)] = float(np.clip(factor, low, high))
-    return AmountScale(factors, overall)
+    overall = float(np.clip(y.sum() / pred.sum(), low, high))
+    levels = [v for v in np.unique(h) if pred[h == v].sum() > 0]
+    ratios, variances = np.zeros(len(levels)), np.zeros(len(levels))
+    for i, value in enumerate(levels):
+        yh, fh = y[h == value], pred[h == value]
+        ratios[i] = yh.sum() / fh.sum()
+        variances[i] = ((yh - ratios[i] * fh) ** 2).sum() / fh.sum() ** 2
+    spread = max(0.0, float(ratios.var()) - float(variances.mean())) if len(levels) > 1 else 0.0
+    weight = spread / (spread + variances) if spread > 0 else np.zeros(len(levels))
+    shrunk = overall + weight * (ratios - overall)
+    return AmountScale(
+        {int(v): float(np.clip(f, low, high)) for v, f in zip(levels, shrunk, strict=True)}, overall
+    )
 
 
 def fit_logistic(

@@ -214,6 +214,9 @@ class ModelCatalog:
         """`<model_id>_fact` column of the training set → fact column it comes from."""
         return {e.target: e.fact for e in self.entries}
 
+    def fact_floor(self, fact: str) -> float | None:
+        return next((e.fact_min for e in self.entries if e.fact == fact), None)
+
     def flags(self) -> tuple[str, ...]:
         return tuple(e.fact for e in self.survival)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,6 +27,17 @@ def _month(text: str):
         return parse_month(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seconds(text: str) -> float:
+    """A positive, finite number of seconds (`nan` or `inf` would make a wait never end)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive, finite number of seconds, got {text!r}")
+    return value
 
 
 def _conf_arg(p: argparse.ArgumentParser, required: bool = False) -> None:
@@ -239,8 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
         "wait-for-inputs", cmd_wait_for_inputs, "wait until both input partitions of a month are complete"
     )
     p.add_argument("--month", type=_month, required=True)
-    p.add_argument("--timeout", type=float, default=3600.0, help="seconds before giving up")
-    p.add_argument("--poll", type=float, default=30.0, help="seconds between checks")
+    p.add_argument("--timeout", type=_seconds, default=3600.0, help="seconds before giving up")
+    p.add_argument("--poll", type=_seconds, default=30.0, help="seconds between checks")
 
     argo = sub.add_parser("argo", help="run or submit the Argo Workflows templates in argo/")
     argo_sub = argo.add_subparsers(dest="argo_command", required=True)
@@ -296,9 +308,22 @@ def cmd_argo_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record is emitted (not when the handler was made), so a
+    caller that swaps stderr — a test capturing it, a notebook — never leaves logging a closed stream."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def setup_logging(verbose: bool = False) -> None:
     """One stderr handler whose formatter masks credentials in every line (spark_app.redact)."""
-    handler = logging.StreamHandler()
+    handler = _Stderr()
     handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
     for noisy in ("py4j", "urllib3", "alembic", "matplotlib", "PIL"):

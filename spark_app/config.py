@@ -61,11 +61,11 @@ class _Section(BaseModel):
 class PathsConfig(_Section):
     """Hadoop-compatible URIs or local paths (relative ones resolve against the working directory)."""
 
-    features: str = "work/panel/features"
-    facts: str = "work/panel/facts"
-    datasets: str = "work/datasets"
-    scores: str = "work/scores"
-    monitoring: str = "work/monitoring"
+    features: str = Field(default="work/panel/features", min_length=1)
+    facts: str = Field(default="work/panel/facts", min_length=1)
+    datasets: str = Field(default="work/datasets", min_length=1)
+    scores: str = Field(default="work/scores", min_length=1)
+    monitoring: str = Field(default="work/monitoring", min_length=1)
     # inputs_ready.py (issue #6): `cltv wait-for-inputs` checks hdfs:// inputs over WebHDFS, without a JVM
     webhdfs_url: str | None = None  # e.g. http://namenode:9870; None = hdfs:// inputs cannot be checked
     webhdfs_user: str | None = None  # user name for simple auth (ignored with kerberos)
@@ -73,7 +73,7 @@ class PathsConfig(_Section):
 
 
 class MlflowConfig(_Section):
-    tracking_uri: str = "sqlite:///work/mlflow.db"
+    tracking_uri: str = Field(default="sqlite:///work/mlflow.db", min_length=1)
     registry_uri: str | None = None
     experiment: str = "cltv"
     monitoring_experiment: str = "cltv-monitoring"
@@ -94,8 +94,10 @@ class DatasetConfig(_Section):
     val_share: confloat(ge=0, lt=1) = 0.1
     test_share: confloat(ge=0, lt=1) = 0.1
     train_reg_share: confloat(gt=0, lt=1) = 0.5
-    # dataset.py (issue #3): check duplicate keys on every row of the window, not only the rows read
+    # check duplicate keys on every row of the window, not only the rows read (docs/dataset.md)
     validate_all_rows: bool = False
+    # facts below a model's fact_min (negative volumes, negative SAC): warn and train, or refuse
+    implausible_facts: Literal["warn", "error"] = "warn"
 
     @field_validator("horizons")
     @classmethod
@@ -186,6 +188,15 @@ class MonitoringConfig(_Section):
     metric_horizons: list[int] = Field(default_factory=lambda: [1, 3, 6, 12, 24])  # logged to MLflow
     report_shap_rows: PositiveInt = 2_000  # subscribers whose SHAP values the report explains
     report_shap_horizon: PositiveInt = 12  # horizon at which the report explains the models
+
+    @model_validator(mode="after")
+    def _thresholds_in_order(self) -> MonitoringConfig:
+        pairs = [("psi", self.psi_warn, self.psi_fail), ("unseen", self.unseen_warn, self.unseen_fail),
+                 ("prediction_psi", self.prediction_psi_warn, self.prediction_psi_fail)]  # fmt: skip
+        wrong = [f"{name}_fail ({fail}) < {name}_warn ({warn})" for name, warn, fail in pairs if fail < warn]
+        if wrong:
+            raise ValueError("a fail threshold below its warn threshold: " + "; ".join(wrong))
+        return self
 
 
 class CltvTermConfig(_Section):
@@ -468,11 +479,16 @@ def base_layers(conf_path: Path | None) -> list[Traversable | Path]:
     return layers
 
 
-def _merge(into: dict[str, Any], layer: dict[str, Any], origin: dict[str, str], source: str, prefix=()):
-    """Deep-merge `layer` into `into`, remembering which file set every leaf key."""
+def _merge(
+    into: dict[str, Any], layer: dict[str, Any], origin: dict[str, str], source: str, prefix: tuple = ()
+) -> None:
+    """Deep-merge `layer` into `into`, remembering which file set every leaf key (spark.conf is replaced
+    whole: its keys are Spark's, not ours)."""
     for key, value in layer.items():
         path = (*prefix, str(key))
-        if isinstance(value, dict) and isinstance(into.get(key), dict) and key != "conf":
+        if isinstance(value, dict) and key != "conf":
+            if not isinstance(into.get(key), dict):
+                into[key] = {}
             _merge(into[key], value, origin, source, path)
         else:
             into[key] = value

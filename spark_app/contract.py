@@ -176,7 +176,7 @@ def file_problems(spark: SparkSession, path: str, spec: TableSpec, dirs: dict[dt
         except Exception as exc:
             reason = str(getattr(exc, "java_exception", exc)).splitlines()[0][:200]
             hint = " (a stale .crc beside it? remove it, or rewrite the file)" if "Checksum" in reason else ""
-            return [(f"is not a readable Parquet file: {reason}{hint}", month, file)]
+            return [(f"not a readable Parquet file: {reason}{hint}", month, file)]
         problems = []
         for column, kind in wanted.items():
             if column not in kinds:

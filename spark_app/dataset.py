@@ -389,13 +389,24 @@ def dataset_id_for(settings: Settings, target_end: dt.date) -> str:
     return f"ds-{target_end:%Y%m}-{settings.config_hash()[:8]}"
 
 
-def split_stats(written: DataFrame | None, targets: list[str]) -> dict[str, dict[str, Any]]:
-    """Rows per split × horizon and target means per split, from the written Parquet (one small job)."""
+def split_stats(
+    written: DataFrame | None, targets: list[str], floors: dict[str, float] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Rows per split × horizon, target means per split, and targets below their plausibility floor
+    (`fact_min`), from the written Parquet (one small job)."""
     rows = []
+    floors = floors or {}
     if written is not None:
         rows = (
             written.groupBy(SPLIT, HORIZON)
-            .agg(F.count(F.lit(1)).alias("rows"), *[F.sum(c).alias(c) for c in targets])
+            .agg(
+                F.count(F.lit(1)).alias("rows"),
+                *[F.sum(c).alias(c) for c in targets],
+                *[
+                    F.sum((F.col(c) < F.lit(low)).cast("long")).alias(f"below:{c}")
+                    for c, low in floors.items()
+                ],
+            )
             .collect()
         )
     stats: dict[str, dict[str, Any]] = {}
@@ -406,8 +417,29 @@ def split_stats(written: DataFrame | None, targets: list[str]) -> dict[str, dict
             "rows": n,
             "rows_by_horizon": {str(r[HORIZON]): r["rows"] for r in mine},
             "target_means": {c: (sum(r[c] for r in mine) / n if n else None) for c in targets},
+            "below_fact_min": {c: int(sum(r[f"below:{c}"] for r in mine)) for c in floors},
         }
     return stats
+
+
+def implausible_facts(
+    stats: dict[str, dict[str, Any]], catalog: ModelCatalog, action: str, context: str
+) -> dict[str, int]:
+    """Facts below their model's `fact_min` (e.g. negative volumes) among the rows read: a warning, or
+    with dataset.implausible_facts: error, a contract error."""
+    below: dict[str, int] = {}
+    for entry in catalog:
+        n = sum(split.get("below_fact_min", {}).get(entry.target, 0) for split in stats.values())
+        if n:
+            below[entry.fact] = n
+    if below:
+        text = ", ".join(f"{fact}: {n:,} rows below {catalog.fact_floor(fact)}" for fact, n in below.items())
+        if action == "error":
+            raise InputContractError(
+                f"facts: implausible values ({context}): {text} (dataset.implausible_facts)"
+            )
+        log.warning("facts: implausible values (%s): %s; trained as they are", context, text)
+    return below
 
 
 def read_splits(spark: SparkSession, storage: Storage, path: str) -> DataFrame | None:
@@ -447,7 +479,11 @@ def build_dataset(spark: SparkSession, settings: Settings, target_end: dt.date) 
                 log.warning("dataset %s has no rows: nobody in the population at T - h", dataset_id)
             elif plan.population == "base" and not settings.dataset.validate_all_rows:
                 check_rows_read(written, features, facts, plan=plan, settings=settings)
-            stats = split_stats(written, list(targets))
+            floors = {e.target: e.fact_min for e in catalog if e.fact_min is not None}
+            stats = split_stats(written, list(targets), floors)
+            implausible = implausible_facts(
+                stats, catalog, settings.dataset.implausible_facts, f"needed by {plan.describe()}"
+            )
         manifest = {
             "dataset_id": dataset_id,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -475,6 +511,7 @@ def build_dataset(spark: SparkSession, settings: Settings, target_end: dt.date) 
             "target_columns": {name.removesuffix("_fact"): name for name in targets},
             "rows": sum(s["rows"] for s in stats.values()),
             "splits": stats,
+            "implausible_facts": implausible,
             "seconds": {k: round(v, 1) for k, v in timer.seconds.items()},
         }
         storage.write_json(f"{staging}/{MANIFEST}", manifest)

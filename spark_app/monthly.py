@@ -72,6 +72,18 @@ def validate_inputs(spark: SparkSession, settings: Settings, month: dt.date) -> 
             validate(df, spec, [month])
         except InputContractError as exc:
             problems += str(exc).splitlines()[1:]
+    floors = {e.fact: e.fact_min for e in catalog if e.fact_min is not None}
+    if floors and not problems:
+        row = frames[1].agg(
+            *[F.sum((F.col(c) < F.lit(low)).cast("long")).alias(c) for c, low in floors.items()]
+        )
+        below = {c: int(n) for c, n in row.first().asDict().items() if n}
+        if below:
+            text = ", ".join(f"{c}: {n:,} rows below {floors[c]}" for c, n in below.items())
+            if settings.dataset.implausible_facts == "error":
+                problems.append(f"facts: implausible values: {text} (dataset.implausible_facts)")
+            else:
+                log.warning("facts %s: implausible values: %s", fmt(month), text)
     raise_problems([p.strip() for p in problems], context)
     log.info(
         "inputs of %s satisfy the contract (features: %d columns, facts: %d)", fmt(month),

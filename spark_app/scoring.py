@@ -44,6 +44,7 @@ from spark_app.storage import Storage
 log = logging.getLogger(__name__)
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 ARROW_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
 
 
@@ -63,6 +64,7 @@ class ScoreSummary:
     cltv_mean: float
     cltv_quantiles: dict[str, float]
     missing_values: dict[str, int] = field(default_factory=dict)  # nulls per input column
+    non_finite_values: dict[str, int] = field(default_factory=dict)  # NaN, ±inf, beyond float32
     unseen_categorical: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     detail: bool = False
@@ -210,7 +212,13 @@ def horizon_frame(features: pd.DataFrame, plan: BatchPlan) -> pd.DataFrame:
             cat = pd.Categorical(features[c])
             frame[c] = pd.Categorical.from_codes(cat.codes[rows], categories=cat.categories)
         else:
-            values = pd.to_numeric(features[c], errors="raise").to_numpy(dtype=np.float32, na_value=np.nan)
+            with np.errstate(over="ignore"):
+                values = pd.to_numeric(features[c], errors="raise").to_numpy(
+                    dtype=np.float32, na_value=np.nan
+                )
+            values[~np.isfinite(values)] = (
+                np.nan
+            )  # NaN, ±inf, beyond float32: missing (counted on the driver)
             frame[c] = values[rows]
     frame[HORIZON] = np.tile(np.arange(1, horizons + 1, dtype=np.int64), n)
     frame[CALENDAR_MONTH] = np.tile(target_calendar_months(plan.score_month_index, horizons), n)
@@ -290,18 +298,28 @@ def read_month_features(
 def input_quality(
     features: DataFrame, plan: BatchPlan, seen: dict[str, list[str]]
 ) -> dict[str, dict[str, int]]:
-    """Missing numerics and categorical values the release never saw: scored anyway, but counted."""
+    """Missing values, numbers that are not finite for the models (NaN, ±inf, beyond float32, which
+    CatBoost reads) and categorical values the release never saw: scored anyway, but counted."""
     numeric = [c for c in plan.input_cols if c not in plan.categorical]
     aggs = [F.sum(F.col(c).isNull().cast("long")).alias(f"missing:{c}") for c in numeric]
+    aggs += [
+        F.sum((F.isnan(F.col(c)) | (F.abs(F.col(c)) > F.lit(FLOAT32_MAX))).cast("long")).alias(
+            f"non_finite:{c}"
+        )
+        for c in numeric
+    ]
     aggs += [F.sum(F.col(c).isNull().cast("long")).alias(f"missing:{c}") for c in plan.categorical]
     for c, values in seen.items():
         if c in plan.categorical:
             unseen = ~F.col(c).isin(list(values)) & F.col(c).isNotNull()
             aggs.append(F.sum(unseen.cast("long")).alias(f"unseen:{c}"))
     row = features.agg(*aggs).collect()[0].asDict()
-    missing = {k.split(":", 1)[1]: int(v or 0) for k, v in row.items() if k.startswith("missing:") and v}
-    unseen = {k.split(":", 1)[1]: int(v or 0) for k, v in row.items() if k.startswith("unseen:") and v}
-    return {"missing": missing, "unseen": unseen}
+    counts: dict[str, dict[str, int]] = {"missing": {}, "non_finite": {}, "unseen": {}}
+    for key, value in row.items():
+        kind, column = key.split(":", 1)
+        if value:
+            counts[kind][column] = int(value)
+    return counts
 
 
 def seen_categories(manifest: dict[str, Any]) -> dict[str, list[str]]:
@@ -377,6 +395,7 @@ def log_score_run(settings: Settings, summary: ScoreSummary) -> None:
     metrics = {"rows": summary.rows, "holdout_rows": summary.holdout_rows, "cltv_mean": summary.cltv_mean}
     metrics.update({f"cltv_{k}": v for k, v in summary.cltv_quantiles.items()})
     metrics.update({f"missing_{k}": v for k, v in summary.missing_values.items()})
+    metrics.update({f"non_finite_{k}": v for k, v in summary.non_finite_values.items()})
     metrics.update({f"unseen_{k}": v for k, v in summary.unseen_categorical.items()})
     metrics.update({f"seconds_{k.replace(' ', '_')}": v for k, v in summary.seconds.items()})
     tracking.log_values(mlflow, run.info.run_id, params=params, metrics=metrics)
@@ -394,29 +413,31 @@ def score_month(
     from spark_app.registry import load_release
 
     timer = StageTimer()
-    with timer.stage("load release"):
-        loaded = load_release(settings, str(release))
-        files = model_files(dict(loaded.files))
-        plan = make_plan(settings, loaded.manifest, loaded.version, bundle_digest(files), month, detail)
-        plan = replace(plan, threads=int(spark.conf.get("spark.task.cpus", "1")))
-        log.info(
-            "scoring %s with release v%s (%s), models %s, %d horizons → %d months%s",
-            fmt(month),
-            plan.release_version,
-            release,
-            ",".join(plan.models),
-            plan.horizons,
-            plan.total_months,
-            ", with detail" if detail else "",
-        )
     storage = Storage(spark)
     target = score_dir(settings, month)
-    with storage.lock(target) as lease:  # one run writes a month; leftovers of dead runs recovered
+    # one run writes a month: taken first, so a second run fails fast and what a killed run of the month
+    # left is recovered before anything else
+    with storage.lock(target) as lease:
+        with timer.stage("load release"):
+            loaded = load_release(settings, str(release))
+            files = model_files(dict(loaded.files))
+            plan = make_plan(settings, loaded.manifest, loaded.version, bundle_digest(files), month, detail)
+            plan = replace(plan, threads=int(spark.conf.get("spark.task.cpus", "1")))
+            log.info(
+                "scoring %s with release v%s (%s), models %s, %d horizons → %d months%s",
+                fmt(month), plan.release_version, release, ",".join(plan.models), plan.horizons,
+                plan.total_months, ", with detail" if detail else "",
+            )  # fmt: skip
         with timer.stage("check inputs", spark):
             features = read_month_features(spark, settings, month, plan)
             quality = input_quality(features, plan, seen_categories(loaded.manifest))
             if quality["missing"]:
                 log.warning("features %s: missing values (scored as such) %s", fmt(month), quality["missing"])
+            if quality["non_finite"]:
+                log.warning(
+                    "features %s: NaN, infinite or beyond-float32 numbers (scored as missing) %s",
+                    fmt(month), quality["non_finite"],
+                )  # fmt: skip
             if quality["unseen"]:
                 log.warning("features %s: categories unseen in training %s", fmt(month), quality["unseen"])
         bundle = spark.sparkContext.broadcast(files)
@@ -445,6 +466,7 @@ def score_month(
         cltv_mean=stats["mean"],
         cltv_quantiles=stats["quantiles"],
         missing_values=quality["missing"],
+        non_finite_values=quality["non_finite"],
         unseen_categorical=quality["unseen"],
         seconds=dict(timer.seconds),
         detail=detail,
@@ -452,13 +474,17 @@ def score_month(
     with timer.stage("log to mlflow"):
         log_score_run(settings, summary)
     log.info(
-        "scored %s: %s subscribers (%s holdout) with release v%s; CLTV mean %.1f, quantiles %s; %s",
+        "scored %s: %s subscribers (%s holdout) with release v%s; CLTV mean %.1f, quantiles %s; "
+        "inputs: missing %s, non-finite %s, unseen categories %s; %s",
         fmt(month),
         f"{summary.rows:,}",
         f"{summary.holdout_rows:,}",
         summary.release_version,
         summary.cltv_mean,
         {k: round(v, 1) for k, v in summary.cltv_quantiles.items()},
+        summary.missing_values or "none",
+        summary.non_finite_values or "none",
+        summary.unseen_categorical or "none",
         timer.summary(),
     )
     return summary

@@ -310,10 +310,10 @@ class Storage:
         retired = f"{parent}/_retired-{name}-{lease.token}"
         try:
             yield staging
+            lease.check()
         except BaseException:
             self.delete(staging)
             raise
-        lease.check()
         if not self.exists(staging):
             raise LeaseLost(f"{target}: staging {staging} vanished before the swap; nothing was swapped in")
         if not self.has_success_marker(staging):

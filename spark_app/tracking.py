@@ -42,10 +42,18 @@ _TRANSIENT = {
 }
 
 
+_SET_BY_US: dict[str, str] = {}
+
+
 def client(cfg: MlflowConfig) -> MlflowClient:
-    """An MlflowClient for these settings, with the HTTP retry bounds applied."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(cfg.http_retries))
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(cfg.http_timeout))
+    """An MlflowClient for these settings, with the HTTP retry bounds applied (unless the environment
+    sets MLflow's own variables, which then win)."""
+    for name, value in (
+        ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(cfg.http_retries)),
+        ("MLFLOW_HTTP_REQUEST_TIMEOUT", str(cfg.http_timeout)),
+    ):
+        if name not in os.environ or os.environ[name] == _SET_BY_US.get(name):
+            os.environ[name] = _SET_BY_US[name] = value
     return MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.registry_uri or cfg.tracking_uri)
 
 

@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ALL_MODELS, AMOUNT_MODELS, FACT_OF, make_settings
+from conftest import ALL_MODELS, AMOUNT_MODELS, make_settings
 from pyspark.sql import functions as F
+from releases import register_release
 
 from spark_app.cltv import Extrapolation, ValueFormula, cltv_columns
 from spark_app.contract import InputContractError
-from spark_app.models import Learner
 from spark_app.months import add_months, days_in_month_index, month_index
-from spark_app.registry import forecast_frame, load_release, log_release, model_input
+from spark_app.registry import forecast_frame, load_release
 from spark_app.scoring import (
     _LEARNERS,
     cached_learner,
@@ -28,29 +28,8 @@ from spark_app.scoring import (
     score_month,
 )
 from spark_app.storage import Storage
-from spark_app.training import Evaluation, categories_seen
 
 MONTH = dt.date(2025, 4, 1)  # the panel's last month (2022-01 + 39)
-EVAL_COLUMNS = ["model_id", "kind", "split", "horizon", "rows", "metric", "value", "naive"]
-
-
-def training_frames(features: pd.DataFrame, facts: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A small horizon-lagged training set built in pandas: each row gets one random horizon."""
-    rng = np.random.default_rng(1)
-    rows = features.sample(n=min(len(features), 24_000), random_state=1).reset_index(drop=True)
-    rows["horizon"] = rng.integers(1, 25, len(rows))
-    fm = rows["report_month"].map(month_index).to_numpy()
-    target = fm + rows["horizon"].to_numpy()
-    rows["target_calendar_month"] = target % 12 + 1
-    rows["target_month"] = [dt.date(int(t // 12), int(t % 12) + 1, 1) for t in target]
-    facts = facts.rename(columns={"report_month": "target_month"})
-    joined = rows.merge(facts, on=["subscriber_id", "target_month"], how="left")
-    days = days_in_month_index(target)
-    for model_id, col in FACT_OF.items():
-        values = joined[col].fillna(0.0).to_numpy(dtype=np.float64)
-        joined[f"{model_id}_fact"] = values if model_id in ("paid", "active") else values / days
-    half = joined["subscriber_id"].str[-1].astype(int) % 2 == 0
-    return joined[half].reset_index(drop=True), joined[~half].reset_index(drop=True)
 
 
 @pytest.fixture(scope="module")
@@ -67,32 +46,7 @@ def release_env(spark, panel_dir, tmp_path_factory):
         models={"profiles": {m: {"params": small} for m in ALL_MODELS}},
         scoring={"arrow_batch_rows": 500},
     )
-    features = spark.read.parquet(str(panel / "features")).where(F.col("report_month") < F.lit(MONTH))
-    facts = spark.read.parquet(str(panel / "facts"))
-    surv, reg = training_frames(features.toPandas(), facts.toPandas())
-    learner = Learner.from_settings(settings).fit(surv, reg)
-    learner.meta = {
-        "horizons": list(range(1, 25)),
-        "dataset_id": "test-scoring",
-        "categories": categories_seen([surv, reg], list(settings.models.categorical)),
-    }
-    bundle = learner.save_bundle(work / "bundle")
-    (work / "evaluation").mkdir()
-    evaluation = Evaluation(
-        table=pd.DataFrame(columns=EVAL_COLUMNS),
-        calibration={},
-        deciles=pd.DataFrame(),
-        quality=pd.DataFrame(columns=["model_id", "metric", "value", "naive", "beats_naive"]),
-    )
-    version, _ = log_release(
-        settings,
-        learner=learner,
-        bundle_dir=bundle,
-        evaluation_dir=work / "evaluation",
-        evaluation=evaluation,
-        rows={"train_surv": len(surv), "train_reg": len(reg)},
-        input_example=model_input(reg, learner),
-    )
+    version = register_release(spark, settings, panel, MONTH, work)
     return settings, version, panel
 
 

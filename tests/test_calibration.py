@@ -1,0 +1,68 @@
+"""Per-horizon calibration on hand-made numbers: exact factors, shrinkage of noisy horizons, recovered
+logistic shifts, and the round trip through release.json."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spark_app import calibration
+from spark_app.calibration import AmountScale, LogisticRecalibration, fit_amount_scale, fit_logistic
+
+
+def test_factors_are_sum_actual_over_sum_forecast_per_horizon_when_horizons_clearly_differ():
+    rng = np.random.default_rng(0)
+    pred = rng.uniform(1, 2, 20_000)
+    h = np.repeat([1, 2], 10_000)
+    y = pred * np.where(h == 1, 1.2, 0.9) * rng.normal(1, 0.01, 20_000)  # barely noisy
+    scale = fit_amount_scale(y, pred, h)
+    assert scale.overall == pytest.approx(y.sum() / pred.sum())
+    assert scale.factors[1] == pytest.approx(1.2, abs=0.002) and scale.factors[2] == pytest.approx(
+        0.9, abs=0.002
+    )
+    calibrated = scale.apply(pred, h)
+    for value in (1, 2):  # Σ calibrated forecast = Σ actual on every horizon
+        assert calibrated[h == value].sum() == pytest.approx(y[h == value].sum(), rel=1e-3)
+
+
+def test_a_sparse_noisy_target_keeps_the_overall_factor():
+    """Acquisition cost: 1 % of rows non-zero; per-horizon ratios are noise, so they shrink to the overall."""
+    rng = np.random.default_rng(1)
+    n = 24 * 1_000
+    h = np.tile(np.arange(1, 25), 1_000)
+    pred = np.full(n, 0.5)
+    y = np.where(rng.uniform(size=n) < 0.01, rng.exponential(60.0, n), 0.0)
+    scale = fit_amount_scale(y, pred, h)
+    raw = np.array([y[h == v].sum() / pred[h == v].sum() for v in range(1, 25)])
+    shrunk = np.array([scale.factors[v] for v in range(1, 25)])
+    assert np.abs(shrunk - scale.overall).max() < 0.5 * np.abs(raw - scale.overall).max()
+
+
+def test_factors_stay_within_bounds_and_unseen_horizons_use_the_overall_factor():
+    scale = fit_amount_scale(np.array([10.0, 10.0, 1.0]), np.array([1.0, 1.0, 1.0]), np.array([1, 1, 2]))
+    assert max(scale.factors.values()) <= calibration.FACTOR_BOUNDS[1]
+    assert scale.apply(np.array([3.0]), np.array([7]))[0] == pytest.approx(3.0 * scale.overall)
+
+
+def test_logistic_recalibration_recovers_a_known_shift_per_horizon():
+    rng = np.random.default_rng(2)
+    n = 60_000
+    h = rng.integers(1, 4, n)
+    p = rng.uniform(0.05, 0.95, n)
+    shift = np.array([0.0, -0.5, 0.0, 0.7])[h]  # the model is off by these log-odds per horizon
+    y = (rng.uniform(size=n) < 1 / (1 + np.exp(-(np.log(p / (1 - p)) + shift)))).astype(float)
+    fitted = fit_logistic(y, p, h, ridge=0.0)
+    assert fitted.slope == pytest.approx(1.0, abs=0.05)
+    assert [fitted.intercepts[k] for k in (1, 2, 3)] == pytest.approx([-0.5, 0.0, 0.7], abs=0.06)
+    brier = lambda q: np.mean((q - y) ** 2)  # noqa: E731
+    assert brier(fitted.apply(p, h)) < brier(p)
+
+
+def test_calibrations_round_trip_through_json():
+    for original in (
+        AmountScale({1: 1.1, 24: 0.9}, 1.0),
+        LogisticRecalibration({1: -0.2, 2: 0.3}, slope=0.95, overall=0.05),
+    ):
+        again = calibration.from_json(original.to_json())
+        x, hs = np.array([0.2, 0.7, 0.4]), np.array([1, 2, 24])
+        np.testing.assert_allclose(again.apply(x, hs), original.apply(x, hs))
