@@ -23,8 +23,17 @@ DERIVED_FEATURES = (HORIZON, CALENDAR_MONTH)  # computed by the project, not rea
 
 # Evaluation metrics per kind (spark_app.evaluation computes them; promotion.main_metric names one).
 # agg_bias = Σforecast / Σactual − 1: CLTV sums expectations, so this is shown before any other metric.
-CLASSIFICATION_METRICS = ("agg_bias", "roc_auc", "gini", "brier", "decile_error", "mean_pred", "mean_actual")
-REGRESSION_METRICS = ("agg_bias", "rmse", "gini", "spearman", "decile_error", "mae", "wape", "r2", "bias",
+BIAS_METRICS = ("agg_bias", "agg_bias_se")  # the bias, and its sampling noise (standard error)
+CLASSIFICATION_METRICS = (
+    *BIAS_METRICS,
+    "roc_auc",
+    "gini",
+    "brier",
+    "decile_error",
+    "mean_pred",
+    "mean_actual",
+)
+REGRESSION_METRICS = (*BIAS_METRICS, "rmse", "gini", "spearman", "decile_error", "mae", "wape", "r2", "bias",
                       "mean_pred", "mean_actual")  # fmt: skip
 METRICS = frozenset(CLASSIFICATION_METRICS + REGRESSION_METRICS)
 HIGHER_IS_BETTER = frozenset({"roc_auc", "gini", "spearman", "r2"})

@@ -281,15 +281,19 @@ class Learner:
 
     # ------------------------------------------------------------------ predict
     def _raw(self, entry: ModelEntry, builder: MatrixBuilder) -> np.ndarray:
-        """The model's own output: P(class 1), or the regressor's default prediction (the raw value for
-        RMSE/Huber, exp(raw) for log-link losses such as Tweedie)."""
+        """The model's own output: P(class 1), or the regressor's mean: the raw value for RMSE/Huber,
+        exp(raw) for log-link losses such as Tweedie."""
         model = self.models[entry.model_id]
         if len(builder.frame) == 0:
             return np.zeros(0, dtype=np.float64)
         pool = builder.pool(self.catalog.layout(entry))
         if entry.is_survival:
             return model.predict(pool, prediction_type="Probability", thread_count=self.thread_count)[:, 1]
-        return np.asarray(model.predict(pool, thread_count=self.thread_count), dtype=np.float64)
+        # explicit: a model loaded from a .cbm does not know its loss, and would return log values
+        kind = "Exponent" if log_link(entry) else "RawFormulaVal"
+        return np.asarray(
+            model.predict(pool, prediction_type=kind, thread_count=self.thread_count), np.float64
+        )
 
     def finish(self, entry: ModelEntry, raw: np.ndarray, horizons: np.ndarray) -> np.ndarray:
         """Raw output → what the release forecasts: floored at fact_min, calibrated for the horizon."""

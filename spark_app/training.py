@@ -107,7 +107,11 @@ class Evaluation:
                     out[f"{row.model_id}.{row.split}.{row.metric}{suffix}"] = float(value)
         for row in self.quality.itertuples(index=False):
             if row.model_id == VALUE:
-                for suffix, value in (("", row.cum_bias), ("_naive", row.naive_cum_bias)):
+                for suffix, value in (
+                    ("", row.cum_bias),
+                    ("_se", row.cum_bias_se),
+                    ("_naive", row.naive_cum_bias),
+                ):
                     if np.isfinite(value):
                         out[f"{VALUE}.{row.split}.cum24_bias{suffix}"] = float(value)
         return out
@@ -318,13 +322,17 @@ def target_window(manifest: dict[str, Any]) -> str:
 def log_quality(quality: pd.DataFrame) -> None:
     """Aggregate bias first, then the main metric, each beside the naive baseline's."""
     for row in quality.itertuples(index=False):
-        cum = f", cumulative 24-month bias {row.cum_bias:+.2%}" if np.isfinite(row.cum_bias) else ""
+        cum = (
+            f", cumulative 24-month bias {row.cum_bias:+.2%} ± {1.96 * row.cum_bias_se:.2%}"
+            if np.isfinite(row.cum_bias)
+            else ""
+        )
         verdict = "" if row.beats_naive else "  <-- does NOT beat the naive baseline"
         log.log(
             logging.INFO if row.beats_naive else logging.WARNING,
-            "OOT %s: bias %s (naive %s), %s %.4f (naive %.4f)%s%s",
-            row.model_id, f"{row.agg_bias:+.2%}", f"{row.naive_agg_bias:+.2%}", row.metric, row.value,
-            row.naive, cum, verdict,
+            "OOT %s: bias %s ± %s (naive %s), %s %.4f (naive %.4f)%s%s",
+            row.model_id, f"{row.agg_bias:+.2%}", f"{1.96 * row.agg_bias_se:.2%}",
+            f"{row.naive_agg_bias:+.2%}", row.metric, row.value, row.naive, cum, verdict,
         )  # fmt: skip
 
 

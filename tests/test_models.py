@@ -221,3 +221,20 @@ def test_quality_table_says_who_beats_naive():
     )
     q = quality_table(metric_table(rows), {"classification": "roc_auc", "regression": "wape"})
     assert dict(zip(q["model_id"], q["beats_naive"], strict=True)) == {"paid": True, "active": False}
+
+
+def test_bias_first_metrics_on_hand_made_numbers():
+    from spark_app.evaluation import agg_bias, agg_bias_se, cumulative_bias, decile_table, normalized_gini
+
+    y = np.array([0.0, 0.0, 1.0, 3.0])
+    assert agg_bias(y, 1.1 * y) == pytest.approx(0.1) and agg_bias_se(y, 1.1 * y) == pytest.approx(0.0)
+    assert agg_bias_se(y, np.array([1.0, 1.0, 1.0, 1.0])) > 0  # the residuals around Σf/Σy · y
+    assert normalized_gini(y, y) == pytest.approx(1.0)
+    assert normalized_gini(y, np.full(4, 7.0)) == pytest.approx(0.0)  # a constant forecast ranks nothing
+    assert normalized_gini(y, -y) < 0
+    table = decile_table(np.arange(100.0), np.arange(100.0))
+    assert list(table["rows"]) == [10] * 10 and table["mean_actual"].iloc[0] == pytest.approx(4.5)
+    # cumulative over two horizons: (mean f_1 + mean f_2) / (mean y_1 + mean y_2) - 1
+    h = np.array([1, 1, 2, 2])
+    bias, se = cumulative_bias(h, np.array([2.0, 2.0, 1.0, 3.0]), np.array([1.0, 3.0, 2.0, 2.0]), up_to=24)
+    assert bias == pytest.approx((2 + 2) / (2 + 2) - 1) and se > 0
