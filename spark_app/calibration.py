@@ -31,30 +31,42 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
+def _lookup(table: Mapping[int, float], keys: np.ndarray, default: float) -> np.ndarray:
+    keys = np.asarray(keys, dtype=np.int64)
+    if not len(keys):
+        return np.zeros(0)
+    values = {int(k): float(v) for k, v in table.items()}
+    return np.array([values.get(int(x), default) for x in range(keys.max() + 1)])[keys]
+
+
 @dataclass(frozen=True)
 class AmountScale:
-    """Forecast × factor of its horizon (horizons not seen in fitting use the all-horizon factor)."""
+    """Forecast × factor of its horizon × factor of its target's calendar month (horizons not seen in
+    fitting use the all-horizon factor; months not seen, 1)."""
 
     factors: Mapping[int, float]
     overall: float = 1.0
+    month_factors: Mapping[int, float] = field(default_factory=dict)
 
-    def factor(self, horizons: np.ndarray) -> np.ndarray:
-        h = np.asarray(horizons, dtype=np.int64)
-        table = {int(k): float(v) for k, v in self.factors.items()}
-        return np.array([table.get(int(x), self.overall) for x in range(h.max() + 1)])[h] if len(h) else h
+    def factor(self, horizons: np.ndarray, months: np.ndarray | None = None) -> np.ndarray:
+        by_horizon = _lookup(self.factors, horizons, self.overall)
+        if months is None or not self.month_factors:
+            return by_horizon
+        return by_horizon * _lookup(self.month_factors, months, 1.0)
 
-    def apply(self, pred: np.ndarray, horizons: np.ndarray) -> np.ndarray:
-        return np.asarray(pred, dtype=np.float64) * self.factor(horizons)
+    def apply(self, pred: np.ndarray, horizons: np.ndarray, months: np.ndarray | None = None) -> np.ndarray:
+        return np.asarray(pred, dtype=np.float64) * self.factor(horizons, months)
 
-    def shap_scale(self, horizons: np.ndarray) -> np.ndarray:
+    def shap_scale(self, horizons: np.ndarray, months: np.ndarray | None = None) -> np.ndarray:
         """SHAP values of the raw forecast × this give those of the calibrated one (a linear map)."""
-        return self.factor(horizons)
+        return self.factor(horizons, months)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "kind": "scale",
             "factors": {str(k): v for k, v in self.factors.items()},
             "overall": self.overall,
+            "month_factors": {str(k): v for k, v in self.month_factors.items()},
         }
 
 
@@ -66,13 +78,10 @@ class LogisticRecalibration:
     slope: float = 1.0
     overall: float = 0.0  # intercept for horizons not seen in fitting
 
-    def apply(self, p: np.ndarray, horizons: np.ndarray) -> np.ndarray:
-        h = np.asarray(horizons, dtype=np.int64)
-        table = {int(k): float(v) for k, v in self.intercepts.items()}
-        a = np.array([table.get(int(x), self.overall) for x in range(h.max() + 1)])[h] if len(h) else h
-        return _sigmoid(a + self.slope * _logit(p))
+    def apply(self, p: np.ndarray, horizons: np.ndarray, months: np.ndarray | None = None) -> np.ndarray:
+        return _sigmoid(_lookup(self.intercepts, horizons, self.overall) + self.slope * _logit(p))
 
-    def shap_scale(self, horizons: np.ndarray) -> np.ndarray:
+    def shap_scale(self, horizons: np.ndarray, months: np.ndarray | None = None) -> np.ndarray:
         """SHAP values in log-odds space scale by the slope."""
         return np.full(len(horizons), self.slope)
 
@@ -90,20 +99,39 @@ Calibration = AmountScale | LogisticRecalibration
 
 def from_json(data: Mapping[str, Any]) -> Calibration:
     if data["kind"] == "scale":
-        return AmountScale({int(k): float(v) for k, v in data["factors"].items()}, float(data["overall"]))
+        months = {int(k): float(v) for k, v in (data.get("month_factors") or {}).items()}
+        return AmountScale(
+            {int(k): float(v) for k, v in data["factors"].items()}, float(data["overall"]), months
+        )
     if data["kind"] == "logistic":
         intercepts = {int(k): float(v) for k, v in data["intercepts"].items()}
         return LogisticRecalibration(intercepts, float(data["slope"]), float(data["overall"]))
     raise ValueError(f"unknown calibration kind {data['kind']!r}")
 
 
-def fit_amount_scale(y: np.ndarray, pred: np.ndarray, horizons: np.ndarray) -> AmountScale:
-    """Σy / Σpred per horizon, shrunk to the overall ratio by empirical Bayes, within FACTOR_BOUNDS.
+def shrunk_ratios(y: np.ndarray, pred: np.ndarray, groups: np.ndarray, center: float) -> dict[int, float]:
+    """Σy / Σpred per group, each moved from `center` by empirical Bayes: a group's ratio r_g has sampling
+    variance s_g² ≈ Σ (y − r_g·pred)² / (Σ pred)²; the spread of the true ratios, τ², is what the
+    observed spread exceeds the mean s_g² by; r_g keeps the share τ² / (τ² + s_g²) of its difference."""
+    levels = [v for v in np.unique(groups) if pred[groups == v].sum() > 0]
+    ratios, variances = np.zeros(len(levels)), np.zeros(len(levels))
+    for i, value in enumerate(levels):
+        yg, fg = y[groups == value], pred[groups == value]
+        ratios[i] = yg.sum() / fg.sum()
+        variances[i] = ((yg - ratios[i] * fg) ** 2).sum() / fg.sum() ** 2
+    spread = max(0.0, float(((ratios - center) ** 2).mean()) - float(variances.mean())) if levels else 0.0
+    weight = spread / (spread + variances) if spread > 0 else np.zeros(len(levels))
+    low, high = FACTOR_BOUNDS
+    shrunk = np.clip(center + weight * (ratios - center), low, high)
+    return {int(v): float(f) for v, f in zip(levels, shrunk, strict=True)}
 
-    A horizon's ratio r_h has sampling variance s_h² ≈ Σ (y − r_h·pred)² / (Σ pred)²; the spread of the
-    true ratios across horizons, τ², is what the observed spread exceeds the mean s_h² by. Each r_h
-    moves from the overall ratio by the share τ² / (τ² + s_h²) of its difference.
-    """
+
+def fit_amount_scale(
+    y: np.ndarray, pred: np.ndarray, horizons: np.ndarray, months: np.ndarray | None = None
+) -> AmountScale:
+    """Per horizon Σy / Σpred (shrunk to the overall ratio), then per target calendar month Σy / Σ(the
+    horizon-calibrated forecast) (shrunk to 1): CLTV sums months of every season, and a year has one
+    of each calendar month in the 13 target months, so a season the model under-learnt is set right."""
     y = np.asarray(y, dtype=np.float64)
     pred = np.asarray(pred, dtype=np.float64)
     h = np.asarray(horizons, dtype=np.int64)
@@ -111,18 +139,13 @@ def fit_amount_scale(y: np.ndarray, pred: np.ndarray, horizons: np.ndarray) -> A
     if len(y) == 0 or pred.sum() <= 0:
         return AmountScale({}, 1.0)
     overall = float(np.clip(y.sum() / pred.sum(), low, high))
-    levels = [v for v in np.unique(h) if pred[h == v].sum() > 0]
-    ratios, variances = np.zeros(len(levels)), np.zeros(len(levels))
-    for i, value in enumerate(levels):
-        yh, fh = y[h == value], pred[h == value]
-        ratios[i] = yh.sum() / fh.sum()
-        variances[i] = ((yh - ratios[i] * fh) ** 2).sum() / fh.sum() ** 2
-    spread = max(0.0, float(ratios.var()) - float(variances.mean())) if len(levels) > 1 else 0.0
-    weight = spread / (spread + variances) if spread > 0 else np.zeros(len(levels))
-    shrunk = overall + weight * (ratios - overall)
-    return AmountScale(
-        {int(v): float(np.clip(f, low, high)) for v, f in zip(levels, shrunk, strict=True)}, overall
-    )
+    by_horizon = shrunk_ratios(y, pred, h, overall)
+    scale = AmountScale(by_horizon, overall)
+    if months is None:
+        return scale
+    m = np.asarray(months, dtype=np.int64)
+    by_month = shrunk_ratios(y, scale.apply(pred, h), m, 1.0)
+    return AmountScale(by_horizon, overall, by_month)
 
 
 def fit_logistic(

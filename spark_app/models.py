@@ -25,7 +25,7 @@ from catboost import CatBoost, CatBoostClassifier, CatBoostRegressor, FeaturesDa
 
 from spark_app import calibration
 from spark_app.calibration import Calibration, CalibrationReport
-from spark_app.catalog import HORIZON, ModelCatalog, ModelEntry, stacked_feature
+from spark_app.catalog import CALENDAR_MONTH, HORIZON, ModelCatalog, ModelEntry, stacked_feature
 from spark_app.config import Settings
 from spark_app.errors import UserError
 
@@ -118,6 +118,16 @@ def missing_columns(frame: pd.DataFrame, entries: list[ModelEntry]) -> list[str]
     stacked = {stacked_feature(m) for e in entries for m in e.stacked}
     need = {c for e in entries for c in e.features if c not in stacked}
     return sorted(need - set(frame.columns))
+
+
+def horizon_and_month(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
+    """The calibration's keys of each row: its horizon and its target's calendar month."""
+    months = frame[CALENDAR_MONTH].to_numpy(np.int64) if CALENDAR_MONTH in frame else None
+    return frame[HORIZON].to_numpy(np.int64), months
+
+
+def floored(entry: ModelEntry, raw: np.ndarray) -> np.ndarray:
+    return raw if entry.fact_min is None else np.maximum(raw, entry.fact_min)
 
 
 def log_link(entry: ModelEntry) -> bool:
@@ -248,8 +258,8 @@ class Learner:
         raw_val = self.predict(val, calibrated=False)
         check = test if test is not None and len(test) else val
         raw_check = self.predict(check, calibrated=False) if check is not val else raw_val
-        h_val = val[HORIZON].to_numpy(np.int64)
-        h_check = check[HORIZON].to_numpy(np.int64)
+        h_val, m_val = horizon_and_month(val)
+        h_check, m_check = horizon_and_month(check)
         reports: dict[str, CalibrationReport] = {}
         for entry in self.entries:
             m = entry.model_id
@@ -266,10 +276,11 @@ class Learner:
                     {"brier": before}, {"brier": after},
                 )  # fmt: skip
             else:
-                fitted = calibration.fit_amount_scale(y, raw_val[m], h_val)
+                fitted = calibration.fit_amount_scale(y, floored(entry, raw_val[m]), h_val, m_val)
                 self.calibration[m] = fitted
-                bias = float(raw_check[m].sum() / y_check.sum() - 1) if y_check.sum() else float("nan")
-                calibrated = fitted.apply(raw_check[m], h_check)
+                raw = floored(entry, raw_check[m])
+                bias = float(raw.sum() / y_check.sum() - 1) if y_check.sum() else float("nan")
+                calibrated = fitted.apply(raw, h_check, m_check)
                 after = float(calibrated.sum() / y_check.sum() - 1) if y_check.sum() else float("nan")
                 reports[m] = CalibrationReport(
                     len(y), "scale", True, f"overall factor {fitted.overall:.3f}",
@@ -295,11 +306,14 @@ class Learner:
             model.predict(pool, prediction_type=kind, thread_count=self.thread_count), np.float64
         )
 
-    def finish(self, entry: ModelEntry, raw: np.ndarray, horizons: np.ndarray) -> np.ndarray:
-        """Raw output → what the release forecasts: floored at fact_min, calibrated for the horizon."""
-        out = raw if entry.fact_min is None else np.maximum(raw, entry.fact_min)
+    def finish(
+        self, entry: ModelEntry, raw: np.ndarray, horizons: np.ndarray, months: np.ndarray | None
+    ) -> np.ndarray:
+        """Raw output → what the release forecasts: floored at fact_min, calibrated for the horizon (and
+        the target's calendar month)."""
+        out = floored(entry, raw)
         cal = self.calibration.get(entry.model_id)
-        return cal.apply(out, horizons) if cal is not None else out
+        return cal.apply(out, horizons, months) if cal is not None else out
 
     def predict(self, frame: pd.DataFrame, calibrated: bool = True) -> dict[str, np.ndarray]:
         """model id → prediction per row: probability of being in the base, or the DAILY-unit amount.
@@ -314,13 +328,15 @@ class Learner:
         if missing:
             raise KeyError(f"predict: columns {missing} missing from the frame")
         builder = MatrixBuilder(frame)
-        horizons = frame[HORIZON].to_numpy(np.int64) if calibrated and self.calibration else np.zeros(0)
+        horizons, months = (
+            horizon_and_month(frame) if calibrated and self.calibration else (np.zeros(0), None)
+        )
         out: dict[str, np.ndarray] = {}
         for entry in entries:
             raw = self._raw(entry, builder)
             if entry.is_survival:
                 builder.add_column(stacked_feature(entry.model_id), raw)
-            out[entry.model_id] = self.finish(entry, raw, horizons) if calibrated else raw
+            out[entry.model_id] = self.finish(entry, raw, horizons, months) if calibrated else raw
         return out
 
     def shap_values(self, frame: pd.DataFrame) -> dict[str, tuple[list[str], np.ndarray]]:
@@ -332,7 +348,7 @@ class Learner:
         features are filled exactly as `predict` fills them.
         """
         builder = MatrixBuilder(frame)
-        horizons = frame[HORIZON].to_numpy(np.int64)
+        horizons, months = horizon_and_month(frame)
         out: dict[str, tuple[list[str], np.ndarray]] = {}
         for entry in self.entries:
             layout = self.catalog.layout(entry)
@@ -340,7 +356,7 @@ class Learner:
             shap = model.get_feature_importance(builder.pool(layout), type="ShapValues")[:, :-1]
             cal = self.calibration.get(entry.model_id)
             if cal is not None and not log_link(entry):
-                shap = shap * cal.shap_scale(horizons)[:, None]
+                shap = shap * cal.shap_scale(horizons, months)[:, None]
             out[entry.model_id] = ([*layout[0], *layout[1]], shap)
             if entry.is_survival:
                 builder.add_column(stacked_feature(entry.model_id), self._raw(entry, builder))

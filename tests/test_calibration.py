@@ -66,3 +66,22 @@ def test_calibrations_round_trip_through_json():
         again = calibration.from_json(original.to_json())
         x, hs = np.array([0.2, 0.7, 0.4]), np.array([1, 2, 24])
         np.testing.assert_allclose(again.apply(x, hs), original.apply(x, hs))
+
+
+def test_a_season_the_model_under_learnt_gets_its_calendar_month_factor():
+    """January forecasts 20 % too high on every horizon: the horizon factors stay ~1, January's is 1/1.2."""
+    rng = np.random.default_rng(3)
+    n = 48_000
+    h = rng.integers(1, 25, n)
+    month = rng.integers(1, 13, n)
+    y = rng.uniform(1, 2, n)
+    pred = y * np.where(month == 1, 1.2, 1.0) * rng.normal(1, 0.01, n)
+    scale = fit_amount_scale(y, pred, h, month)
+    # the horizon factors take the year's average (~1/1.017), January's month factor the rest
+    total = scale.factor(h, month)
+    assert total[month == 1].mean() == pytest.approx(1 / 1.2, abs=0.01)
+    assert total[month != 1].mean() == pytest.approx(1.0, abs=0.01)
+    calibrated = scale.apply(pred, h, month)
+    for m in (1, 2, 7):
+        assert calibrated[month == m].sum() == pytest.approx(y[month == m].sum(), rel=0.01)
+    assert calibration.from_json(scale.to_json()).month_factors == scale.month_factors
