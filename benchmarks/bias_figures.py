@@ -58,12 +58,14 @@ def main() -> None:
     quality = pd.DataFrame(release.quality)
     backtest = result.tables["backtest"]
     overall = backtest[(backtest["dimension"] == "all") & (backtest["population"] == "all")]
-    amounts = overall[~overall["model_id"].isin(["paid", "active"])]
+    survival_ids = [e.model_id for e in settings.models.catalog().survival]
+    amounts = overall[~overall["model_id"].isin(survival_ids)]
     bias = amounts.pivot_table(index="model_id", columns="horizon", values="bias").add_prefix("h")
-    survival = overall[overall["model_id"].isin(["paid", "active"])]
+    survival = overall[overall["model_id"].isin(survival_ids)]
     shares = survival.pivot_table(
         index="model_id", columns="horizon", values=["forecast_mean", "actual_mean"]
     )
+    shares.columns = [f"{stat} h{h}" for stat, h in shares.columns]
     columns = ["model_id", "agg_bias", "agg_bias_se", "naive_agg_bias", "cum_bias", "cum_bias_se", "metric",
                "value", "naive", "beats_naive"]  # fmt: skip
     print(markdown_table(quality[[c for c in columns if c in quality]], ".4f"))

@@ -398,7 +398,7 @@ class PromotionDecision:
 
 
 def compare_releases(
-    challenger: Learner, champion: Learner, data: pd.DataFrame, settings: Settings
+    challenger: Learner, champion: Learner | None, data: pd.DataFrame, settings: Settings
 ) -> pd.DataFrame:
     """Per challenger model, on the same rows: the main metric of both releases (tolerance verdict) and
     the challenger's aggregate bias (limit `promotion.max_abs_bias` for amounts); plus the challenger's
@@ -406,7 +406,7 @@ def compare_releases(
     cfg = settings.promotion
     limit = cfg.max_abs_bias
     new = challenger.predict(data)
-    old = champion.predict(data)
+    old = champion.predict(data) if champion is not None else {}
     catalog = challenger.catalog.subset(list(challenger.models))
     y_all = actuals(data, catalog)
     rows = []
@@ -449,7 +449,7 @@ def compare_releases(
         rows.append(
             row(VALUE, "cum24_bias", challenger=cum, agg_bias=cum, max_abs_bias=limit, ok=ok, note=note)
         )
-    for model_id in champion.models:
+    for model_id in champion.models if champion is not None else ():
         if model_id not in challenger.models:
             rows.append(row(model_id, "", note="not in the challenger (disabled)"))
     return pd.DataFrame(rows)
@@ -506,10 +506,11 @@ def record_decision(
 
 @tracking.guarded
 def promote(settings: Settings, version: int | None = None, auto: bool = False) -> PromotionDecision:
-    """Move alias champion to `version` (or to the challenger) if no model is worse than its tolerance.
+    """Move alias champion to `version` (or to the challenger) if no model is worse than the champion's
+    beyond its tolerance and no amount (nor the cumulative value) is biased beyond the limit.
 
-    Both releases are scored on the challenger's OOT sample (the newer month). With no champion yet the
-    candidate is promoted. A refusal leaves the champion untouched; the reason is logged and recorded.
+    Both releases are scored on the challenger's OOT sample (the newer month); the first release is
+    checked on its bias alone. A refusal leaves the champion untouched; the reason is logged and recorded.
     """
     cfg = settings.mlflow
     client = tracking.client(cfg)
@@ -523,29 +524,25 @@ def promote(settings: Settings, version: int | None = None, auto: bool = False) 
         current = None
     champ_v = int(current.version) if current is not None else None
     table: pd.DataFrame | None = None
-    if champ_v is None:
-        decision = PromotionDecision(True, "no champion yet: the first release is promoted", cand_v, None)
-    elif champ_v == cand_v:
+    against = f"champion v{champ_v}" if champ_v is not None else "no champion (the first release)"
+    if champ_v == cand_v:
         decision = PromotionDecision(True, f"version {cand_v} already is the champion", cand_v, champ_v)
     else:
         challenger = load_release(settings, str(cand_v)).learner()
-        champion = load_release(settings, str(champ_v)).learner()
+        champion = load_release(settings, str(champ_v)).learner() if champ_v is not None else None
         data = evaluation_sample(client, candidate.run_id)
         if data is None or not len(data):
-            reason = f"version {cand_v}: no OOT sample in run {candidate.run_id} to compare on"
-            decision = PromotionDecision(False, reason, cand_v, champ_v)
+            reason = f"version {cand_v}: no OOT sample in run {candidate.run_id} to check it on"
+            decision = PromotionDecision(champ_v is None, reason, cand_v, champ_v)
         else:
             try:
                 table = compare_releases(challenger, champion, data, settings)
             except KeyError as exc:
-                decision = PromotionDecision(
-                    False,
-                    f"champion v{champ_v} cannot be evaluated on v{cand_v}'s OOT sample: {exc}",
-                    cand_v,
-                    champ_v,
-                )
+                reason = f"{against} cannot be evaluated on v{cand_v}'s OOT sample: {exc}"
+                decision = PromotionDecision(False, reason, cand_v, champ_v)
             else:
                 worse = table[~table["ok"]]
+                rows = table.to_dict("records")
                 if len(worse):
                     details = "; ".join(
                         (r.note and f"{r.model_id}: {r.note}")
@@ -553,16 +550,14 @@ def promote(settings: Settings, version: int | None = None, auto: bool = False) 
                         f"({r.worsening:+.2%} worse, tolerance {r.tolerance:.2%})"
                         for r in worse.itertuples(index=False)
                     )
-                    reason = (
-                        f"v{cand_v} is worse than champion v{champ_v} on {len(data):,} OOT rows: {details}"
-                    )
-                    decision = PromotionDecision(False, reason, cand_v, champ_v, table.to_dict("records"))
+                    reason = f"v{cand_v} refused against {against} on {len(data):,} OOT rows: {details}"
+                    decision = PromotionDecision(False, reason, cand_v, champ_v, rows)
                 else:
                     reason = (
-                        f"v{cand_v} is not worse than champion v{champ_v} beyond tolerance on every model "
-                        f"({len(data):,} OOT rows)"
+                        f"v{cand_v} passes against {against}: no model worse beyond tolerance, no aggregate "
+                        f"bias beyond promotion.max_abs_bias ({len(data):,} OOT rows)"
                     )
-                    decision = PromotionDecision(True, reason, cand_v, champ_v, table.to_dict("records"))
+                    decision = PromotionDecision(True, reason, cand_v, champ_v, rows)
     if decision.promoted and champ_v != cand_v:
         client.set_registered_model_alias(cfg.model_name, CHAMPION, str(cand_v))
     record_decision(client, settings, decision, table)
