@@ -30,13 +30,13 @@ def _month(text: str):
 
 
 def _seconds(text: str) -> float:
-    """A positive, finite number of seconds (`nan` or `inf` would make a wait never end)."""
+    """Finite, non-negative seconds (`nan` or `inf` would make a wait never end; 0 checks once)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive, finite number of seconds, got {text!r}")
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite, non-negative number of seconds, got {text!r}")
     return value
 
 

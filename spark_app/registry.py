@@ -510,7 +510,8 @@ def promote(settings: Settings, version: int | None = None, auto: bool = False) 
     beyond its tolerance and no amount (nor the cumulative value) is biased beyond the limit.
 
     Both releases are scored on the challenger's OOT sample (the newer month); the first release is
-    checked on its bias alone. A refusal leaves the champion untouched; the reason is logged and recorded.
+    checked on its bias alone and promoted anyway (there is nothing to keep), its problems on record. A
+    refusal leaves the champion untouched; the reason is logged and recorded.
     """
     cfg = settings.mlflow
     client = tracking.client(cfg)
@@ -543,7 +544,13 @@ def promote(settings: Settings, version: int | None = None, auto: bool = False) 
             else:
                 worse = table[~table["ok"]]
                 rows = table.to_dict("records")
-                if len(worse):
+                if len(worse) and champ_v is None:
+                    # nothing to keep instead: promoted, with its bias problems on record and in the log
+                    notes = "; ".join(f"{r.model_id}: {r.note}" for r in worse.itertuples(index=False))
+                    reason = f"no champion yet: the first release is promoted, despite {notes}"
+                    decision = PromotionDecision(True, reason, cand_v, None, rows)
+                    log.warning("first release v%s: %s", cand_v, notes)
+                elif len(worse):
                     details = "; ".join(
                         (r.note and f"{r.model_id}: {r.note}")
                         or f"{r.model_id} {r.metric} {r.challenger:.4f} vs champion {r.champion:.4f} "

@@ -22,8 +22,9 @@ from spark_app.argo import run_local
 from spark_app.config import load_settings
 from spark_app.dataset import build_dataset, read_dataset
 from spark_app.generate import PanelSpec, generate_panel
-from spark_app.registry import CHAMPION, mlflow_client
+from spark_app.registry import CHAMPION
 from spark_app.scoring import score_month
+from spark_app.tracking import client as mlflow_client
 
 ROOT = Path(__file__).resolve().parent.parent
 

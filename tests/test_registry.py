@@ -20,9 +20,9 @@ from spark_app.registry import (
     CHAMPION,
     ReleaseNotFoundError,
     load_release,
-    mlflow_client,
     promote,
 )
+from spark_app.tracking import client as mlflow_client
 from spark_app.training import train_release
 
 pytestmark = pytest.mark.slow  # trains releases end to end (~1.5-2 min on an idle machine)

@@ -205,7 +205,7 @@ def test_report_page_has_every_section_and_is_linked_from_mlflow(
 
 
 def test_report_needs_monitor_output_first(spark, panel_dir, settings_factory):
-    from spark_app.contract import InputContractError
+    from spark_app.errors import UserError
 
-    with pytest.raises(InputContractError, match="run `cltv monitor` first"):
+    with pytest.raises(UserError, match="run `cltv monitor` first"):
         build_report(spark, settings_factory(panel=panel_dir), MONTH)

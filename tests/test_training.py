@@ -15,7 +15,8 @@ from conftest import ALL_MODELS, make_settings
 
 from spark_app.dataset import build_dataset, read_dataset
 from spark_app.models import Learner
-from spark_app.registry import CHALLENGER, forecast_frame, load_release, mlflow_client
+from spark_app.registry import CHALLENGER, forecast_frame, load_release
+from spark_app.tracking import client as mlflow_client
 from spark_app.training import TrainingError, to_driver, train_release
 
 pytestmark = pytest.mark.slow  # trains releases end to end (~1.5-2 min on an idle machine)
@@ -101,7 +102,15 @@ def test_metrics_per_model_and_split_beside_naive_and_per_horizon_tables(trained
     quality = pd.read_csv(Path(with_dst) / "quality_oot.csv")
     assert list(quality["model_id"]) == [*ALL_MODELS, "value"]
     assert quality.set_index("model_id").loc["sac", "metric"] == "rmse"
-    assert list(quality.columns[:6]) == ["model_id", "kind", "split", "rows", "agg_bias", "naive_agg_bias"]
+    assert list(quality.columns[:7]) == [
+        "model_id",
+        "kind",
+        "split",
+        "rows",
+        "agg_bias",
+        "agg_bias_se",
+        "naive_agg_bias",
+    ]
     deciles = pd.read_csv(Path(with_dst) / "deciles.csv")
     assert set(deciles["decile"]) == set(range(1, 11))
 
