@@ -3,9 +3,8 @@
 The survival models run first; their raw probabilities become the `p_<id>` features of the regressors that
 stack them, in training exactly as in scoring. Every output is then calibrated per horizon
 (spark_app.calibration) and amounts are floored at the catalog's `fact_min`, so the scoring job, the
-registered pyfunc, evaluation and the report see the same numbers. Features reach CatBoost as
-`catboost.FeaturesData` (float32 numeric block + UTF-8 bytes categorical block), the fastest documented
-way to build a Pool when most features are numeric; models sharing a layout share one Pool per call.
+registered pyfunc, evaluation and the report see the same numbers. Features reach CatBoost as float32
+columns and pandas Categoricals (`MatrixBuilder`); models sharing a layout share one Pool per call.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from catboost import CatBoost, CatBoostClassifier, CatBoostRegressor, FeaturesData, Pool
+from catboost import CatBoost, CatBoostClassifier, CatBoostRegressor, Pool
 
 from spark_app import calibration
 from spark_app.calibration import Calibration, CalibrationReport
@@ -57,13 +56,37 @@ class FitReport:
 
 
 class MatrixBuilder:
-    """Columns of one frame converted once (float32 / UTF-8 bytes) and stacked per model layout."""
+    """The rows' feature columns converted once and handed to CatBoost per model layout.
 
-    def __init__(self, frame: pd.DataFrame):
+    Numerics become float32 (what CatBoost reads); categoricals become pandas Categoricals (codes over the
+    distinct values, a missing value as `<null>`): CatBoost hashes each distinct value once instead of
+    one Python string per row — ten times faster than UTF-8 bytes in `FeaturesData`, the same predictions.
+    Built from a pandas frame (training, evaluation, the pyfunc), or from columns already converted
+    (scoring builds them from Arrow). A stacked prediction is added as one more column without copying
+    the others; models with the same layout share one Pool.
+    """
+
+    def __init__(
+        self,
+        frame: pd.DataFrame | None = None,
+        *,
+        numeric: Mapping[str, np.ndarray] | None = None,
+        categorical: Mapping[str, pd.Categorical] | None = None,
+    ):
         self.frame = frame
-        self._num: dict[str, np.ndarray] = {}
-        self._cat: dict[str, np.ndarray] = {}
+        self._num: dict[str, np.ndarray] = dict(numeric or {})
+        self._cat: dict[str, pd.Categorical] = dict(categorical or {})
         self._pools: dict[tuple, Pool] = {}
+
+    @property
+    def columns(self) -> set[str]:
+        return {*(self.frame.columns if self.frame is not None else ()), *self._num, *self._cat}
+
+    def __len__(self) -> int:
+        if self.frame is not None:
+            return len(self.frame)
+        first = next(iter(self._num.values()), None)
+        return len(first) if first is not None else len(next(iter(self._cat.values())))
 
     def numeric(self, col: str) -> np.ndarray:
         if col not in self._num:
@@ -74,54 +97,51 @@ class MatrixBuilder:
             self._num[col] = values.to_numpy(dtype=np.float32, na_value=np.nan)
         return self._num[col]
 
-    def categorical(self, col: str) -> np.ndarray:
-        """Factorize, encode the few distinct values once, then take: no per-row Python work."""
+    def categorical(self, col: str) -> pd.Categorical:
         if col not in self._cat:
-            values = self.frame[col]
-            codes, uniques = pd.factorize(values, use_na_sentinel=True)
-            encoded = np.array(
-                [str(u).encode("utf-8") for u in uniques] + [NULL_CATEGORY.encode()], dtype=object
-            )
-            self._cat[col] = encoded[np.where(codes < 0, len(uniques), codes)]
+            codes, uniques = pd.factorize(self.frame[col], use_na_sentinel=True)
+            self._cat[col] = categories(codes, [str(u) for u in uniques])
         return self._cat[col]
 
-    def features_data(self, layout: tuple[tuple[str, ...], tuple[str, ...]]) -> FeaturesData:
+    def matrix(self, layout: tuple[tuple[str, ...], tuple[str, ...]]) -> pd.DataFrame:
+        """The layout's columns, in order, as one frame (numerics first, categoricals after)."""
         num_cols, cat_cols = layout
-        num = (
-            np.column_stack([self.numeric(c) for c in num_cols]).astype(np.float32, copy=False)
-            if num_cols
-            else None
-        )
-        cat = np.column_stack([self.categorical(c) for c in cat_cols]) if cat_cols else None
-        return FeaturesData(
-            num_feature_data=num,
-            cat_feature_data=cat,
-            num_feature_names=list(num_cols) or None,
-            cat_feature_names=list(cat_cols) or None,
-        )
+        columns: dict[str, Any] = {c: self.numeric(c) for c in num_cols}
+        columns.update({c: self.categorical(c) for c in cat_cols})
+        return pd.DataFrame(columns, copy=False)
 
     def pool(self, layout: tuple[tuple[str, ...], tuple[str, ...]], label: np.ndarray | None = None) -> Pool:
         if label is not None:
-            return Pool(self.features_data(layout), label=label)
+            return Pool(self.matrix(layout), label=label, cat_features=list(layout[1]))
         if layout not in self._pools:
-            self._pools[layout] = Pool(self.features_data(layout))
+            self._pools[layout] = Pool(self.matrix(layout), cat_features=list(layout[1]))
         return self._pools[layout]
 
     def add_column(self, name: str, values: np.ndarray) -> None:
-        """A stacked feature (p_paid / p_active): dropped from the caches so Pools are rebuilt with it."""
-        self.frame = self.frame.assign(**{name: values})
-        self._num.pop(name, None)
+        """A stacked feature (p_paid / p_active): replaces any column of that name in every cache."""
+        self._num[name] = np.asarray(values, dtype=np.float32)
         self._pools = {k: v for k, v in self._pools.items() if name not in k[0]}
 
 
-def missing_columns(frame: pd.DataFrame, entries: list[ModelEntry]) -> list[str]:
+def categories(codes: np.ndarray, values: list[str]) -> pd.Categorical:
+    """Codes over distinct values as the Categorical CatBoost reads; code −1 (missing) → `<null>`."""
+    names = [*values, NULL_CATEGORY] if NULL_CATEGORY not in values else list(values)
+    null = names.index(NULL_CATEGORY)
+    return pd.Categorical.from_codes(np.where(codes < 0, null, codes), names)
+
+
+def missing_columns(frame: pd.DataFrame | MatrixBuilder, entries: list[ModelEntry]) -> list[str]:
     stacked = {stacked_feature(m) for e in entries for m in e.stacked}
     need = {c for e in entries for c in e.features if c not in stacked}
-    return sorted(need - set(frame.columns))
+    have = frame.columns if isinstance(frame, MatrixBuilder) else set(frame.columns)
+    return sorted(need - set(have))
 
 
-def horizon_and_month(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
+def horizon_and_month(frame: pd.DataFrame | MatrixBuilder) -> tuple[np.ndarray, np.ndarray | None]:
     """The calibration's keys of each row: its horizon and its target's calendar month."""
+    if isinstance(frame, MatrixBuilder):
+        months = frame.numeric(CALENDAR_MONTH).astype(np.int64) if CALENDAR_MONTH in frame.columns else None
+        return frame.numeric(HORIZON).astype(np.int64), months
     months = frame[CALENDAR_MONTH].to_numpy(np.int64) if CALENDAR_MONTH in frame else None
     return frame[HORIZON].to_numpy(np.int64), months
 
@@ -243,7 +263,7 @@ class Learner:
             )  # fmt: skip
             if entry.is_survival:
                 for builder in (reg_m, val_m):
-                    if builder is not None and len(builder.frame):
+                    if builder is not None and len(builder):
                         builder.add_column(stacked_feature(entry.model_id), self._raw(entry, builder))
         return self
 
@@ -295,7 +315,7 @@ class Learner:
         """The model's own output: P(class 1), or the regressor's mean: the raw value for RMSE/Huber,
         exp(raw) for log-link losses such as Tweedie."""
         model = self.models[entry.model_id]
-        if len(builder.frame) == 0:
+        if len(builder) == 0:
             return np.zeros(0, dtype=np.float64)
         pool = builder.pool(self.catalog.layout(entry))
         if entry.is_survival:
@@ -315,7 +335,7 @@ class Learner:
         cal = self.calibration.get(entry.model_id)
         return cal.apply(out, horizons, months) if cal is not None else out
 
-    def predict(self, frame: pd.DataFrame, calibrated: bool = True) -> dict[str, np.ndarray]:
+    def predict(self, frame: pd.DataFrame | MatrixBuilder, calibrated: bool = True) -> dict[str, np.ndarray]:
         """model id → prediction per row: probability of being in the base, or the DAILY-unit amount.
 
         `frame` holds the input feature columns, `horizon` and `target_calendar_month`; the stacked
@@ -327,9 +347,9 @@ class Learner:
         missing = missing_columns(frame, entries)
         if missing:
             raise KeyError(f"predict: columns {missing} missing from the frame")
-        builder = MatrixBuilder(frame)
+        builder = frame if isinstance(frame, MatrixBuilder) else MatrixBuilder(frame)
         horizons, months = (
-            horizon_and_month(frame) if calibrated and self.calibration else (np.zeros(0), None)
+            horizon_and_month(builder) if calibrated and self.calibration else (np.zeros(0), None)
         )
         out: dict[str, np.ndarray] = {}
         for entry in entries:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 
 from pyspark.sql import SparkSession
 
@@ -55,3 +57,19 @@ def get_spark(cfg: SparkConfig, *, ui: bool = False) -> SparkSession:
     spark.sparkContext.setLogLevel("WARN")
     log.info("spark %s on %s, %s", spark.version, spark.sparkContext.master, spark.sparkContext.applicationId)
     return spark
+
+
+@contextlib.contextmanager
+def session_conf(spark: SparkSession, **settings: str | int) -> Iterator[None]:
+    """Spark SQL settings for the duration of a job, restored afterwards: `**{"spark.sql.x": value}`."""
+    previous = {key: spark.conf.get(key, None) for key in settings}
+    for key, value in settings.items():
+        spark.conf.set(key, str(value))
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)

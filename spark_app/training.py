@@ -9,12 +9,10 @@ val) → metrics per model × split × horizon beside naive baselines → bundle
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import logging
 import tempfile
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +47,7 @@ from spark_app.evaluation import (
 )
 from spark_app.models import Learner
 from spark_app.progress import StageTimer
+from spark_app.session import session_conf
 
 log = logging.getLogger(__name__)
 
@@ -133,19 +132,6 @@ class Evaluation:
 
 
 # ---------------------------------------------------------------- Spark → driver
-@contextlib.contextmanager
-def arrow_enabled(spark: SparkSession) -> Iterator[None]:
-    previous = spark.conf.get(ARROW_CONF, None)
-    spark.conf.set(ARROW_CONF, "true")
-    try:
-        yield
-    finally:
-        if previous is None:
-            spark.conf.unset(ARROW_CONF)
-        else:
-            spark.conf.set(ARROW_CONF, previous)
-
-
 def capped(df: DataFrame, *, rows: int, cap: int, salt: str) -> DataFrame:
     """Keep a hash-chosen cap/rows share of the subscribers: deterministic, and about `cap` rows."""
     if rows <= cap:
@@ -170,7 +156,7 @@ def to_driver(
     columns = needed_columns(settings.models.catalog())
     cap = settings.training.max_rows_per_model
     out: dict[str, pd.DataFrame] = {}
-    with arrow_enabled(spark):
+    with session_conf(spark, **{ARROW_CONF: "true"}):
         for name, df in frames.items():
             missing = [c for c in columns if c not in df.columns]
             if missing and len(df.columns):

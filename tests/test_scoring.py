@@ -18,15 +18,8 @@ from spark_app.cltv import Extrapolation, ValueFormula, cltv_columns
 from spark_app.contract import InputContractError
 from spark_app.months import add_months, days_in_month_index, month_index
 from spark_app.registry import forecast_frame, load_release
-from spark_app.scoring import (
-    _LEARNERS,
-    cached_learner,
-    make_plan,
-    model_files,
-    output_schema,
-    score_dir,
-    score_month,
-)
+from spark_app.batch import _LEARNERS, cached_learner, output_schema
+from spark_app.scoring import make_plan, model_files, score_dir, score_month
 from spark_app.storage import Storage
 
 MONTH = dt.date(2025, 4, 1)  # the panel's last month (2022-01 + 39)
