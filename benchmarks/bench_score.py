@@ -1,21 +1,24 @@
-"""Scoring throughput: `cltv score` end to end against CatBoost's own predict and the usual Spark UDF way.
+"""Scoring at CatBoost's own speed? The monthly job against CatBoost alone, for two kinds of release.
 
-    .venv/bin/python benchmarks/bench_score.py --panel work/bench/panel-1m --month 2026-04
+    .venv/bin/python benchmarks/bench_score.py --panel work/bench/panel-1m --month 2026-04 \\
+        --sizes 250000,1000000 --repeats 3
 
-In one run, on local[2], with one real-size release (the profiles of conf/models.yaml: 8 models,
-iterations 600, depth 6, trained here without early stopping so every model has its full 600 trees):
+Two real releases trained here on the 1M panel (training set ending the month before): the default,
+early-stopped one, and the same with early stopping off (600 trees per model). In one run, on local[2],
+for each release and month size (a month of N subscribers is built from the panel's last three months,
+ids suffixed so they are distinct subscribers):
 
-  (a) `score_month` end to end (validation, scoring, CLTV, staged write, summary) on months of 250k, 500k
-      and 1M subscribers: predictions/s = subscribers × 24 horizons × 8 models / wall time;
-  (b) CatBoost's own `predict` in this process, 2 threads, no Spark, same models and horizon rows, on a
-      subsample scaled to predictions/s — from a prebuilt Pool (the pure limit) and from a pandas frame
-      (CatBoost's own conversion included);
-  (c) the usual way: horizons exploded in Spark, one `mlflow.pyfunc.spark_udf` per model (survival first,
-      their outputs fed to the regressors), on a subsample, as predictions/s.
+  (a) `score_month`'s job stages (check inputs + score and write: the job minus loading the release and
+      logging to MLflow), median of --repeats, and the peak RSS of the Python workers and the driver;
+  (b) CatBoost alone on ALL the month's horizon rows (N × 24 × the release's models): the same models,
+      2 threads, one process, no Spark — from prebuilt Pools (the limit), and from pandas frames (CatBoost
+      converting them itself); the regressors get the survival outputs, as they do in the job;
+  (c) the usual way, at --udf-subscribers: horizons exploded in Spark, one `mlflow.pyfunc.spark_udf` per
+      model, survival outputs fed on;
 
-Also peak RSS of the driver (Python and JVM) and of the Python workers, sampled from /proc during (a).
-The 1M-subscriber month is built from the panel's last three months (ids suffixed so they are distinct
-subscribers), since a month of the 1M panel holds ~450k subscribers in the base.
+and, at the largest size with the early-stopped release, the monthly DAG's Spark steps — validate-inputs →
+score --detail → validate-output → monitor → report — beside `score --detail` alone. Fixed cost per
+subscriber = (job stages − CatBoost alone from Pools) / N.
 """
 
 from __future__ import annotations
@@ -31,19 +34,20 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from pyspark.sql import functions as F
 
+from spark_app import batch, tracking
 from spark_app.cli import setup_logging
-from spark_app.config import ALL_MODELS, AMOUNT_MODELS, SparkConfig, load_settings
-from spark_app.months import add_months, days_in_month_index, month_index, parse_month
+from spark_app.config import SparkConfig, load_settings
+from spark_app.months import add_months, month_index, parse_month
 from spark_app.session import get_spark
 
 log = logging.getLogger("bench_score")
 ROOT = Path(__file__).resolve().parent.parent
 HORIZONS = 24
-FACT_OF = {"paid": "in_paid_base", "active": "in_active_base", **{m: m for m in AMOUNT_MODELS}}
+# profile overrides: "full" trains every model to its 600 iterations (no early stopping, no best-model cut)
+RELEASES = {"early": {}, "full": {"fit_params": {"early_stopping_rounds": None, "use_best_model": False}}}
 
 
 # ---------------------------------------------------------------- /proc memory sampling
@@ -85,12 +89,8 @@ class MemorySampler:
 
     def __init__(self, every: float = 0.5):
         self.every = every
-        self.peak = {
-            "driver_python_mb": 0.0,
-            "driver_jvm_mb": 0.0,
-            "worker_max_mb": 0.0,
-            "workers_sum_mb": 0.0,
-        }
+        names = ("driver_python_mb", "driver_jvm_mb", "worker_max_mb", "workers_sum_mb")
+        self.peak = dict.fromkeys(names, 0.0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -123,315 +123,321 @@ class MemorySampler:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=2)
 
 
-# ---------------------------------------------------------------- settings
-def bench_settings(panel: str, work: Path, features: Path):
-    """The embedded default pointed at the bench panel, with the bench's own scores and MLflow store."""
-    return load_settings(
-        ROOT / "conf" / "local.yaml",
-        overrides={
-            "paths": {"features": str(features), "facts": f"{panel}/facts", "scores": str(work / "scores")},
-            "mlflow": {
-                "tracking_uri": f"sqlite:///{work / 'mlflow.db'}",
-                "artifact_location": str(work / "mlartifacts"),
-            },
-            "spark": {"master": "local[2]"},
+# ---------------------------------------------------------------- settings, releases, months
+def bench_settings(panel: str, work: Path, inputs: Path | None = None, **sections: dict):
+    """The embedded default pointed at the bench panel (or a built month), with the bench's own outputs."""
+    source = inputs or Path(panel)
+    overrides = {
+        "paths": {
+            "features": str(source / "features"),
+            "facts": str(source / "facts"),
+            "datasets": str(work / "datasets"),
+            "scores": str(work / "scores"),
+            "monitoring": str(work / "monitoring"),
         },
-        environ={},
-    )
-
-
-# ---------------------------------------------------------------- inputs
-def month_of_size(spark, panel: str, month: dt.date, subscribers: int, out: Path) -> int:
-    """A features table holding one month of about `subscribers` distinct subscribers."""
-    path = out / "features" / f"report_month={month:%Y-%m-%d}"
-    if (path / "_SUCCESS").exists():
-        return spark.read.parquet(str(path)).count()
-    features = spark.read.parquet(f"{panel}/features")
-    parts = []
-    for k, suffix in enumerate(("", "-b", "-c")):
-        m = add_months(month, -k)
-        parts.append(
-            features.where(F.col("report_month") == F.lit(m))
-            .drop("report_month")
-            .withColumn("subscriber_id", F.concat(F.col("subscriber_id"), F.lit(suffix)))
-        )
-    pool = parts[0].unionByName(parts[1]).unionByName(parts[2])
-    available = pool.count()
-    share = min(1.0, subscribers / available)
-    picked = pool.where(
-        F.pmod(F.xxhash64("subscriber_id", F.lit("bench")), F.lit(1_000_000)) < int(share * 1e6)
-    )
-    picked.repartition(max(4, subscribers // 100_000)).write.mode("overwrite").parquet(str(path))
-    return spark.read.parquet(str(path)).count()
-
-
-def training_frames(spark, panel: str, month: dt.date, rows: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A horizon-lagged sample (features at F, facts at F+h) from the panel, split for stacking."""
-    last_feature = add_months(month, -HORIZONS - 1)
-    features = spark.read.parquet(f"{panel}/features").where(
-        (F.col("report_month") >= F.lit(add_months(last_feature, -11)))
-        & (F.col("report_month") <= F.lit(last_feature))
-    )
-    total = features.count()
-    sample = features.where(F.rand(3) < min(1.0, rows / max(total, 1)))
-    sample = sample.withColumn(
-        "horizon", (F.pmod(F.xxhash64("subscriber_id", "report_month"), F.lit(HORIZONS)) + 1).cast("int")
-    )
-    sample = sample.withColumn("target_month", F.expr("add_months(report_month, horizon)"))
-    facts = spark.read.parquet(f"{panel}/facts").withColumnRenamed("report_month", "target_month")
-    joined = sample.join(facts, ["subscriber_id", "target_month"], "left").toPandas()
-    target = joined["target_month"].map(month_index).to_numpy()
-    joined["target_calendar_month"] = target % 12 + 1
-    days = days_in_month_index(target)
-    for model_id, col in FACT_OF.items():
-        values = joined[col].fillna(0.0).to_numpy(dtype=np.float64)
-        joined[f"{model_id}_fact"] = values if model_id in ("paid", "active") else values / days
-    half = joined["subscriber_id"].str[-1].astype(int) % 2 == 0
-    return joined[half].reset_index(drop=True), joined[~half].reset_index(drop=True)
-
-
-def ensure_release(spark, settings, panel: str, month: dt.date, rows: int) -> int:
-    """The benchmark's release: real profiles, full 600 trees, registered in the bench MLflow store."""
-    from spark_app.models import Learner
-    from spark_app.registry import ReleaseNotFoundError, load_release, log_release, model_input
-    from spark_app.training import Evaluation, categories_seen
-
-    try:
-        return load_release(settings, "challenger").version
-    except ReleaseNotFoundError:
-        pass
-    surv, reg = training_frames(spark, panel, month, rows)
-    log.info("training the bench release on %d + %d rows", len(surv), len(reg))
-    learner = Learner.from_settings(settings).fit(surv, reg)
-    learner.meta = {
-        "horizons": list(range(1, HORIZONS + 1)),
-        "dataset_id": "bench-score",
-        "categories": categories_seen([surv, reg], list(settings.models.categorical)),
+        "mlflow": {
+            "tracking_uri": f"sqlite:///{work / 'mlflow.db'}",
+            "artifact_location": str(work / "mlartifacts"),
+        },
+        "spark": {"master": "local[2]"},
+        **sections,
     }
-    work = Path(settings.paths.scores).parent / "release-build"
-    shutil.rmtree(work, ignore_errors=True)
-    bundle = learner.save_bundle(work / "bundle")
-    (work / "evaluation").mkdir(parents=True)
-    evaluation = Evaluation(
-        table=pd.DataFrame(
-            columns=["model_id", "kind", "split", "horizon", "rows", "metric", "value", "naive"]
-        ),
-        calibration={},
-        deciles=pd.DataFrame(),
-        quality=pd.DataFrame(columns=["model_id", "metric", "value", "naive", "beats_naive"]),
-    )
-    version, _ = log_release(
-        settings,
-        learner=learner,
-        bundle_dir=bundle,
-        evaluation_dir=work / "evaluation",
-        evaluation=evaluation,
-        rows={"train_surv": len(surv), "train_reg": len(reg)},
-        input_example=model_input(reg, learner),
-    )
-    return version
+    return load_settings(ROOT / "conf" / "local.yaml", overrides=overrides, environ={})
+
+
+def ensure_releases(spark, panel: str, work: Path, month: dt.date) -> dict[str, int]:
+    """The two releases, trained on the panel for the target window ending the month before `month`,
+    registered under the aliases bench-early / bench-full (reused when present)."""
+    from spark_app.dataset import build_dataset
+    from spark_app.training import train_release
+
+    settings = bench_settings(panel, work)
+    mlflow = tracking.client(settings.mlflow)
+    name = settings.mlflow.model_name
+    versions: dict[str, int] = {}
+    dataset_id = None
+    for kind, override in RELEASES.items():
+        try:
+            versions[kind] = int(mlflow.get_model_version_by_alias(name, f"bench-{kind}").version)
+            continue
+        except Exception:  # not trained yet
+            pass
+        profiles = {e.model_id: override for e in settings.models.catalog()}
+        kind_settings = bench_settings(panel, work, models={"profiles": profiles}) if override else settings
+        if dataset_id is None:
+            dataset_id = build_dataset(spark, settings, add_months(month, -1)).dataset_id
+        started = time.perf_counter()
+        info = train_release(spark, kind_settings, dataset_id)
+        log.info("release %s: v%s trained in %.0fs", kind, info.version, time.perf_counter() - started)
+        mlflow.set_registered_model_alias(name, f"bench-{kind}", str(info.version))
+        versions[kind] = info.version
+    return versions
+
+
+def synthetic_month(spark, panel: str, month: dt.date, subscribers: int, out: Path) -> int:
+    """`out`/features (and facts) holding month `month` (and, for the DAG's backtest, the month before)
+    with about `subscribers` distinct subscribers: the panel's month m, m−1 and m−2 with ids suffixed."""
+    done = out / "_DONE"
+    if done.exists():
+        return int(done.read_text())
+    shutil.rmtree(out, ignore_errors=True)
+    share = None
+    for table in ("features", "facts"):
+        source = spark.read.parquet(f"{panel}/{table}")
+        for target in (add_months(month, -1), month):
+            parts = []
+            for k, suffix in enumerate(("", "-b", "-c")):
+                m = add_months(target, -k)
+                parts.append(
+                    source.where(F.col("report_month") == F.lit(m))
+                    .drop("report_month")
+                    .withColumn("subscriber_id", F.concat(F.col("subscriber_id"), F.lit(suffix)))
+                )
+            pool = parts[0].unionByName(parts[1]).unionByName(parts[2])
+            if share is None:
+                share = min(1.0, subscribers / pool.count())
+            picked = pool.where(
+                F.pmod(F.xxhash64("subscriber_id", F.lit("bench")), F.lit(1_000_000)) < int(share * 1e6)
+            )
+            path = out / table / f"report_month={target:%Y-%m-%d}"
+            picked.repartition(max(4, subscribers // 100_000)).write.mode("overwrite").parquet(str(path))
+    n = spark.read.parquet(str(out / "features" / f"report_month={month:%Y-%m-%d}")).count()
+    done.write_text(str(n))
+    return n
 
 
 # ---------------------------------------------------------------- (b) CatBoost alone
-def catboost_alone(settings, features: pd.DataFrame, month: dt.date, repeats: int) -> dict[str, float]:
-    """CatBoost predict on the horizon rows of `features`, 2 threads, one process: Pool and DataFrame."""
-    from catboost import Pool
-
+def catboost_alone(settings, version: int, features_dir: Path, month: dt.date, repeats: int) -> dict:
+    """Predict every horizon row of the month with the release's models, 2 threads: prebuilt Pools and
+    pandas frames, in chunks of 100k subscribers (all rows, no scaling); survival outputs stacked in."""
     from spark_app.registry import load_release
-    from spark_app.scoring import horizon_frame, make_plan
+    from spark_app.scoring import make_plan
 
-    release = load_release(settings, "challenger")
+    release = load_release(settings, str(version))
     learner = release.learner()
+    learner.thread_count = 2
     plan = make_plan(settings, release.manifest, release.version, "bench", month, detail=False)
-    frame = horizon_frame(features, plan)
-    stacked = learner.predict(frame)  # the survival outputs the regressors read
-    frame = frame.assign(p_paid=stacked["paid"], p_active=stacked["active"])
-    # object (string) categoricals, as a user of CatBoost would hand them over
-    frame_obj = frame.assign(**{c: frame[c].astype(object) for c in plan.categorical})
-    pool_s, df_s = [], []
-    for _ in range(repeats):
-        pool_t = df_t = 0.0
-        for spec in learner.specs.values():
-            model = learner.models[spec.model_id]
-            x = frame_obj[[*spec.numeric_cols, *spec.cat_features]]  # the Learner's matrix layout
-            kind = "Probability" if spec.kind == "classification" else "RawFormulaVal"
-            pool = Pool(x, cat_features=list(spec.cat_features))
-            start = time.perf_counter()
-            model.predict(pool, prediction_type=kind, thread_count=2)
-            pool_t += time.perf_counter() - start
-            start = time.perf_counter()
-            model.predict(x, prediction_type=kind, thread_count=2)
-            df_t += time.perf_counter() - start
-        pool_s.append(pool_t)
-        df_s.append(df_t)
-    n_pred = len(frame) * len(learner.models)
+    features = pd.read_parquet(features_dir)
+    catalog = learner.catalog
+    pool_s = [0.0] * repeats
+    frame_s = [0.0] * repeats
+    chunk = 100_000
+    for start in range(0, len(features), chunk):
+        part = features.iloc[start : start + chunk].reset_index(drop=True)
+        builder = batch.horizon_rows(batch.inputs_from_pandas(part, plan), plan)
+        raw = learner.predict(builder, calibrated=False)  # fills p_<id> for the regressors
+        for entry in catalog:
+            layout = catalog.layout(entry)
+            pool = builder.pool(layout)
+            frame = builder.matrix(layout)
+            model = learner.models[entry.model_id]
+            kind = "Probability" if entry.is_survival else "RawFormulaVal"
+            for r in range(repeats):
+                t = time.perf_counter()
+                model.predict(pool, prediction_type=kind, thread_count=2)
+                pool_s[r] += time.perf_counter() - t
+                t = time.perf_counter()
+                model.predict(frame, prediction_type=kind, thread_count=2)
+                frame_s[r] += time.perf_counter() - t
+        del builder, raw
+    n_pred = len(features) * HORIZONS * len(learner.models)
     return {
         "subscribers": len(features),
         "predictions": n_pred,
-        "pool_seconds_median": statistics.median(pool_s),
-        "dataframe_seconds_median": statistics.median(df_s),
-        "pool_predictions_per_s": n_pred / statistics.median(pool_s),
-        "dataframe_predictions_per_s": n_pred / statistics.median(df_s),
+        "pool_seconds": round(statistics.median(pool_s), 2),
+        "pandas_seconds": round(statistics.median(frame_s), 2),
+        "pool_predictions_per_s": round(n_pred / statistics.median(pool_s)),
+        "pandas_predictions_per_s": round(n_pred / statistics.median(frame_s)),
     }
 
 
 # ---------------------------------------------------------------- (c) the usual way
-def udf_baseline(spark, settings, features_path: str, month: dt.date, subscribers: int, work: Path) -> dict:
+def udf_baseline(
+    spark, settings, version: int, panel: str, month: dt.date, subscribers: int, work: Path
+) -> dict:
     """Horizons exploded in Spark, one mlflow.pyfunc.spark_udf per model, survival outputs fed on."""
     import mlflow
     from catboost import CatBoostClassifier, CatBoostRegressor
 
+    from spark_app.models import log_link
     from spark_app.registry import load_release
 
-    release = load_release(settings, "challenger")
-    manifest = release.manifest
+    release = load_release(settings, str(version))
+    catalog = release.learner().catalog
     model_dir = work / "pyfunc"
     shutil.rmtree(model_dir, ignore_errors=True)
 
     class CatBoostScore(mlflow.pyfunc.PythonModel):
         def load_context(self, context):
-            kind = json.loads(Path(context.artifacts["spec"]).read_text())["kind"]
-            self.model = CatBoostClassifier() if kind == "classification" else CatBoostRegressor()
+            spec = json.loads(Path(context.artifacts["spec"]).read_text())
+            self.proba = spec["kind"] == "classification"
+            self.model = CatBoostClassifier() if self.proba else CatBoostRegressor()
             self.model.load_model(context.artifacts["cbm"])
-            self.proba = kind == "classification"
+            self.kind = "Exponent" if spec["log_link"] else "RawFormulaVal"
 
         def predict(self, context, model_input, params=None):
             if self.proba:
                 return self.model.predict_proba(model_input)[:, 1]
-            return self.model.predict(model_input)
+            return self.model.predict(model_input, prediction_type=self.kind)
 
     uris = {}
-    for model_id, entry in manifest["models"].items():
-        src = work / "cbm" / model_id
+    for entry in catalog:
+        src = work / "cbm" / entry.model_id
         src.mkdir(parents=True, exist_ok=True)
-        (src / "model.cbm").write_bytes(release.files[entry["file"]])
-        (src / "spec.json").write_text(json.dumps(entry))
-        path = model_dir / model_id
+        (src / "model.cbm").write_bytes(release.files[f"{entry.model_id}.cbm"])
+        (src / "spec.json").write_text(json.dumps({"kind": entry.kind, "log_link": log_link(entry)}))
+        path = model_dir / entry.model_id
         mlflow.pyfunc.save_model(
             str(path),
             python_model=CatBoostScore(),
             artifacts={"cbm": str(src / "model.cbm"), "spec": str(src / "spec.json")},
         )
-        uris[model_id] = str(path)
-    features = spark.read.parquet(features_path).where(F.col("report_month") == F.lit(month))
-    total = features.count()
-    features = features.where(F.rand(5) < subscribers / total)
+        uris[entry.model_id] = str(path)
+    features = spark.read.parquet(f"{panel}/features").where(F.col("report_month") == F.lit(month))
+    features = features.where(F.rand(5) < subscribers / features.count())
     n = features.count()
     rows = features.withColumn("horizon", F.explode(F.sequence(F.lit(1), F.lit(HORIZONS))))
     rows = rows.withColumn("target_calendar_month", ((F.lit(month_index(month)) + F.col("horizon")) % 12 + 1))
-    order = [m for m in ALL_MODELS if m in manifest["models"]]
-    for model_id in order:
-        udf = mlflow.pyfunc.spark_udf(spark, uris[model_id], result_type="double", env_manager="local")
-        entry = manifest["models"][model_id]
-        cats = entry["cat_features"]
-        cols = [c for c in entry["feature_cols"] if c not in cats] + cats  # the Learner's matrix layout
-        out = {"paid": "p_paid", "active": "p_active"}.get(model_id, f"pred_{model_id}")
-        rows = rows.withColumn(out, udf(F.struct(*[F.col(c) for c in cols])))
+    for entry in catalog:
+        udf = mlflow.pyfunc.spark_udf(spark, uris[entry.model_id], result_type="double", env_manager="local")
+        num, cats = catalog.layout(entry)
+        out = f"p_{entry.model_id}" if entry.is_survival else f"pred_{entry.model_id}"
+        rows = rows.withColumn(out, udf(F.struct(*[F.col(c) for c in (*num, *cats)])))
     start = time.perf_counter()
-    rows.select(
-        "subscriber_id", "horizon", "p_paid", "p_active", *[f"pred_{m}" for m in order[2:]]
-    ).write.format("noop").mode("overwrite").save()
+    outputs = [f"p_{e.model_id}" if e.is_survival else f"pred_{e.model_id}" for e in catalog]
+    rows.select("subscriber_id", "horizon", *outputs).write.format("noop").mode("overwrite").save()
     seconds = time.perf_counter() - start
+    n_pred = n * HORIZONS * len(catalog.ids)
+    return {"subscribers": n, "predictions": n_pred, "seconds": round(seconds, 1),
+            "predictions_per_s": round(n_pred / seconds)}  # fmt: skip
+
+
+# ---------------------------------------------------------------- (a) the job, and the DAG
+def job_stages(summary) -> float:
+    return summary.seconds.get("check inputs", 0.0) + summary.seconds["score and write"]
+
+
+def score_runs(spark, settings, version: int, month: dt.date, repeats: int, detail: bool = False) -> dict:
+    from spark_app.scoring import score_month
+
+    seconds, summary = [], None
+    with MemorySampler() as mem:
+        for _ in range(repeats):
+            summary = score_month(spark, settings, month, release=str(version), detail=detail)
+            seconds.append(job_stages(summary))
     return {
-        "subscribers": n,
-        "predictions": n * HORIZONS * len(order),
-        "seconds": seconds,
-        "predictions_per_s": n * HORIZONS * len(order) / seconds,
+        "subscribers": summary.rows,
+        "job_stages_seconds": [round(s, 2) for s in seconds],
+        "job_stages_median": round(statistics.median(seconds), 2),
+        "peak_memory_mb": {k: round(v) for k, v in mem.peak.items()},
     }
+
+
+def monthly_dag(spark, settings, version: int, month: dt.date) -> dict:
+    """The DAG's Spark steps in order, timed one by one; the month before is scored first (untimed) so
+    the backtest has forecasts to compare."""
+    from spark_app.monitoring import monitor_month
+    from spark_app.monthly import validate_inputs, validate_output
+    from spark_app.registry import promote
+    from spark_app.report import build_report
+    from spark_app.scoring import score_month
+
+    promote(settings, version=version)  # monitor and report read the champion's reference and metrics
+    score_month(spark, settings, add_months(month, -1), release=str(version), detail=True)
+    steps: dict[str, float] = {}
+
+    def step(name, fn):
+        t = time.perf_counter()
+        fn()
+        steps[name] = round(time.perf_counter() - t, 2)
+
+    step("validate-inputs", lambda: validate_inputs(spark, settings, month))
+    step("score --detail", lambda: score_month(spark, settings, month, release=str(version), detail=True))
+    step("validate-output", lambda: validate_output(spark, settings, month))
+    step("monitor", lambda: monitor_month(spark, settings, month))
+    step("report", lambda: build_report(spark, settings, month))
+    return {"steps_seconds": steps, "dag_seconds": round(sum(steps.values()), 1)}
 
 
 # ---------------------------------------------------------------- main
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--panel", default="work/bench/panel-1m")
     parser.add_argument("--month", default="2026-04")
-    parser.add_argument("--sizes", default="250000,500000,1000000")
+    parser.add_argument("--sizes", default="250000,1000000")
     parser.add_argument("--work", default="work/bench/score")
-    parser.add_argument("--train-rows", type=int, default=60_000)
-    parser.add_argument("--alone-subscribers", type=int, default=20_000)
-    parser.add_argument("--udf-subscribers", type=int, default=50_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--alone-repeats", type=int, default=1)
+    parser.add_argument("--udf-subscribers", type=int, default=10_000)
+    parser.add_argument("--skip-dag", action="store_true")
     parser.add_argument("--result", default="work/bench/bench_score.json")
     args = parser.parse_args()
     setup_logging()
     month = parse_month(args.month)
-    work = (ROOT / args.work).resolve() if not Path(args.work).is_absolute() else Path(args.work)
+    work = (ROOT / args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     panel = str((ROOT / args.panel).resolve())
     spark = get_spark(SparkConfig(master="local[2]", driver_memory="6g", shuffle_partitions=8))
-
-    base_settings = bench_settings(panel, work, Path(panel) / "features")
-    started = time.perf_counter()
-    version = ensure_release(spark, base_settings, panel, month, args.train_rows)
-    train_s = time.perf_counter() - started
-    log.info("release v%s ready (%.0fs)", version, train_s)
-
-    from spark_app.scoring import score_month
-
-    sizes = [int(s) for s in args.sizes.split(",")]
-    runs = []
-    for size in sizes:
-        inputs = work / f"inputs-{size}"
-        n = month_of_size(spark, panel, month, size, inputs)
-        settings = bench_settings(panel, work, inputs / "features")
-        with MemorySampler() as mem:
-            start = time.perf_counter()
-            summary = score_month(spark, settings, month, release="challenger")
-            wall = time.perf_counter() - start
-        preds = summary.rows * HORIZONS * 8
-        runs.append(
-            {
-                "subscribers": summary.rows,
-                "input_rows": n,
-                "wall_seconds": round(wall, 1),
-                "stage_seconds": {k: round(v, 1) for k, v in summary.seconds.items()},
-                "predictions_per_s": round(preds / wall),
-                "scoring_stage_predictions_per_s": round(preds / summary.seconds["score and write"]),
-                "peak_memory_mb": {k: round(v) for k, v in mem.peak.items()},
-            }
-        )
-        log.info("(a) %s", runs[-1])
-
-    sample = (
-        spark.read.parquet(str(work / f"inputs-{sizes[0]}" / "features"))
-        .limit(args.alone_subscribers)
-        .toPandas()
-    )
-    alone = catboost_alone(base_settings, sample, month, args.repeats)
-    log.info("(b) %s", alone)
-    udf = udf_baseline(spark, base_settings, f"{panel}/features", month, args.udf_subscribers, work)
-    log.info("(c) %s", udf)
-
-    biggest = max(runs, key=lambda r: r["subscribers"])
-    smallest = min(runs, key=lambda r: r["subscribers"])
-    a = biggest["predictions_per_s"]
-    result = {
+    versions = ensure_releases(spark, panel, work, month)
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    result: dict = {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "machine": f"local[2], {os.cpu_count()} cores (shared with other jobs: figures are noisy)",
-        "release_version": version,
-        "models": 8,
-        "horizons": HORIZONS,
-        "trees_per_model": 600,
-        "depth": 6,
-        "runs": runs,
-        "a_end_to_end_predictions_per_s": a,
-        "b_catboost_alone": alone,
-        "c_spark_udf": udf,
-        "ratio_a_over_b_pool": round(a / alone["pool_predictions_per_s"], 3),
-        "ratio_a_over_b_dataframe": round(a / alone["dataframe_predictions_per_s"], 3),
-        "ratio_a_over_c": round(a / udf["predictions_per_s"], 2),
-        "scaling_wall_ratio": round(biggest["wall_seconds"] / smallest["wall_seconds"], 2),
-        "scaling_size_ratio": round(biggest["subscribers"] / smallest["subscribers"], 2),
-        "release_build_seconds": round(train_s, 1),
+        "machine": f"local[2], {os.cpu_count()} cores",
+        "releases": {},
     }
+    for kind, version in versions.items():
+        from spark_app.registry import load_release
+
+        settings = bench_settings(panel, work)
+        trees = {m: r["tree_count"] for m, r in load_release(settings, str(version)).manifest["fit"].items()}
+        entry: dict = {"version": version, "trees": trees, "sizes": {}}
+        for size in sizes:
+            inputs = work / f"month-{size}"
+            n = synthetic_month(spark, panel, month, size, inputs)
+            sized = bench_settings(panel, work, inputs)
+            run = score_runs(spark, sized, version, month, args.repeats)
+            alone = catboost_alone(sized, version, inputs / "features" / f"report_month={month:%Y-%m-%d}",
+                                   month, args.alone_repeats)  # fmt: skip
+            run.update(
+                input_rows=n,
+                catboost_alone=alone,
+                ratio_alone_pool_over_job=round(alone["pool_seconds"] / run["job_stages_median"], 3),
+                ratio_alone_pandas_over_job=round(alone["pandas_seconds"] / run["job_stages_median"], 3),
+                fixed_cost_us_per_subscriber=round(
+                    1e6 * (run["job_stages_median"] - alone["pool_seconds"]) / run["subscribers"], 1
+                ),
+                job_predictions_per_s=round(alone["predictions"] / run["job_stages_median"]),
+            )
+            entry["sizes"][size] = run
+            log.info("%s release, %s subscribers: %s", kind, size, json.dumps(run))
+        small, big = entry["sizes"][sizes[0]], entry["sizes"][sizes[-1]]
+        entry["wall_scaling"] = round(big["job_stages_median"] / small["job_stages_median"], 2)
+        entry["size_scaling"] = round(big["subscribers"] / small["subscribers"], 2)
+        result["releases"][kind] = entry
+    settings = bench_settings(panel, work)
+    udf = udf_baseline(spark, settings, versions["early"], panel, month, args.udf_subscribers, work)
+    result["spark_udf"] = udf
+    for entry in result["releases"].values():
+        big = entry["sizes"][sizes[-1]]
+        entry["ratio_job_over_udf"] = round(big["job_predictions_per_s"] / udf["predictions_per_s"], 1)
+    if not args.skip_dag:
+        inputs = work / f"month-{sizes[-1]}"
+        sized = bench_settings(panel, work, inputs)
+        alone = score_runs(spark, sized, versions["early"], month, args.repeats, detail=True)
+        dag = monthly_dag(spark, sized, versions["early"], month)
+        dag["score_detail_alone_median"] = alone["job_stages_median"]
+        dag["ratio_dag_over_score"] = round(dag["dag_seconds"] / alone["job_stages_median"], 2)
+        result["monthly_dag"] = dag
     Path(args.result).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.result).write_text(json.dumps(result, indent=2))
-    log.info("result: %s", json.dumps(result))
+    Path(args.result).write_text(json.dumps(result, indent=2, default=str))
+    log.info("result: %s", json.dumps(result, default=str))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,75 @@
+"""What the scoring pass counts as it goes (no Spark): the summary statistics that replaced re-reading the
+month must agree with a direct computation."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from spark_app.batch import HOLDOUT, BatchStats, StatsAccumulator, inputs_from_arrow, merged
+
+
+def test_cltv_quantiles_from_the_histogram_within_half_a_percent_of_exact():
+    rng = np.random.default_rng(7)
+    cltv = np.concatenate([rng.lognormal(6.5, 1.2, 40_000), -rng.lognormal(3.0, 1.0, 2_000), np.zeros(500)])
+    stats = BatchStats()
+    for chunk in np.array_split(rng.permutation(cltv), 7):  # batch by batch, as the tasks add them
+        stats.add_cltv(chunk)
+    got = stats.quantiles((0.01, 0.1, 0.5, 0.9, 0.99))
+    for q, value in got.items():
+        exact = float(np.quantile(cltv, int(q[1:]) / 100, method="inverted_cdf"))
+        assert value == pytest.approx(exact, rel=0.005, abs=0.01), q
+    assert stats.cltv_sum == pytest.approx(cltv.sum())
+
+
+def test_non_finite_cltv_is_left_out_of_the_sum_and_histogram():
+    stats = BatchStats()
+    stats.add_cltv(np.array([1.0, np.nan, np.inf, 3.0]))
+    assert stats.cltv_sum == 4.0
+    assert int(stats.cltv_histogram.sum()) == 2
+
+
+def test_task_stats_merge_and_a_retried_task_replaces_its_partition():
+    first, retried, other = BatchStats(rows=10, null_ids=1), BatchStats(rows=12), BatchStats(rows=5)
+    acc = StatsAccumulator()
+    total = acc.addInPlace(acc.addInPlace(acc.addInPlace(acc.zero({}), {0: first}), {1: other}), {0: retried})
+    assert merged(total).rows == 17
+    assert merged(total).null_ids == 0
+
+
+def test_duplicate_ids_are_found_across_tasks():
+    a, b = BatchStats(), BatchStats()
+    plan_like = SimpleNamespace(input_cols=(), categorical=(), seen={})
+    for stats, ids in ((a, ["s1", "s2", "s3"]), (b, ["s4", "s2"])):
+        batch = pa.RecordBatch.from_arrays(
+            [pa.array(ids), pa.array([False] * len(ids))], names=["subscriber_id", HOLDOUT]
+        )
+        inputs_from_arrow(batch, plan_like, stats)
+    assert a.duplicate_ids() == 0
+    assert merged({0: a, 1: b}).duplicate_ids() == 1
+
+
+def test_inputs_count_missing_non_finite_and_unseen_values():
+    seen = {"region": {"north"}}
+    plan_like = SimpleNamespace(input_cols=("arpu", "region"), categorical=("region",), seen=seen)
+    batch = pa.RecordBatch.from_arrays(
+        [
+            pa.array(["a", "b", None, "d"]),
+            pa.array([1.0, None, float("inf"), 1e300]),
+            pa.array(["north", "south", None, "south"]),
+            pa.array([False, True, False, False]),
+        ],
+        names=["subscriber_id", "arpu", "region", HOLDOUT],
+    )
+    stats = BatchStats()
+    inputs = inputs_from_arrow(batch, plan_like, stats)
+    assert stats.null_ids == 1
+    assert stats.missing == {"arpu": 1, "region": 1}
+    assert stats.non_finite == {"arpu": 2}  # inf, and a double beyond float32
+    assert stats.unseen == {"region": 2}
+    assert np.isnan(inputs.numeric["arpu"][1:]).all()
+    codes, values = inputs.categorical["region"]
+    assert [values[c] if c >= 0 else None for c in codes] == ["north", "south", None, "south"]
