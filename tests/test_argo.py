@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import os
 import re
+import shutil
 import sys
 import threading
 from collections.abc import Callable
@@ -16,20 +17,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-import spark_app.argo as argo
-from spark_app.argo import (
+import cltv_argo.local
+from cltv_argo.local import evaluate_when, local_command, run_local
+from cltv_argo.manifests import (
     ArgoError,
     Depends,
     cron_problems,
-    evaluate_when,
     lint,
     load_documents,
     load_manifests,
-    local_command,
-    run_local,
     schema_problems,
-    submit,
 )
+from cltv_argo.server import submit
 
 ROOT = Path(__file__).resolve().parent.parent
 ARGO_DIR = ROOT / "argo"
@@ -219,7 +218,7 @@ def test_lint_catches_broken_template(known, name, break_it, expected):
 
 CRON_BREAKERS: list[tuple[str, Breaker, str]] = [
     ("schedule-fields", lambda c: c["spec"].update(schedules=["0 6 5 *"]), "has 4 fields"),
-    ("schedule-range", lambda c: c["spec"].update(schedules=["0 6 32 * *"]), "outside 1..31"),
+    ("schedule-range", lambda c: c["spec"].update(schedules=["0 6 32 * *"]), "day of month '32'"),
     ("no-schedules", lambda c: c["spec"].update(schedules=[]), "no schedules"),
     ("timezone", lambda c: c["spec"].update(timezone="Europe/Londn"), "not an IANA zone"),
     ("concurrency", lambda c: c["spec"].update(concurrencyPolicy="forbid"), "concurrencyPolicy 'forbid'"),
@@ -708,7 +707,7 @@ def test_run_local_the_monthly_dag_reports_after_a_failed_monitor(monkeypatch, c
         calls.append(args)
         return codes.get(args[0], 0)
 
-    monkeypatch.setattr(argo, "run_cli_in_process", cli)
+    monkeypatch.setattr(cltv_argo.local, "run_cli_in_process", cli)
     params = {"month": "2026-04", "conf": "conf/x.yaml"}
     assert run_local(ARGO_DIR / "monthly-scoring.yaml", params, local_defaults={}, in_process=True) == code
     assert [c[0] for c in calls] == ran
@@ -829,3 +828,20 @@ def test_monthly_dag_runs_locally_end_to_end(spark, panel_dir, tmp_path):
     assert {f"{m}_h" for m in settings.models.enabled} <= set(scores.columns)
     report = tmp_path / "monitoring" / "reports" / "cltv-report-2025-04.html"
     assert "2025-04" in report.read_text()
+
+
+def test_cltv_argo_lint_command(tmp_path):
+    """`cltv-argo lint`: 0 on the manifests as they are, 1 (a verdict) naming the problem on a broken copy,
+    2 on a folder without manifests."""
+    from cltv_argo.cli import main
+
+    schemas = [str(SCHEMA_DIR / f"argo-{v}.schema.json") for v in SCHEMA_VERSIONS]
+    present = [s for s in schemas if Path(s).exists()]
+    flags = [x for s in present for x in ("--schema", s)]
+    assert main(["lint", str(ARGO_DIR), *flags]) == 0
+    broken = tmp_path / "argo"
+    shutil.copytree(ARGO_DIR, broken)
+    path = broken / "monthly-scoring.yaml"
+    path.write_text(path.read_text().replace("entrypoint: monthly", "entrypoint: montly"))
+    assert main(["lint", str(broken), *flags]) == 1
+    assert main(["lint", str(tmp_path / "empty")]) == 2

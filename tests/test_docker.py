@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from image_root import build_image_root
+from image_root import SOURCE_DIRS, SOURCE_FILES, build_image_root
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
@@ -203,21 +203,30 @@ def replay_commands(tmp: Path) -> list[str]:
     return commands
 
 
-def replay_build_context(tmp: Path) -> None:
+def build_context_sources() -> list[str]:
     """The build stage's COPY lines: what the wheel is built from."""
+    build_stage = DOCKERFILE.read_text().split("\nFROM ", 2)[1]
+    return [
+        source
+        for keyword, rest in instructions("FROM " + build_stage)
+        if keyword == "COPY" and not rest.startswith("--from")
+        for source in rest.split()[:-1]
+    ]
+
+
+def replay_build_context(tmp: Path) -> None:
     src = tmp / "src"
     src.mkdir()
-    text = DOCKERFILE.read_text()
-    build_stage = text.split("\nFROM ", 2)[1]
-    for keyword, rest in instructions("FROM " + build_stage):
-        if keyword == "COPY" and not rest.startswith("--from"):
-            *sources, _ = rest.split()
-            for source in sources:
-                path = ROOT / source
-                if path.is_dir():
-                    shutil.copytree(path, src / source, ignore=shutil.ignore_patterns("__pycache__"))
-                else:
-                    shutil.copy2(path, src / source)
+    for source in build_context_sources():
+        path = ROOT / source
+        if path.is_dir():
+            shutil.copytree(path, src / source, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(path, src / source)
+
+
+def test_image_root_builds_from_what_the_dockerfile_copies():
+    assert sorted(build_context_sources()) == sorted(SOURCE_FILES + SOURCE_DIRS)
 
 
 def test_replay_commands_cover_the_install():
@@ -252,6 +261,11 @@ def test_install_steps_replayed_in_a_fresh_virtualenv_give_a_working_cltv(tmp_pa
     with zipfile.ZipFile(tmp_path / "spark_app.zip") as shipped:
         names = set(shipped.namelist())
     assert {"spark_app/cli.py", "spark_app/VERSION", "spark_app/conf/base.yaml"} <= names
+    assert not [n for n in names if not n.startswith("spark_app/")]  # the jobs only, no manifest tooling
+    argo_help = subprocess.run(
+        [str(cltv) + "-argo", "--help"], check=True, capture_output=True, text=True, env=env
+    )
+    assert "run-local" in argo_help.stdout
     # docker/image_root.py (the cluster test's zip) lays out the same package as the image
     with zipfile.ZipFile(build_image_root(tmp_path / "image-root") / "spark_app.zip") as local:
         assert {n for n in local.namelist() if "__pycache__" not in n} == {

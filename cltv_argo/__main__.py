@@ -1,0 +1,3 @@
+from cltv_argo.cli import main
+
+raise SystemExit(main())
