@@ -26,21 +26,19 @@ import pyarrow.compute as pc
 from pyspark.accumulators import AccumulatorParam
 from pyspark.sql import types as T
 
-from spark_app.catalog import CALENDAR_MONTH, HORIZON
 from spark_app.cltv import (
     SURVIVAL_POINTS,
     Extrapolation,
     ValueFormula,
     cltv_columns,
-    forecast_days,
-    target_calendar_months,
 )
+from spark_app.contract import ID
+from spark_app.horizons import horizon_columns
 from spark_app.models import Learner, MatrixBuilder, categories
-from spark_app.months import month_index
+from spark_app.months import forecast_days, month_index
 
 log = logging.getLogger(__name__)
 
-ID = "subscriber_id"
 HOLDOUT = "holdout"
 EPOCH = dt.date(1970, 1, 1)
 # CLTV histogram for the job's quantiles: bins of t = sign(x)·log1p(|x|), 0.005 wide over ±15 (values
@@ -253,10 +251,7 @@ def horizon_rows(inputs: Inputs, plan: BatchPlan) -> MatrixBuilder:
     n, horizons = len(inputs), plan.horizons
     rows = np.repeat(np.arange(n), horizons)
     numeric = {c: v[rows] for c, v in inputs.numeric.items()}
-    numeric[HORIZON] = np.tile(np.arange(1, horizons + 1, dtype=np.float32), n)
-    numeric[CALENDAR_MONTH] = np.tile(
-        target_calendar_months(plan.score_month_index, horizons).astype(np.float32), n
-    )
+    numeric.update(horizon_columns(n, plan.score_month_index, horizons))
     categorical = {c: categories(codes[rows], values) for c, (codes, values) in inputs.categorical.items()}
     return MatrixBuilder(numeric=numeric, categorical=categorical)
 
@@ -304,11 +299,6 @@ def to_arrow(columns: dict[str, np.ndarray], plan: BatchPlan) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, names=output_schema(plan).names)
 
 
-def to_pandas(columns: dict[str, np.ndarray], plan: BatchPlan) -> pd.DataFrame:
-    """The output columns as a pandas frame (dates as dates, detail arrays one row each)."""
-    return to_arrow(columns, plan).to_pandas(date_as_object=True)
-
-
 # ---------------------------------------------------------------- the worker side
 _LEARNERS: dict[str, Learner] = {}
 
@@ -344,9 +334,3 @@ def score_arrow_batches(
             yield to_arrow(columns, plan)
     context = TaskContext.get()
     accumulator.add({context.partitionId() if context is not None else 0: stats})
-
-
-def score_frame(features: pd.DataFrame, learner: Learner, plan: BatchPlan) -> pd.DataFrame:
-    """One batch from a pandas frame of the month's features, as a pandas frame of scores (no holdout
-    group: that is Spark's to assign); the path the job takes, minus Spark."""
-    return to_pandas(score_inputs(inputs_from_pandas(features, plan), learner, plan), plan)

@@ -19,6 +19,7 @@ STACKED_PREFIX = "p_"  # a survival model's prediction as a feature of the model
 HORIZON = "horizon"
 CALENDAR_MONTH = "target_calendar_month"
 DERIVED_FEATURES = (HORIZON, CALENDAR_MONTH)  # computed by the project, not read from the features table
+NULL_CATEGORY = "<null>"  # a missing categorical value, as CatBoost sees it and as drift counts it
 
 
 # Evaluation metrics per kind (spark_app.evaluation computes them; promotion.main_metric names one).

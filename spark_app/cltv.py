@@ -20,7 +20,7 @@ import numpy as np
 
 from spark_app.catalog import ModelCatalog
 from spark_app.config import CostsConfig
-from spark_app.months import days_in_month_index
+from spark_app.months import forecast_days
 
 SURVIVAL_POINTS = (12, 24, 60)
 OVERHEADS = "overheads"
@@ -111,17 +111,7 @@ class Extrapolation:
     newton_steps: int = 20
 
 
-# ---------------------------------------------------------------- calendar and discounting
-def forecast_days(score_month_index: int, months: int) -> np.ndarray:
-    """Days of the forecast months T+1..T+months (`score_month_index` from months.month_index)."""
-    return days_in_month_index(score_month_index + np.arange(1, months + 1)).astype(np.float64)
-
-
-def target_calendar_months(score_month_index: int, months: int) -> np.ndarray:
-    """Month of year (1..12) of T+1..T+months: the `target_calendar_month` feature."""
-    return (score_month_index + np.arange(1, months + 1)) % 12 + 1
-
-
+# ---------------------------------------------------------------- discounting
 def discount_factors(months: int, annual_rate: float) -> np.ndarray:
     """(1 + r)^(-h/12) for h = 1..months: monthly compounding of the annual rate, end of month."""
     return (1.0 + annual_rate) ** (-np.arange(1, months + 1) / 12.0)

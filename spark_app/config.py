@@ -66,7 +66,7 @@ class PathsConfig(_Section):
     datasets: str = Field(default="work/datasets", min_length=1)
     scores: str = Field(default="work/scores", min_length=1)
     monitoring: str = Field(default="work/monitoring", min_length=1)
-    # inputs_ready.py (issue #6): `cltv wait-for-inputs` checks hdfs:// inputs over WebHDFS, without a JVM
+    # `cltv wait-for-inputs` (inputs_ready.py) checks hdfs:// inputs over WebHDFS, without a JVM
     webhdfs_url: str | None = None  # e.g. http://namenode:9870; None = hdfs:// inputs cannot be checked
     webhdfs_user: str | None = None  # user name for simple auth (ignored with kerberos)
     kerberos: bool = False  # SPNEGO via the ticket cache (kinit from the keytab Secret first)
@@ -140,9 +140,7 @@ class SparkConfig(_Section):
 class TrainingConfig(_Section):
     max_rows_per_model: PositiveInt = 400_000
     thread_count: PositiveInt = 2
-    oof_folds: int = Field(default=3, ge=2)
     random_seed: int = 42
-    # training.py / evaluation.py (issue #4)
     tenure_bands: list[int] = Field(default_factory=lambda: [0, 3, 6, 12, 24, 48])  # naive-baseline bands
     calibration_bins: int = Field(default=10, ge=2)  # equal-width probability bins of calibration tables
 
@@ -165,7 +163,7 @@ class ScoringConfig(_Section):
     holdout_salt: str = "cltv-holdout"
     arrow_batch_rows: PositiveInt = 20_000
     extrapolation_months: PositiveInt = 60
-    # scoring.py / cltv.py (issue #5): bounds on the year-over-year trend of per-survivor amounts
+    # bounds on the year-over-year trend of per-survivor amounts
     # carried into the extrapolated months (docs/scoring.md)
     trend_floor: confloat(gt=0, le=1) = 0.8
     trend_cap: confloat(ge=1) = 1.25
@@ -177,7 +175,6 @@ class MonitoringConfig(_Section):
     unseen_warn: confloat(ge=0, le=1) = 0.01
     unseen_fail: confloat(ge=0, le=1) = 0.05
     reference_rows: PositiveInt = 50_000
-    # monitoring.py / report.py (issue #7)
     psi_bins: int = Field(default=10, ge=2)  # quantile bins of the reference per numeric feature
     prediction_psi_warn: confloat(gt=0) = 0.1  # CLTV / survival distribution vs the previous month
     prediction_psi_fail: confloat(gt=0) = 0.25

@@ -5,23 +5,24 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from spark_app.catalog import ModelCatalog
 from spark_app.errors import UserError
+from spark_app.layout import REPORT_MONTH
 from spark_app.months import describe_months
 from spark_app.storage import Storage
 
 log = logging.getLogger(__name__)
 
 ID = "subscriber_id"
-MONTH = "report_month"
+MONTH = REPORT_MONTH  # the month a row describes: the input tables' partition column
 
 NUMERIC = "numeric"
 STRING = "string"
@@ -309,3 +310,57 @@ def validate(
         checkable = TableSpec(spec.name, spec.columns, tuple(f for f in spec.flags if f in typed))
         problems += data_problems(df, checkable, months)
     raise_problems(problems, context)
+
+
+def rows_read_problems(
+    df: DataFrame, spec: TableSpec, months: list[dt.date], rows_read: Callable[[DataFrame], DataFrame]
+) -> list[str]:
+    """The contract checks that matter to this build, in one narrow scan of the table.
+
+    Schema on the whole table; months present and null ids over every row of the months read
+    (observed while scanning id + month); duplicate keys and 0/1 flags on the rows the build actually
+    reads (`rows_read`: one per sampled subscriber and month), because only those can reach the
+    training set. A full duplicate check shuffles every key of the window and costs more than the
+    build itself; `dataset.validate_all_rows` turns it on.
+    """
+    problems = schema_problems(df, spec)
+    typed = {f.name for f in df.schema.fields if kind_of(f.dataType) == spec.columns.get(f.name)}
+    if not {ID, MONTH} <= typed:
+        return problems
+    flags = tuple(f for f in spec.flags if f in typed)
+    seen = Observation(f"{spec.name}-months")
+    window = (
+        df.where(F.col(MONTH).isin(months))
+        .select(ID, MONTH, *flags)
+        .observe(
+            seen,
+            F.collect_set(MONTH).alias("months"),
+            F.coalesce(F.sum(F.col(ID).isNull().cast("long")), F.lit(0)).alias("null_ids"),
+        )
+    )
+    keys = rows_read(window).where(F.col(ID).isNotNull()).cache()
+    try:
+        keys.count()  # one scan: materializes the rows read and fills the observation
+        metrics = seen.get
+        if metrics["null_ids"]:
+            problems.append(f"{spec.name}: column {ID!r} has {metrics['null_ids']} null values")
+        missing = [m for m in months if m not in set(metrics["months"])]
+        if missing:
+            problems.append(f"{spec.name}: months missing {describe_months(missing)}")
+        return problems + data_problems(keys, TableSpec(spec.name, {ID: STRING, MONTH: DATE}, flags), None)
+    finally:
+        keys.unpersist()
+
+
+def key_problem_counts(df: DataFrame, flags: list[str]) -> dict[str, int]:
+    """Repeated and null ids, and 0/1 flags below 0 (a flag breaks 0/1 only by a negative sentinel once
+    cast), in a frame with one row per id expected; {} when there are none (one aggregation)."""
+    per_id = df.groupBy(ID).agg(
+        F.count(F.lit(1)).alias("n"), *[F.sum((F.col(c) < 0).cast("long")).alias(c) for c in flags]
+    )
+    found = per_id.agg(
+        F.coalesce(F.sum((F.col("n") > 1).cast("long")), F.lit(0)).alias("repeated ids"),
+        F.coalesce(F.sum(F.when(F.col(ID).isNull(), F.col("n"))), F.lit(0)).alias("null ids"),
+        *[F.coalesce(F.sum(c), F.lit(0)).alias(f"{c} outside 0/1") for c in flags],
+    ).first()
+    return {k: int(v) for k, v in found.asDict().items() if v}

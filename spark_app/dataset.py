@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from pyspark.sql import Column, DataFrame, Observation, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -24,23 +23,21 @@ from spark_app import __version__
 from spark_app.catalog import CALENDAR_MONTH, DERIVED_FEATURES, HORIZON, ModelCatalog
 from spark_app.config import DatasetConfig, Settings
 from spark_app.contract import (
-    DATE,
     ID,
     MONTH,
-    STRING,
     InputContractError,
-    TableSpec,
     catalog_features_spec,
-    data_problems,
     facts_spec,
-    kind_of,
+    key_problem_counts,
     raise_problems,
     read_months,
-    schema_problems,
+    rows_read_problems,
     validate,
 )
 from spark_app.errors import UserError
-from spark_app.months import add_months, describe_months, fmt, month_range
+from spark_app.horizons import target_calendar_month
+from spark_app.layout import LATEST, MANIFEST, dataset_dir, datasets_root, latest_file
+from spark_app.months import add_months, fmt, month_range
 from spark_app.progress import StageTimer
 from spark_app.storage import Storage
 
@@ -50,8 +47,6 @@ SPLITS = ("train_surv", "train_reg", "val", "test", "oot")
 SPLIT = "split"
 FEATURE_MONTH = "feature_month"
 TARGET_MONTH = "target_month"
-LATEST = "latest"
-MANIFEST = "manifest.json"
 
 
 _UNIT = 1 << 53  # hash → uniform [0, 1) with double precision
@@ -250,7 +245,7 @@ def training_rows(
     if plan.population != "base":
         joined = joined.where(F.col("_population") == 1)
     return (
-        joined.withColumn(CALENDAR_MONTH, F.month(F.col(TARGET_MONTH)))
+        joined.withColumn(CALENDAR_MONTH, target_calendar_month(F.col(TARGET_MONTH)))
         .transform(with_targets, targets=targets, flags=catalog.flags())
         .transform(with_split, plan=plan)
         .select(ID, FEATURE_MONTH, TARGET_MONTH, HORIZON, CALENDAR_MONTH, *feature_cols, *targets, SPLIT)
@@ -281,19 +276,20 @@ def read_inputs(spark: SparkSession, settings: Settings, plan: DatasetPlan) -> t
         validate(features, specs[0], plan.feature_months, context=context)
         validate(facts, specs[1], plan.fact_months, context=context)
     elif plan.population != "base":
-        raise_problems(rows_read_problems(features, facts, plan=plan, catalog=catalog), context)
+        raise_problems(inputs_read_problems(features, facts, plan=plan, catalog=catalog), context)
     return features, facts
 
 
-def rows_read_problems(
+def inputs_read_problems(
     features: DataFrame, facts: DataFrame, *, plan: DatasetPlan, catalog: ModelCatalog
 ) -> list[str]:
-    """Every contract problem of both tables that can reach the training set (see `table_problems`)."""
-    problems = table_problems(
+    """Every contract problem of both tables that can reach the training set (contract.rows_read_problems
+    on the rows this plan reads)."""
+    problems = rows_read_problems(
         features, catalog_features_spec(catalog), plan.feature_months, partial(read_feature_keys, plan=plan)
     )
     facts_read = partial(read_fact_keys, plan=plan)
-    return problems + table_problems(facts, facts_spec(catalog), plan.fact_months, facts_read)
+    return problems + rows_read_problems(facts, facts_spec(catalog), plan.fact_months, facts_read)
 
 
 def check_rows_read(
@@ -302,21 +298,13 @@ def check_rows_read(
     """After the write (still staged): a null or repeated id, or a flag outside 0/1, in the output can
     only come from a contract breach in the rows read; name it precisely, or raise with the counts."""
     catalog = settings.models.catalog()
-    flags = [e.target for e in catalog.survival]
-    per_id = written.groupBy(ID).agg(
-        F.count(F.lit(1)).alias("n"), *[F.sum((F.col(c) < 0).cast("long")).alias(c) for c in flags]
-    )
-    found = per_id.agg(
-        F.coalesce(F.sum((F.col("n") > 1).cast("long")), F.lit(0)).alias("repeated ids"),
-        F.coalesce(F.sum(F.when(F.col(ID).isNull(), F.col("n"))), F.lit(0)).alias("null ids"),
-        *[F.coalesce(F.sum(c), F.lit(0)).alias(f"{c} outside 0/1") for c in flags],
-    ).first()
-    if not any(found):
+    found = key_problem_counts(written, [e.target for e in catalog.survival])
+    if not found:
         return
-    log.warning("training rows break the contract (%s); checking the inputs", found.asDict())
-    problems = rows_read_problems(features, facts, plan=plan, catalog=catalog)
+    log.warning("training rows break the contract (%s); checking the inputs", found)
+    problems = inputs_read_problems(features, facts, plan=plan, catalog=catalog)
     if not problems:
-        problems = [f"training rows: {k}: {v}" for k, v in found.asDict().items() if v]
+        problems = [f"training rows: {k}: {v}" for k, v in found.items()]
     context = f"needed by {plan.describe()}"
     raise InputContractError(f"input contract violated ({context}):\n  " + "\n  ".join(problems))
 
@@ -342,46 +330,6 @@ def read_fact_keys(facts: DataFrame, *, plan: DatasetPlan) -> DataFrame:
         .where(wanted)
         .select(*facts.columns)
     )
-
-
-def table_problems(
-    df: DataFrame, spec: TableSpec, months: list[dt.date], rows_read: Callable[[DataFrame], DataFrame]
-) -> list[str]:
-    """The contract checks that matter to this build, in one narrow scan of the table.
-
-    Schema on the whole table; months present and null ids over every row of the months read
-    (observed while scanning id + month); duplicate keys and 0/1 flags on the rows the build actually
-    reads (`rows_read`: one per sampled subscriber and month), because only those can reach the
-    training set. A full duplicate check shuffles every key of the window and costs more than the
-    build itself; `dataset.validate_all_rows` turns it on.
-    """
-    problems = schema_problems(df, spec)
-    typed = {f.name for f in df.schema.fields if kind_of(f.dataType) == spec.columns.get(f.name)}
-    if not {ID, MONTH} <= typed:
-        return problems
-    flags = tuple(f for f in spec.flags if f in typed)
-    seen = Observation(f"{spec.name}-months")
-    window = (
-        df.where(F.col(MONTH).isin(months))
-        .select(ID, MONTH, *flags)
-        .observe(
-            seen,
-            F.collect_set(MONTH).alias("months"),
-            F.coalesce(F.sum(F.col(ID).isNull().cast("long")), F.lit(0)).alias("null_ids"),
-        )
-    )
-    keys = rows_read(window).where(F.col(ID).isNotNull()).cache()
-    try:
-        keys.count()  # one scan: materializes the rows read and fills the observation
-        metrics = seen.get
-        if metrics["null_ids"]:
-            problems.append(f"{spec.name}: column {ID!r} has {metrics['null_ids']} null values")
-        missing = [m for m in months if m not in set(metrics["months"])]
-        if missing:
-            problems.append(f"{spec.name}: months missing {describe_months(missing)}")
-        return problems + data_problems(keys, TableSpec(spec.name, {ID: STRING, MONTH: DATE}, flags), None)
-    finally:
-        keys.unpersist()
 
 
 def dataset_id_for(settings: Settings, target_end: dt.date) -> str:
@@ -455,8 +403,7 @@ def build_dataset(spark: SparkSession, settings: Settings, target_end: dt.date) 
     storage = Storage(spark)
     timer = StageTimer()
     dataset_id = dataset_id_for(settings, target_end)
-    root = settings.paths.datasets.rstrip("/")
-    target = f"{root}/{dataset_id}"
+    target = dataset_dir(settings.paths, dataset_id)
     log.info(
         "building dataset %s: %s, %d slots, sample rate %s, population %s",
         dataset_id,
@@ -515,7 +462,7 @@ def build_dataset(spark: SparkSession, settings: Settings, target_end: dt.date) 
             "seconds": {k: round(v, 1) for k, v in timer.seconds.items()},
         }
         storage.write_json(f"{staging}/{MANIFEST}", manifest)
-    storage.write_text(f"{root}/{LATEST}", dataset_id + "\n")
+    storage.write_text(latest_file(settings.paths), dataset_id + "\n")
     log.info(
         "dataset %s: %s rows (%s) in %s; %s",
         dataset_id,
@@ -535,15 +482,15 @@ def read_dataset(
     A split with no rows (e.g. val_share 0) comes back as an empty DataFrame with the dataset's schema.
     """
     storage = Storage(spark)
-    root = settings.paths.datasets.rstrip("/")
     if dataset_id is None:
-        if not storage.exists(f"{root}/{LATEST}"):
+        latest = latest_file(settings.paths)
+        if not storage.exists(latest):
             raise DatasetNotFoundError(
-                f"no training set under paths.datasets={root} (no '{LATEST}' file): "
-                "run `cltv build-dataset` first"
+                f"no training set under paths.datasets={datasets_root(settings.paths)} (no '{LATEST}' "
+                "file): run `cltv build-dataset` first"
             )
-        dataset_id = storage.read_text(f"{root}/{LATEST}").strip()
-    path = f"{root}/{dataset_id}"
+        dataset_id = storage.read_text(latest).strip()
+    path = dataset_dir(settings.paths, dataset_id)
     if not storage.exists(f"{path}/{MANIFEST}"):
         raise DatasetNotFoundError(f"training set {dataset_id!r} not found: no {path}/{MANIFEST}")
     manifest = storage.read_json(f"{path}/{MANIFEST}")

@@ -27,11 +27,11 @@ from urllib.parse import urlparse
 
 from spark_app.config import ConfigError, PathsConfig, Settings
 from spark_app.errors import InputsNotReady
+from spark_app.layout import SUCCESS, input_partition
 from spark_app.months import fmt
 
 log = logging.getLogger(__name__)
 
-SUCCESS = "_SUCCESS"
 IN_PROGRESS = ("_temporary",)
 INPUT_TABLES = ("features", "facts")
 
@@ -153,13 +153,9 @@ def filesystem_for(path: str, paths: PathsConfig) -> FileSystem:
     )
 
 
-def partition_dir(table_root: str, month: dt.date, column: str = "report_month") -> str:
-    return f"{table_root.rstrip('/')}/{column}={month:%Y-%m-%d}"
-
-
 def partition_problem(fs: FileSystem, table: str, table_root: str, month: dt.date) -> str | None:
     """None when the table's partition for `month` is complete, else what is missing, naming the path."""
-    part = partition_dir(table_root, month)
+    part = input_partition(table_root, month)
     part_status = fs.status(part)
     if part_status is None or not part_status.is_dir:
         return f"{table}: partition {part} does not exist"

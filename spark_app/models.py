@@ -24,7 +24,14 @@ from catboost import CatBoost, CatBoostClassifier, CatBoostRegressor, Pool
 
 from spark_app import calibration
 from spark_app.calibration import Calibration, CalibrationReport
-from spark_app.catalog import CALENDAR_MONTH, HORIZON, ModelCatalog, ModelEntry, stacked_feature
+from spark_app.catalog import (
+    CALENDAR_MONTH,
+    HORIZON,
+    NULL_CATEGORY,
+    ModelCatalog,
+    ModelEntry,
+    stacked_feature,
+)
 from spark_app.config import Settings
 from spark_app.errors import UserError
 
@@ -33,7 +40,6 @@ log = logging.getLogger(__name__)
 BUNDLE_FORMAT = 2
 RELEASE_JSON = "release.json"
 REFERENCE = "reference.parquet"
-NULL_CATEGORY = "<null>"  # how a missing categorical value reaches CatBoost (report.py uses the same)
 
 
 class ModelFitError(UserError):

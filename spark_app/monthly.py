@@ -30,13 +30,12 @@ from spark_app.contract import (
     validate,
 )
 from spark_app.errors import UserError
-from spark_app.inputs_ready import SUCCESS, filesystem_for
+from spark_app.inputs_ready import filesystem_for
+from spark_app.layout import PUBLISHED, SUCCESS, scores_dir
 from spark_app.months import fmt
+from spark_app.storage import Storage
 
 log = logging.getLogger(__name__)
-
-PUBLISHED = "_PUBLISHED"
-SCORE_MONTH = "score_month"
 
 
 class OutputContractError(UserError):
@@ -51,10 +50,6 @@ class OutputCheck:
     subscribers: int
     expected_subscribers: int
     null_cltv: int
-
-
-def score_partition(settings: Settings, month: dt.date) -> str:
-    return f"{settings.paths.scores.rstrip('/')}/{SCORE_MONTH}={month:%Y-%m-%d}"
 
 
 def validate_inputs(spark: SparkSession, settings: Settings, month: dt.date) -> None:
@@ -102,9 +97,7 @@ def output_counts(scores: DataFrame) -> dict[str, int]:
 
 def validate_output(spark: SparkSession, settings: Settings, month: dt.date) -> OutputCheck:
     """The month's scores exist with _SUCCESS, one row per subscriber of its features, no null cltv."""
-    from spark_app.storage import Storage
-
-    target = score_partition(settings, month)
+    target = scores_dir(settings.paths, month)
     storage = Storage(spark)
     if not storage.has_success_marker(target):
         what = "does not exist" if not storage.exists(target) else f"has no {SUCCESS} marker"
@@ -145,7 +138,7 @@ def post_json(url: str, payload: dict[str, object], timeout: float = 30.0) -> in
 
 def publish(settings: Settings, month: dt.date, webhook_url: str | None) -> dict[str, object]:
     """Write `{scores}/score_month=YYYY-MM-01/_PUBLISHED` (JSON) and POST it to `webhook_url` when given."""
-    target = score_partition(settings, month)
+    target = scores_dir(settings.paths, month)
     fs = filesystem_for(target, settings.paths)
     if fs.status(f"{target}/{SUCCESS}") is None:
         raise OutputContractError(

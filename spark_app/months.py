@@ -59,3 +59,8 @@ def days_in_month_index(index: np.ndarray) -> np.ndarray:
 
 def describe_months(months: list[dt.date]) -> str:
     return "[" + ", ".join(fmt(m) for m in months) + "]"
+
+
+def forecast_days(score_month_index: int, months: int) -> np.ndarray:
+    """Days of the forecast months T+1..T+months: daily forecasts × days = monthly amounts."""
+    return days_in_month_index(score_month_index + np.arange(1, months + 1)).astype(np.float64)

@@ -28,12 +28,14 @@ from mlflow.tracking import MlflowClient
 from mlflow.types.schema import AnyType, ColSpec, DataType, Schema
 
 from spark_app import tracking
-from spark_app.catalog import HORIZON, ModelCatalog
+from spark_app.catalog import CALENDAR_MONTH, HORIZON, ModelCatalog
 from spark_app.cltv import ValueFormula
 from spark_app.config import Settings, Traversable
+from spark_app.contract import ID
 from spark_app.errors import UserError
 from spark_app.evaluation import (
     VALUE,
+    Evaluation,
     actuals,
     agg_bias,
     agg_bias_se,
@@ -44,6 +46,7 @@ from spark_app.evaluation import (
     monthly_values,
     relative_worsening,
 )
+from spark_app.horizons import horizon_frame
 from spark_app.models import RELEASE_JSON, Learner
 
 log = logging.getLogger(__name__)
@@ -86,18 +89,12 @@ def forecast_frame(learner: Learner, features: pd.DataFrame, horizons: list[int]
         raise KeyError(
             "model input needs a feature_month (or report_month) column: the month of the features"
         )
-    n, hs = len(features), np.asarray(horizons, dtype=np.int64)
-    rows = np.repeat(np.arange(n), len(hs))
-    frame = features.iloc[rows].reset_index(drop=True)
-    month = pd.to_datetime(frame[month_col]).dt.month.to_numpy(np.int64)
-    frame["horizon"] = np.tile(hs, n)
-    frame["target_calendar_month"] = (month - 1 + frame["horizon"].to_numpy()) % 12 + 1
+    months = pd.to_datetime(features[month_col])
+    frame = horizon_frame(features, (months.dt.year * 12 + months.dt.month - 1).to_numpy(), horizons)
     predictions = learner.predict(frame)
-    out = pd.DataFrame(
-        {"row": rows, "horizon": frame["horizon"], "target_calendar_month": frame["target_calendar_month"]}
-    )
-    if "subscriber_id" in frame:
-        out.insert(0, "subscriber_id", frame["subscriber_id"].to_numpy())
+    out = frame[["row", HORIZON, CALENDAR_MONTH]].copy()
+    if ID in frame:
+        out.insert(0, ID, frame[ID].to_numpy())
     for model_id, values in predictions.items():
         out[model_id] = values
     return out
@@ -199,7 +196,7 @@ def save_pyfunc(bundle_dir: Path, out: Path, learner: Learner, input_example: pd
 
 
 # ---------------------------------------------------------------- logging a release
-def release_description(learner: Learner, evaluation: Any, rows: dict[str, int]) -> str:
+def release_description(learner: Learner, evaluation: Evaluation, rows: dict[str, int]) -> str:
     """Markdown for the model version page: what it was trained on and whether it beats naive."""
     meta = learner.meta
     quality = evaluation.quality.copy()
@@ -257,7 +254,7 @@ def log_release(
     learner: Learner,
     bundle_dir: Path,
     evaluation_dir: Path,
-    evaluation: Any,
+    evaluation: Evaluation,
     rows: dict[str, int],
     input_example: pd.DataFrame,
 ) -> tuple[int, str]:

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numpy as np
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -39,16 +38,17 @@ from spark_app.cltv import (
 from spark_app.config import Settings
 from spark_app.contract import ID, InputContractError, features_spec, read_months, schema_problems
 from spark_app.errors import UserError
+from spark_app.layout import scores_dir
 from spark_app.models import RELEASE_JSON
 from spark_app.months import fmt
 from spark_app.progress import StageTimer
+from spark_app.registry import load_release
 from spark_app.session import session_conf
 from spark_app.storage import Storage
 
 log = logging.getLogger(__name__)
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 ARROW_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
 
 
@@ -233,10 +233,6 @@ def scoring_parallelism(spark: SparkSession, features: DataFrame) -> DataFrame:
     return features
 
 
-def score_dir(settings: Settings, month: dt.date) -> str:
-    return f"{settings.paths.scores.rstrip('/')}/score_month={month:%Y-%m-%d}"
-
-
 @tracking.guarded
 def log_score_run(settings: Settings, summary: ScoreSummary) -> None:
     """Record the run in the MLflow experiment (params, counts, CLTV quantiles, stage times)."""
@@ -272,11 +268,9 @@ def score_month(
     detail: bool = False,
 ) -> ScoreSummary:
     """Score every subscriber in the features of `month` with a registered release; write and summarize."""
-    from spark_app.registry import load_release
-
     timer = StageTimer()
     storage = Storage(spark)
-    target = score_dir(settings, month)
+    target = scores_dir(settings.paths, month)
     # one run writes a month: taken first, so a second run fails fast and what a killed run of the month
     # left is recovered before anything else
     with storage.lock(target) as lease:

@@ -19,16 +19,19 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 from pyspark.sql import DataFrame, SparkSession
 
 from spark_app import __version__
 from spark_app.catalog import CALENDAR_MONTH, HORIZON, REGRESSION, ModelCatalog
 from spark_app.cltv import ValueFormula
 from spark_app.config import Settings
+from spark_app.contract import ID
+from spark_app.dataset import read_dataset, unit_hash
 from spark_app.errors import UserError
 from spark_app.evaluation import (
-    ALL_HORIZONS,
     VALUE,
+    Evaluation,
     NaiveBaseline,
     actuals,
     calibration_table,
@@ -38,24 +41,25 @@ from spark_app.evaluation import (
     metric_rows,
     metric_table,
     monthly_values,
+    quality_table,
+)
+from spark_app.figures import (
+    close,
     plot_bias_by_horizon,
     plot_calibration,
     plot_deciles,
     plot_importance,
     plot_metric_by_horizon,
-    quality_table,
 )
 from spark_app.models import Learner
 from spark_app.progress import StageTimer
+from spark_app.registry import OOT_SAMPLE, log_release, model_input
 from spark_app.session import session_conf
 
 log = logging.getLogger(__name__)
 
-ID = "subscriber_id"
 KEY_COLUMNS = (ID, "feature_month", "target_month", HORIZON, CALENDAR_MONTH)
-EVAL_SPLITS = ("train", "val", "test", "oot")
 ARROW_CONF = "spark.sql.execution.arrow.pyspark.enabled"
-OOT_SAMPLE = "oot.parquet"  # the evaluation data promotion re-scores both releases on
 
 
 class TrainingError(UserError):
@@ -79,65 +83,11 @@ class ReleaseInfo:
         return f"{self.model_name} v{self.version} (run {self.run_id}, dataset {self.dataset_id})"
 
 
-BY_HORIZON_SPLITS = ("val", "test", "oot")
-BY_HORIZON_METRICS = ("agg_bias", "roc_auc", "brier", "rmse", "gini", "spearman", "mean_pred", "mean_actual")
-
-
-@dataclass
-class Evaluation:
-    """Everything measured about a fitted learner, ready to be logged."""
-
-    table: pd.DataFrame  # long: model_id, kind, split, horizon, rows, metric, value, naive
-    calibration: dict[str, dict[str, pd.DataFrame]]  # survival model_id → split → probability-bin table
-    deciles: pd.DataFrame  # model_id, split, decile, rows, mean_pred, mean_actual (all horizons)
-    quality: pd.DataFrame  # one row per model (and the value): OOT bias and main metric vs naive
-
-    def summary_metrics(self) -> dict[str, float]:
-        """Over all horizons: every metric on val/oot, the main metric and bias on train/test; and the
-        cumulative 24-month value bias."""
-        agg = self.table[self.table["horizon"] == ALL_HORIZONS]
-        main = {*set(self.quality["metric"]), "agg_bias"} if len(self.quality) else {"agg_bias"}
-        out: dict[str, float] = {}
-        for row in agg.itertuples(index=False):
-            if row.split not in ("val", "oot") and row.metric not in main:
-                continue
-            for suffix, value in (("", row.value), ("_naive", row.naive)):
-                if value is not None and np.isfinite(value):
-                    out[f"{row.model_id}.{row.split}.{row.metric}{suffix}"] = float(value)
-        for row in self.quality.itertuples(index=False):
-            if row.model_id == VALUE:
-                for suffix, value in (
-                    ("", row.cum_bias),
-                    ("_se", row.cum_bias_se),
-                    ("_naive", row.naive_cum_bias),
-                ):
-                    if np.isfinite(value):
-                        out[f"{VALUE}.{row.split}.cum24_bias{suffix}"] = float(value)
-        return out
-
-    def metrics_by_horizon(self) -> list[tuple[str, float, int]]:
-        """(key, value, step = horizon): MLflow plots these against the horizon."""
-        rows = self.table[
-            (self.table["horizon"] != ALL_HORIZONS)
-            & self.table["split"].isin(BY_HORIZON_SPLITS)
-            & self.table["metric"].isin(BY_HORIZON_METRICS)
-        ]
-        out = []
-        for row in rows.itertuples(index=False):
-            for suffix, value in (("", row.value), ("_naive", row.naive)):
-                if value is not None and np.isfinite(value):
-                    out.append((f"{row.model_id}.{row.split}.{row.metric}{suffix}.by_horizon", float(value),
-                                int(row.horizon)))  # fmt: skip
-        return out
-
-
 # ---------------------------------------------------------------- Spark → driver
 def capped(df: DataFrame, *, rows: int, cap: int, salt: str) -> DataFrame:
     """Keep a hash-chosen cap/rows share of the subscribers: deterministic, and about `cap` rows."""
     if rows <= cap:
         return df
-    from spark_app.dataset import unit_hash
-
     return df.where(unit_hash(ID, salt, "train-cap") < float(cap) / rows)
 
 
@@ -254,12 +204,11 @@ def write_evaluation(
     (out / "fit_report.json").write_text(json.dumps(reports, indent=2))
     recalibration = {m: asdict(r) for m, r in learner.calibration_reports.items()}
     (out / "calibration_report.json").write_text(json.dumps(recalibration, indent=2))
-    import matplotlib.pyplot as plt
 
-    def save(name: str, fig: Any) -> None:
+    def save(name: str, fig: Figure | None) -> None:
         if fig is not None:
             fig.savefig(plots / name, dpi=90)
-            plt.close(fig)
+            close(fig)
 
     save("agg_bias_by_horizon.png", plot_bias_by_horizon(evaluation.table))
     for entry in learner.entries:
@@ -325,9 +274,6 @@ def log_quality(quality: pd.DataFrame) -> None:
 # ---------------------------------------------------------------- the job
 def train_release(spark: SparkSession, settings: Settings, dataset_id: str | None = None) -> ReleaseInfo:
     """Train, evaluate and register one release from training set `dataset_id` (default: the newest)."""
-    from spark_app.dataset import read_dataset
-    from spark_app.registry import log_release, model_input
-
     timer = StageTimer()
     with timer.stage("read training set", spark):
         dataset_id, manifest, splits = read_dataset(spark, settings, dataset_id)

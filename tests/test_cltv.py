@@ -16,12 +16,11 @@ from spark_app.cltv import (
     extend_amount,
     extend_survival,
     fit_sbg,
-    forecast_days,
     sbg_survival,
-    target_calendar_months,
 )
 from spark_app.config import CostsConfig
-from spark_app.months import month_index
+from spark_app.horizons import target_calendar_months
+from spark_app.months import forecast_days, month_index
 
 # Fader & Hardie (2007), "How to project customer retention", Table 1: % alive at the end of years 1..7.
 REGULAR = [63.1, 46.8, 38.2, 32.6, 28.9, 26.2, 24.1]

@@ -19,7 +19,6 @@ from spark_app.contract import ID, MONTH, InputContractError, read_table
 from spark_app.dataset import (
     FEATURE_MONTH,
     HORIZON,
-    LATEST,
     SPLITS,
     TARGET_MONTH,
     DatasetNotFoundError,
@@ -31,6 +30,7 @@ from spark_app.dataset import (
     training_rows,
     with_slot,
 )
+from spark_app.layout import LATEST
 from spark_app.months import add_months, month_range
 
 TARGET_END = dt.date(2025, 4, 1)  # panel spans 2022-01..2025-04: T1 = 2024-04, T1 − 24 = 2022-04

@@ -30,10 +30,11 @@ from conftest import ALL_MODELS, make_settings
 from mlflow_server import mlflow_server
 from releases import register_release
 
-from spark_app.argo import run_local
+from cltv_argo.local import run_local
 from spark_app.cli import main
 from spark_app.errors import EXIT_UNREACHABLE, EXIT_USER_ERROR
-from spark_app.scoring import score_dir, score_month
+from spark_app.layout import scores_dir
+from spark_app.scoring import score_month
 from spark_app.storage import Storage
 
 pytestmark = pytest.mark.slow
@@ -72,7 +73,7 @@ def env(spark, panel_dir, tmp_path_factory):
 
 @pytest.fixture
 def month_dir(env) -> Path:
-    return Path(score_dir(env[0], MONTH))
+    return Path(scores_dir(env[0].paths, MONTH))
 
 
 @pytest.fixture
@@ -353,7 +354,7 @@ def test_20_nan_and_infinite_numbers_are_scored_as_missing_and_counted(spark, en
     summary = score_month(spark, local, MONTH, release="challenger")
     assert summary.non_finite_values == {"price": 2, "data_gb_1m": 2}
     assert summary.missing_values == {"margin_1m": 1}
-    scores = pd.read_parquet(score_dir(local, MONTH))
+    scores = pd.read_parquet(scores_dir(local.paths, MONTH))
     assert np.isfinite(scores["cltv"]).all() and len(scores) == len(frame)
 
 

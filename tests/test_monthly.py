@@ -14,14 +14,8 @@ from pyspark.sql import functions as F
 
 from spark_app.contract import ID, MONTH, InputContractError, read_table
 from spark_app.generate import PanelSpec, generate_panel
-from spark_app.monthly import (
-    PUBLISHED,
-    OutputContractError,
-    publish,
-    score_partition,
-    validate_inputs,
-    validate_output,
-)
+from spark_app.layout import PUBLISHED, scores_dir
+from spark_app.monthly import OutputContractError, publish, validate_inputs, validate_output
 from spark_app.storage import Storage, write_parquet_staged
 
 START = dt.date(2025, 2, 1)
@@ -40,7 +34,7 @@ def write_scores(spark, settings, month, transform=lambda df: df):
     """Scores as `cltv score` lays them out, fabricated from the month's features (no model needed)."""
     features = read_table(spark, settings.paths.features, "features").where(F.col(MONTH) == F.lit(month))
     scores = features.select(ID, F.lit(month).alias("score_month"), (F.rand(3) * 1000).alias("cltv"))
-    write_parquet_staged(Storage(spark), transform(scores), score_partition(settings, month))
+    write_parquet_staged(Storage(spark), transform(scores), scores_dir(settings.paths, month))
 
 
 def test_validate_inputs_passes_for_a_month_of_the_panel(spark, small_panel, settings_factory):
@@ -96,7 +90,7 @@ def test_validate_output_without_scores_or_marker(spark, small_panel, settings_f
     with pytest.raises(OutputContractError, match="does not exist"):
         validate_output(spark, settings, MONTH_)
     write_scores(spark, settings, MONTH_)
-    Storage(spark).delete(f"{score_partition(settings, MONTH_)}/_SUCCESS")
+    Storage(spark).delete(f"{scores_dir(settings.paths, MONTH_)}/_SUCCESS")
     with pytest.raises(OutputContractError, match="has no _SUCCESS marker"):
         validate_output(spark, settings, MONTH_)
 
@@ -155,4 +149,4 @@ def test_publish_refuses_without_scores_and_fails_on_webhook_error(
 
 
 def settings_path(settings) -> Path:
-    return Path(score_partition(settings, MONTH_))
+    return Path(scores_dir(settings.paths, MONTH_))

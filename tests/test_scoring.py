@@ -14,12 +14,13 @@ from conftest import ALL_MODELS, AMOUNT_MODELS, make_settings
 from pyspark.sql import functions as F
 from releases import register_release
 
+from spark_app.batch import _LEARNERS, cached_learner, output_schema
 from spark_app.cltv import Extrapolation, ValueFormula, cltv_columns
 from spark_app.contract import InputContractError
+from spark_app.layout import scores_dir
 from spark_app.months import add_months, days_in_month_index, month_index
 from spark_app.registry import forecast_frame, load_release
-from spark_app.batch import _LEARNERS, cached_learner, output_schema
-from spark_app.scoring import make_plan, model_files, score_dir, score_month
+from spark_app.scoring import make_plan, model_files, score_month
 from spark_app.storage import Storage
 
 MONTH = dt.date(2025, 4, 1)  # the panel's last month (2022-01 + 39)
@@ -57,7 +58,8 @@ def tamper_with_month(panel: Path, spark) -> dict[str, int]:
 
 
 def read_scores(settings, month=MONTH) -> pd.DataFrame:
-    return pd.read_parquet(score_dir(settings, month)).sort_values("subscriber_id").reset_index(drop=True)
+    scores = pd.read_parquet(scores_dir(settings.paths, month))
+    return scores.sort_values("subscriber_id").reset_index(drop=True)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +76,7 @@ def test_scores_equal_the_releases_own_predictions_and_cltv_recomputes_from_deta
     assert summary.rows == len(scores) == info["rows"] == scores["subscriber_id"].nunique()
     assert (scores["release_version"] == version).all() and summary.release_version == version
     assert (scores["score_month"] == MONTH).all()
-    assert Path(score_dir(settings, MONTH), "_SUCCESS").exists()
+    assert Path(scores_dir(settings.paths, MONTH), "_SUCCESS").exists()
     # bad inputs are scored, and counted
     assert summary.missing_values == {"price": 3, "region": 2}
     assert summary.unseen_categorical == {"tariff": 3}
@@ -120,7 +122,7 @@ def test_rerun_is_identical_and_a_failed_write_keeps_the_previous_partition(spar
     assert 0.0 < share < 0.15  # holdout_share 0.05 of ~1.5k subscribers
 
     # a write that dies inside the staged block: the month keeps the previous rows, no staging left
-    target = score_dir(settings, MONTH)
+    target = scores_dir(settings.paths, MONTH)
 
     @F.udf("double")
     def explode(x):
@@ -139,7 +141,7 @@ def test_missing_month_is_a_clear_error_before_anything_is_written(spark, releas
     later = add_months(MONTH, 1)
     with pytest.raises(InputContractError, match=r"features: months missing \[2025-05\]"):
         score_month(spark, settings, later, release=str(version))
-    assert not Path(score_dir(settings, later)).exists()
+    assert not Path(scores_dir(settings.paths, later)).exists()
 
 
 def test_release_columns_come_from_the_manifest_and_workers_cache_one_learner(release_env):

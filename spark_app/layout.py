@@ -1,0 +1,69 @@
+"""Where things live: every path, partition and marker under `paths.*`, and the reader of the scores.
+
+One answer to "where is X": the input tables are partitioned by `report_month=YYYY-MM-01` (read and
+checked by contract.read_months), scores by `score_month=…`, monitoring tables by `month=…`; training sets
+live in `{paths.datasets}/<dataset id>/` with a `manifest.json`, and a `latest` file names the newest.
+A partition is complete when its `_SUCCESS` marker is there (Storage.staged writes it last, before the
+swap); `_PUBLISHED` beside the scores is the marker downstream consumers wait for.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from spark_app.config import PathsConfig
+from spark_app.storage import SUCCESS as SUCCESS  # a complete partition (Spark's marker; Storage writes it)
+from spark_app.storage import Storage
+
+REPORT_MONTH = "report_month"  # partition column of the input tables (features, facts)
+SCORE_MONTH = "score_month"  # partition column of the scores
+MONITOR_MONTH = "month"  # partition column of the monitoring tables
+
+PUBLISHED = "_PUBLISHED"  # a month's scores released downstream (`cltv publish`)
+LATEST = "latest"  # under paths.datasets: the id of the newest training set
+MANIFEST = "manifest.json"  # in a training set's directory: how it was built
+
+
+def partition(root: str, column: str, month: dt.date) -> str:
+    return f"{root.rstrip('/')}/{column}={month:%Y-%m-%d}"
+
+
+def input_partition(table_root: str, month: dt.date) -> str:
+    """A month of an input table (features or facts)."""
+    return partition(table_root, REPORT_MONTH, month)
+
+
+def scores_dir(paths: PathsConfig, month: dt.date) -> str:
+    return partition(paths.scores, SCORE_MONTH, month)
+
+
+def monitoring_dir(paths: PathsConfig, month: dt.date) -> str:
+    return partition(paths.monitoring, MONITOR_MONTH, month)
+
+
+def report_file(paths: PathsConfig, month: dt.date) -> str:
+    """The month's review page (also logged to MLflow)."""
+    return f"{paths.monitoring.rstrip('/')}/reports/cltv-report-{month:%Y-%m}.html"
+
+
+def datasets_root(paths: PathsConfig) -> str:
+    return paths.datasets.rstrip("/")
+
+
+def dataset_dir(paths: PathsConfig, dataset_id: str) -> str:
+    return f"{datasets_root(paths)}/{dataset_id}"
+
+
+def latest_file(paths: PathsConfig) -> str:
+    return f"{datasets_root(paths)}/{LATEST}"
+
+
+def read_scores(spark: SparkSession, paths: PathsConfig, month: dt.date) -> DataFrame | None:
+    """Scores of one month, `score_month` from the path; None when the partition is absent or incomplete."""
+    path = scores_dir(paths, month)
+    if not Storage(spark).has_success_marker(path):
+        return None
+    return spark.read.parquet(path).withColumn(SCORE_MONTH, F.lit(month))
