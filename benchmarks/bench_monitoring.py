@@ -24,30 +24,44 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from spark_app.backtest import run_backtest
 from spark_app.cli import setup_logging
-from spark_app.config import ALL_MODELS, load_settings
+from spark_app.config import load_settings
 from spark_app.contract import ID, MONTH, read_table
-from spark_app.generate import FEATURE_CATEGORICAL, FEATURE_NUMERIC
-from spark_app.monitoring import (
+from spark_app.drift import (
     _bucket,
     feature_drift,
     numeric_bin_counts,
-    numeric_bin_counts_single_agg,
     prediction_columns,
     prediction_drift,
     quantile_edges,
-    read_scores,
-    run_backtest,
-    score_dir,
 )
+from spark_app.generate import FEATURE_CATEGORICAL, FEATURE_NUMERIC
+from spark_app.layout import read_scores, scores_dir
 from spark_app.months import add_months, parse_month
 from spark_app.session import get_spark
 from spark_app.storage import Storage
 
 log = logging.getLogger("bench_monitoring")
 FACT = {"paid": "in_paid_base", "active": "in_active_base"}
+MODELS = ("paid", "active", "sm_mobile", "sm_fmc", "sm_fttb", "data_gb", "voice_min", "sac")  # the panel's
+
+
+def numeric_bin_counts_single_agg(df: DataFrame, edges: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The one-`agg` variant (a sum per column × bin), drift.numeric_bin_counts's baseline."""
+    aggs = []
+    for i, (col, e) in enumerate(edges.items()):
+        b = _bucket(col, e)
+        aggs += [F.sum((b == k).cast("long")).alias(f"c{i}_{k}") for k in range(len(e) + 2)]
+    row = df.agg(*aggs).collect()[0]
+    return {
+        col: np.array([row[f"c{i}_{k}"] or 0 for k in range(len(e) + 2)], dtype=np.int64)
+        for i, (col, e) in enumerate(edges.items())
+    }
 
 
 def write_naive_scores(spark, settings, month) -> None:
@@ -63,11 +77,11 @@ def write_naive_scores(spark, settings, month) -> None:
         F.lit(1).alias("release_version"),
         (F.col("sm_mobile") + F.col("sm_fmc") + F.col("sm_fttb")).cast("double").alias("cltv"),
         (F.col("in_paid_base") * 0.8).cast("double").alias("p_paid_12m"),
-        *[arr(FACT.get(m, m)).alias(f"{m}_h") for m in ALL_MODELS],
+        *[arr(FACT.get(m, m)).alias(f"{m}_h") for m in MODELS],
         (F.pmod(F.xxhash64(ID, F.lit("holdout")), F.lit(100)) < 5).alias("holdout"),
     )
     storage = Storage(spark)
-    with storage.staged(score_dir(settings, month)) as staging:
+    with storage.staged(scores_dir(settings.paths, month)) as staging:
         out.write.mode("overwrite").parquet(staging)
 
 
@@ -121,7 +135,7 @@ def main() -> None:
     start = time.perf_counter()
     for k in range(args.score_months + 1):
         m = add_months(month, -k)
-        if not Storage(spark).has_success_marker(score_dir(settings, m)):
+        if not Storage(spark).has_success_marker(scores_dir(settings.paths, m)):
             write_naive_scores(spark, settings, m)
     figures["setup_scores_s"] = round(time.perf_counter() - start, 1)
 
@@ -161,14 +175,16 @@ def main() -> None:
     figures["bins_loop_s"] = timed(bins_loop, args.repeats)
 
     facts_t = read_table(spark, settings.paths.facts, "facts").where(F.col(MONTH) == F.lit(month))
-    past = [read_scores(spark, settings, add_months(month, -k)) for k in range(1, args.score_months + 1)]
+    past = [
+        read_scores(spark, settings.paths, add_months(month, -k)) for k in range(1, args.score_months + 1)
+    ]
     union = past[0]
     for p in past[1:]:
         union = union.unionByName(p)
 
     def join_floor():
-        union.select(ID, "score_month", *[f"{m}_h" for m in ALL_MODELS]).join(facts_t, ID, "left").agg(
-            F.count(F.lit(1)), *[F.sum(F.element_at(f"{m}_h", 1)) for m in ALL_MODELS]
+        union.select(ID, "score_month", *[f"{m}_h" for m in MODELS]).join(facts_t, ID, "left").agg(
+            F.count(F.lit(1)), *[F.sum(F.element_at(f"{m}_h", 1)) for m in MODELS]
         ).collect()
 
     table = {}
@@ -180,7 +196,10 @@ def main() -> None:
     figures["backtest_s"] = timed(backtest, args.repeats)
     figures["backtest_rows"] = len(table["bt"])
 
-    cur_s, prev_s = read_scores(spark, settings, month), read_scores(spark, settings, add_months(month, -1))
+    cur_s, prev_s = (
+        read_scores(spark, settings.paths, month),
+        read_scores(spark, settings.paths, add_months(month, -1)),
+    )
     cols = prediction_columns(cur_s, settings.monitoring)
 
     def scores_scan():

@@ -7,8 +7,9 @@
 2. `train_release` into a fresh SQLite store under --workdir: per-model rows, best iteration, fit seconds,
    and the stage times of the job;
 3. prediction speed of the trained release, measured against a baseline in the same run: the Learner
-   (FeaturesData, one shared Pool per feature layout) vs. the plain approach (a pandas DataFrame with
-   string categoricals per model), on the same 20k subscribers x 24 horizons; medians of --repeats.
+   (float32 columns and pandas Categoricals shared by the models) vs. the plain approach (a pandas
+   DataFrame with string categoricals per model), on the same 20k subscribers x 24 horizons; medians
+   of --repeats.
 Figures go to the log and to work/bench/bench_train.json.
 """
 
@@ -24,27 +25,38 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from spark_app.catalog import NULL_CATEGORY, stacked_feature
 from spark_app.cli import setup_logging
 from spark_app.config import load_settings
+from spark_app.dataset import build_dataset, dataset_id_for, read_dataset
+from spark_app.horizons import horizon_frame
+from spark_app.layout import MANIFEST, dataset_dir
+from spark_app.models import Learner, log_link
 from spark_app.months import parse_month
+from spark_app.registry import load_release
+from spark_app.session import get_spark
+from spark_app.storage import Storage
+from spark_app.training import train_release
 
 log = logging.getLogger("bench_train")
 
 
-def plain_predict(learner, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+def plain_predict(learner: Learner, frame: pd.DataFrame) -> dict[str, np.ndarray]:
     """Baseline: each model on its own pandas DataFrame (categoricals as str), stacked the same way."""
     frame = frame.copy()
     out = {}
-    for model_id, spec in learner.specs.items():
-        model = learner.models[model_id]
+    for entry in learner.entries:
+        model = learner.models[entry.model_id]
+        _, categorical = learner.catalog.layout(entry)
         x = frame[list(model.feature_names_)].copy()
-        for c in spec.cat_features:
-            x[c] = x[c].astype("string").fillna("<null>").astype(str)
-        if spec.kind == "classification":
-            out[model_id] = model.predict_proba(x, thread_count=learner.thread_count)[:, 1]
-            frame[f"p_{model_id}"] = out[model_id]
+        for c in categorical:
+            x[c] = x[c].astype("string").fillna(NULL_CATEGORY).astype(str)
+        if entry.is_survival:
+            out[entry.model_id] = model.predict_proba(x, thread_count=learner.thread_count)[:, 1]
+            frame[stacked_feature(entry.model_id)] = out[entry.model_id]
         else:
-            out[model_id] = model.predict(x, thread_count=learner.thread_count)
+            kind = "Exponent" if log_link(entry) else "RawFormulaVal"
+            out[entry.model_id] = model.predict(x, prediction_type=kind, thread_count=learner.thread_count)
     return out
 
 
@@ -89,17 +101,12 @@ def main() -> None:
     settings = load_settings(Path("conf/local.yaml"), overrides=overrides)
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    from spark_app.dataset import build_dataset, dataset_id_for
-    from spark_app.session import get_spark
-    from spark_app.storage import Storage
-    from spark_app.training import train_release
-
     spark = get_spark(settings.spark)
     target_end = parse_month(args.target_end)
     dataset_id = dataset_id_for(settings, target_end)
     storage = Storage(spark)
     build_seconds = None
-    if storage.exists(f"{settings.paths.datasets}/{dataset_id}/manifest.json"):
+    if storage.exists(f"{dataset_dir(settings.paths, dataset_id)}/{MANIFEST}"):
         log.info("reusing training set %s", dataset_id)
     else:
         start = time.perf_counter()
@@ -109,8 +116,6 @@ def main() -> None:
     start = time.perf_counter()
     info = train_release(spark, settings, dataset_id)
     train_seconds = time.perf_counter() - start
-
-    from spark_app.registry import load_release
 
     release = load_release(settings, str(info.version))
     learner = release.learner()
@@ -125,20 +130,15 @@ def main() -> None:
         )
 
     # prediction: Learner vs plain per-model DataFrames, same rows, same run
-    from spark_app.dataset import read_dataset
-
     _, _, splits = read_dataset(spark, settings, dataset_id)
     cols = [c for c in settings.models.catalog().input_columns()]
     subs = splits["oot"].select("feature_month", *cols).limit(args.predict_subscribers).toPandas()
-    n = len(subs)
-    frame = subs.loc[np.repeat(np.arange(n), 24)].reset_index(drop=True)
-    frame["horizon"] = np.tile(np.arange(1, 25), n)
-    month = pd.to_datetime(frame["feature_month"]).dt.month.to_numpy()
-    frame["target_calendar_month"] = (month - 1 + frame["horizon"].to_numpy()) % 12 + 1
-    ours = learner.predict(frame)
+    months = pd.to_datetime(subs["feature_month"])
+    frame = horizon_frame(subs, (months.dt.year * 12 + months.dt.month - 1).to_numpy(), list(range(1, 25)))
+    ours = learner.predict(frame, calibrated=False)  # the models' own outputs, as the baseline gives
     base = plain_predict(learner, frame)
     max_diff = max(float(np.max(np.abs(ours[m] - base[m]))) for m in ours)
-    learner_s = timed(lambda: learner.predict(frame), args.repeats)
+    learner_s = timed(lambda: learner.predict(frame, calibrated=False), args.repeats)
     plain_s = timed(lambda: plain_predict(learner, frame), args.repeats)
     ratio = statistics.median(plain_s) / statistics.median(learner_s)
     log.info(

@@ -1,4 +1,4 @@
-"""Metrics of a release beside naive baselines, per model × split × horizon, and the plots a reviewer reads.
+"""Metrics of a release beside naive baselines, per model × split × horizon (spark_app.figures draws them).
 
 Pure numpy/pandas on driver-side frames (the capped samples training already holds): no Spark, no
 MLflow here. Every amount forecast is an expectation that CLTV sums, so the aggregate bias
@@ -31,7 +31,6 @@ from spark_app.catalog import (
     CLOSER_TO_ZERO_IS_BETTER,
     HIGHER_IS_BETTER,
     HORIZON,
-    REGRESSION,
     REGRESSION_METRICS,
     ModelCatalog,
 )
@@ -409,92 +408,54 @@ def markdown_table(frame: pd.DataFrame, floatfmt: str = ".4f") -> str:
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------- plots (matplotlib figures; callers save)
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+# ---------------------------------------------------------------- the result, ready to be logged
+BY_HORIZON_SPLITS = ("val", "test", "oot")
+BY_HORIZON_METRICS = ("agg_bias", "roc_auc", "brier", "rmse", "gini", "spearman", "mean_pred", "mean_actual")
 
 
-def plot_metric_by_horizon(table: pd.DataFrame, model_id: str, metric: str):
-    """Model vs naive on `metric` by horizon, one line pair per split."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    mine = table[(table["model_id"] == model_id) & (table["metric"] == metric) & (table["horizon"] > 0)]
-    for i, (split, group) in enumerate(mine.groupby("split", sort=False)):
-        color = f"C{i}"
-        ax.plot(group["horizon"], group["value"], "-o", ms=3, color=color, label=f"{split} model")
-        ax.plot(group["horizon"], group["naive"], "--", color=color, alpha=0.6, label=f"{split} naive")
-    ax.set_xlabel("horizon (months)")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{model_id}: {metric} by horizon")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    return fig
+@dataclass
+class Evaluation:
+    """Everything measured about a fitted learner, ready to be logged."""
 
+    table: pd.DataFrame  # long: model_id, kind, split, horizon, rows, metric, value, naive
+    calibration: dict[str, dict[str, pd.DataFrame]]  # survival model_id → split → probability-bin table
+    deciles: pd.DataFrame  # model_id, split, decile, rows, mean_pred, mean_actual (all horizons)
+    quality: pd.DataFrame  # one row per model (and the value): OOT bias and main metric vs naive
 
-def plot_calibration(tables: Mapping[str, pd.DataFrame], model_id: str):
-    """Observed vs predicted rate per probability bin, one line per split."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot([0, 1], [0, 1], ":", color="grey")
-    for split, table in tables.items():
-        ax.plot(table["mean_pred"], table["observed"], "-o", ms=3, label=split)
-    ax.set_xlabel("mean predicted probability")
-    ax.set_ylabel("observed rate")
-    ax.set_title(f"{model_id}: calibration")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    def summary_metrics(self) -> dict[str, float]:
+        """Over all horizons: every metric on val/oot, the main metric and bias on train/test; and the
+        cumulative 24-month value bias."""
+        agg = self.table[self.table["horizon"] == ALL_HORIZONS]
+        main = {*set(self.quality["metric"]), "agg_bias"} if len(self.quality) else {"agg_bias"}
+        out: dict[str, float] = {}
+        for row in agg.itertuples(index=False):
+            if row.split not in ("val", "oot") and row.metric not in main:
+                continue
+            for suffix, value in (("", row.value), ("_naive", row.naive)):
+                if value is not None and np.isfinite(value):
+                    out[f"{row.model_id}.{row.split}.{row.metric}{suffix}"] = float(value)
+        for row in self.quality.itertuples(index=False):
+            if row.model_id == VALUE:
+                for suffix, value in (
+                    ("", row.cum_bias),
+                    ("_se", row.cum_bias_se),
+                    ("_naive", row.naive_cum_bias),
+                ):
+                    if np.isfinite(value):
+                        out[f"{VALUE}.{row.split}.cum24_bias{suffix}"] = float(value)
+        return out
 
-
-def plot_importance(names: list[str], values: np.ndarray, model_id: str, top: int = 20):
-    plt = _pyplot()
-    order = np.argsort(values)[::-1][:top][::-1]
-    fig, ax = plt.subplots(figsize=(6, 0.25 * len(order) + 1))
-    ax.barh([names[i] for i in order], np.asarray(values)[order])
-    ax.set_title(f"{model_id}: feature importance")
-    fig.tight_layout()
-    return fig
-
-
-def plot_bias_by_horizon(table: pd.DataFrame, split: str = "oot"):
-    """Aggregate bias by horizon of every amount model and the value: the first thing to look at."""
-    plt = _pyplot()
-    rows = table[(table["metric"] == "agg_bias") & (table["split"] == split) & (table["horizon"] > 0)]
-    rows = rows[rows["kind"] == REGRESSION]
-    if rows.empty:
-        return None
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for model_id, group in rows.groupby("model_id", sort=False):
-        style = {"lw": 2.5, "color": "black"} if model_id == VALUE else {"lw": 1}
-        ax.plot(group["horizon"], 100 * group["value"], "-o", ms=2, label=model_id, **style)
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xlabel("horizon (months)")
-    ax.set_ylabel("Σ forecast / Σ actual − 1 (%)")
-    ax.set_title(f"aggregate bias by horizon ({split})")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=3)
-    fig.tight_layout()
-    return fig
-
-
-def plot_deciles(deciles: pd.DataFrame, model_id: str):
-    """Mean forecast vs mean actual per forecast decile, one pair of lines per split."""
-    plt = _pyplot()
-    mine = deciles[deciles["model_id"] == model_id]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for i, (split, group) in enumerate(mine.groupby("split", sort=False)):
-        ax.plot(group["decile"], group["mean_pred"], "--", color=f"C{i}", label=f"{split} forecast")
-        ax.plot(group["decile"], group["mean_actual"], "-o", ms=3, color=f"C{i}", label=f"{split} actual")
-    ax.set_xlabel("forecast decile")
-    ax.set_ylabel("mean")
-    ax.set_title(f"{model_id}: calibration by forecast decile")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    return fig
+    def metrics_by_horizon(self) -> list[tuple[str, float, int]]:
+        """(key, value, step = horizon): MLflow plots these against the horizon."""
+        rows = self.table[
+            (self.table["horizon"] != ALL_HORIZONS)
+            & self.table["split"].isin(BY_HORIZON_SPLITS)
+            & self.table["metric"].isin(BY_HORIZON_METRICS)
+        ]
+        out = []
+        for row in rows.itertuples(index=False):
+            for suffix, value in (("", row.value), ("_naive", row.naive)):
+                if value is not None and np.isfinite(value):
+                    out.append((f"{row.model_id}.{row.split}.{row.metric}{suffix}.by_horizon", float(value),
+                                int(row.horizon)))  # fmt: skip
+        return out

@@ -23,10 +23,16 @@ from spark_app.config import (
     load_settings,
     packaged_conf,
 )
+from spark_app.dataset import build_dataset
 from spark_app.generate import PanelSpec, generate_panel
+from spark_app.monitoring import monitor_month
 from spark_app.months import add_months, fmt, months_between, parse_month
 from spark_app.progress import StageTimer
+from spark_app.registry import promote
+from spark_app.report import build_report
+from spark_app.scoring import score_month
 from spark_app.session import get_spark
+from spark_app.training import train_release
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +99,6 @@ def profile_conf(profile: str) -> Traversable:
 def run_demo(
     *, subscribers: int, months: int, workdir: Path | None, conf: Path | None, profile: str = "convergent"
 ) -> dict[str, object]:
-    from spark_app.dataset import build_dataset
-    from spark_app.monitoring import monitor_month
-    from spark_app.registry import promote
-    from spark_app.report import build_report
-    from spark_app.scoring import score_month
-    from spark_app.training import train_release
-
     started = time.perf_counter()
     workdir = workdir or Path("work/demo" if profile == "convergent" else f"work/demo-{profile}")
     demo_conf = write_demo_conf(workdir, conf, env_file=None if conf else profile_conf(profile))

@@ -5,226 +5,159 @@ the CLTV distribution and deciles, the top drivers (CatBoost importance and SHAP
 input and prediction drift, and the backtest of earlier forecasts (holdout and rest apart). It reads what
 `cltv monitor` wrote, so it never recomputes a check; the page is logged to the month's monitoring run
 in MLflow and the model version gets a tag pointing at it.
+
+Sections are lists of blocks (a note, a table, an image, a details fold); templates/report.html.j2 lays
+them out, escaping every value.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import html
-import io
 import logging
 import re
+import tempfile
+from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+import jinja2
 import numpy as np
 import pandas as pd
+from markupsafe import Markup
 from matplotlib.figure import Figure
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from spark_app import tracking
-from spark_app.catalog import CALENDAR_MONTH, HORIZON, ModelCatalog
+from spark_app.backtest import VALUE_CUM
+from spark_app.catalog import ModelCatalog
+from spark_app.checks import FAIL, SKIPPED, WARN
 from spark_app.config import Settings
 from spark_app.contract import ID, MONTH
 from spark_app.errors import Unreachable
-from spark_app.evaluation import plot_bias_by_horizon
-from spark_app.models import Learner
-from spark_app.monitoring import (
-    FAIL,
-    OK,
-    VALUE,
-    WARN,
-    read_monitoring,
-    read_month_features,
-    read_scores,
+from spark_app.evaluation import main_metric_of
+from spark_app.figures import (
+    STATUS_COLOR,
+    bin_share_figure,
+    calibration_figure,
+    cltv_histogram,
+    drift_figure,
+    drivers_figure,
+    main_metric_figure,
+    plot_bias_by_horizon,
+    png_base64,
+    release_metrics_figure,
+    value_figure,
+    wape_figure,
 )
+from spark_app.horizons import horizon_frame
+from spark_app.layout import read_scores, report_file
+from spark_app.models import Learner
+from spark_app.monitoring import read_monitoring, read_month_features
 from spark_app.months import fmt, month_index
+from spark_app.registry import Release, load_release
 from spark_app.storage import Storage
 
 log = logging.getLogger(__name__)
 
-STATUS_COLOR = {OK: "#2e7d32", WARN: "#ef6c00", FAIL: "#c62828", "skipped": "#757575"}
-POP_STYLE = {"all": ("#37474f", "-"), "holdout": ("#1565c0", "--"), "rest": ("#ef6c00", ":")}
+TEMPLATE = "templates/report.html.j2"
+HISTOGRAM_SAMPLE = 200_000
 
 
-# ===================================================================== figures
-def _integer_x(*axes) -> None:
-    from matplotlib.ticker import MaxNLocator
-
-    for ax in axes:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-
-
-def close(fig: Figure) -> None:
-    plt.close(fig)
+# ===================================================================== blocks of a section
+@dataclass(frozen=True)
+class Note:
+    text: str  # plain text, or Markup written by this module (never data)
+    kind: str = "note"
 
 
-def png_base64(fig: Figure) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    close(fig)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+@dataclass(frozen=True)
+class Image:
+    alt: str
+    png: str  # base64
+    kind: str = "image"
 
 
-def drift_figure(drift: pd.DataFrame, warn: float, fail: float) -> Figure | None:
-    if drift.empty:
-        return None
-    d = drift.sort_values("psi", ascending=True)
-    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.28 * len(d))))
-    colors = [STATUS_COLOR.get(s, "#757575") for s in d["status"]]
-    ax.barh(d["feature"], d["psi"].fillna(0), color=colors)
-    ax.axvline(warn, color=STATUS_COLOR[WARN], ls="--", lw=1, label=f"warn {warn}")
-    ax.axvline(fail, color=STATUS_COLOR[FAIL], ls="--", lw=1, label=f"fail {fail}")
-    ax.set_xlabel("PSI against the release's training sample")
-    ax.set_title("Feature drift")
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    return fig
+@dataclass(frozen=True)
+class Cell:
+    text: str
+    status: bool = False  # shown as a coloured badge
 
 
-def bin_share_figure(row: pd.Series) -> Figure:
-    """Reference vs current shares over the reference's quantile bins of one feature."""
-    ref = np.asarray(row["reference_share"], dtype=float)
-    cur = np.asarray(row["current_share"], dtype=float)
-    edges = list(row["edges"]) if row["edges"] is not None else []
-    if row["kind"] == "numeric":
-        labels = [f"≤{edges[0]:.3g}"] if edges else ["all"]
-        labels += [f"≤{e:.3g}" for e in edges[1:]] + ([f">{edges[-1]:.3g}"] if edges else []) + ["null"]
-    else:
-        labels = [f"cat {i + 1}" for i in range(len(ref) - 1)] + ["unseen"]
-    x = np.arange(len(ref))
-    fig, ax = plt.subplots(figsize=(5.5, 2.6))
-    ax.bar(x - 0.2, ref, 0.4, label="reference", color="#90a4ae")
-    ax.bar(x + 0.2, cur, 0.4, label="this month", color="#1565c0")
-    ax.set_xticks(x, labels[: len(x)], rotation=45, ha="right", fontsize=7)
-    ax.set_title(f"{row['feature']} (PSI {row['psi']:.3f})", fontsize=10)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+@dataclass(frozen=True)
+class Table:
+    columns: list[str]
+    rows: list[list[Cell]]
+    title: str | None = None
+    note: str | None = None
+    kind: str = "table"
 
 
-def _overall(backtest: pd.DataFrame) -> pd.DataFrame:
-    """Backtest rows over the whole population slice (dimension all), averaged over score months per
-    horizon (one score month per horizon, so this is a selection, not a blend)."""
-    return backtest[backtest["dimension"] == "all"].sort_values("horizon")
+@dataclass(frozen=True)
+class Details:
+    summary: str
+    blocks: list[Any]
+    kind: str = "details"
 
 
-def calibration_figure(backtest: pd.DataFrame, catalog: ModelCatalog) -> Figure | None:
-    rows = _overall(backtest)
-    models = [e.model_id for e in catalog.survival if e.model_id in set(rows["model_id"])]
-    if not models:
-        return None
-    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 3.2), squeeze=False)
-    for ax, m in zip(axes[0], models, strict=True):
-        for pop, (color, ls) in POP_STYLE.items():
-            r = rows[(rows["model_id"] == m) & (rows["population"] == pop)]
-            if r.empty:
-                continue
-            ax.plot(
-                r["horizon"],
-                r["forecast_mean"],
-                color=color,
-                ls=ls,
-                marker="o",
-                ms=3,
-                label=f"{pop}: predicted",
-            )
-            ax.plot(
-                r["horizon"],
-                r["actual_mean"],
-                color=color,
-                ls=ls,
-                marker="x",
-                ms=4,
-                alpha=0.6,
-                label=f"{pop}: realized",
-            )
-        ax.set_title(f"{m}: share in base at the monitored month")
-        ax.set_xlabel("horizon (months before)")
-        ax.set_ylim(0, 1.02)
-        ax.legend(fontsize=7)
-        _integer_x(ax)
-    fig.tight_layout()
-    return fig
+@dataclass(frozen=True)
+class Section:
+    title: str
+    blocks: list[Any] = field(default_factory=list)
 
 
-def wape_figure(backtest: pd.DataFrame, catalog: ModelCatalog) -> Figure | None:
-    rows = _overall(backtest)
-    rows = rows[rows["population"] == "all"]
-    models = [e.model_id for e in catalog.amounts if e.model_id in set(rows["model_id"])]
-    if not models:
-        return None
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10.5, 3.2))
-    for m in models:
-        r = rows[rows["model_id"] == m]
-        a1.plot(r["horizon"], r["wape"], marker="o", ms=3, label=m)
-        a2.plot(r["horizon"], r["bias"], marker="o", ms=3, label=m)
-    a1.set_title("WAPE by horizon (all subscribers)")
-    a2.set_title("bias (forecast − actual) / |actual|")
-    a2.axhline(0, color="black", lw=0.7)
-    for ax in (a1, a2):
-        ax.set_xlabel("horizon (months before)")
-        ax.legend(fontsize=7)
-        _integer_x(ax)
-    fig.tight_layout()
-    return fig
+def _cell(value: Any, floatfmt: str) -> str:
+    if isinstance(value, float | np.floating):
+        return "" if np.isnan(value) else floatfmt.format(value)
+    return str(value)
 
 
-def value_figure(backtest: pd.DataFrame) -> Figure | None:
-    rows = _overall(backtest)
-    rows = rows[rows["model_id"] == VALUE]
-    if rows.empty:
-        return None
-    fig, ax = plt.subplots(figsize=(6.5, 3.2))
-    for pop, (color, ls) in POP_STYLE.items():
-        r = rows[rows["population"] == pop]
-        if r.empty:
-            continue
-        ax.plot(
-            r["horizon"],
-            r["forecast_sum"] / r["n"],
-            color=color,
-            ls=ls,
-            marker="o",
-            ms=3,
-            label=f"{pop}: forecast",
-        )
-        ax.plot(
-            r["horizon"],
-            r["actual_sum"] / r["n"],
-            color=color,
-            ls=ls,
-            marker="x",
-            ms=4,
-            alpha=0.6,
-            label=f"{pop}: realized",
-        )
-    ax.set_title("Cumulative value per scored subscriber, score month → monitored month")
-    ax.set_xlabel("months elapsed since the forecast")
-    ax.legend(fontsize=7)
-    _integer_x(ax)
-    fig.tight_layout()
-    return fig
+def table(
+    df: pd.DataFrame | None,
+    title: str | None = None,
+    *,
+    status_col: str | None = None,
+    max_rows: int = 200,
+    floatfmt: str = "{:,.4g}",
+    note: str | None = None,
+) -> Table:
+    """A pandas frame as a table block: floats formatted, the status column as badges, at most max_rows."""
+    if df is None or df.empty:
+        return Table([], [], title, note)
+    head = df.head(max_rows)
+    rows = [
+        [Cell(_cell(v, floatfmt), status=c == status_col) for c, v in zip(head.columns, values, strict=True)]
+        for values in head.itertuples(index=False)
+    ]
+    return Table([str(c) for c in head.columns], rows, title, note)
 
 
-def monitoring_figures(
-    tables: dict[str, pd.DataFrame], catalog: ModelCatalog, warn: float = 0.1, fail: float = 0.25
-) -> dict[str, Figure]:
-    """The plots of one month's monitoring tables, for MLflow and for the report."""
-    figures = {
-        "drift_psi": drift_figure(tables.get("drift", pd.DataFrame()), warn, fail),
-    }
-    backtest = tables.get("backtest", pd.DataFrame())
-    if backtest is not None and not backtest.empty:
-        figures["backtest_calibration"] = calibration_figure(backtest, catalog)
-        figures["backtest_wape"] = wape_figure(backtest, catalog)
-        figures["backtest_value"] = value_figure(backtest)
-    return {k: v for k, v in figures.items() if v is not None}
+def image(fig: Figure | None, alt: str) -> list[Image]:
+    """A figure as an image block (none when there is nothing to draw)."""
+    return [] if fig is None else [Image(alt, png_base64(fig))]
+
+
+def render(
+    month: str, summary: dict[str, Any], release: dict[str, Any], sections: list[Section], generated: str
+) -> str:
+    """The page from its sections, through templates/report.html.j2 (read with importlib.resources, so it
+    works from a wheel or the zip shipped with --py-files)."""
+    text = resources.files("spark_app").joinpath(TEMPLATE).read_text(encoding="utf-8")
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    messages = [(FAIL, m) for m in summary.get("failures", [])] + [
+        (WARN, m) for m in summary.get("warnings", [])
+    ]
+    return env.from_string(text).render(
+        month=month,
+        status=summary.get("status", SKIPPED),
+        release_version=release.get("version"),
+        release_run=release.get("run_id"),
+        monitoring_run=summary.get("run_id"),
+        generated=generated,
+        messages=messages,
+        sections=sections,
+        colors=STATUS_COLOR,
+    )
 
 
 # ===================================================================== data for the page
@@ -256,22 +189,6 @@ def cltv_deciles(scores: DataFrame) -> pd.DataFrame:
     return out.drop(columns=["cltv_sum"])
 
 
-def cltv_histogram(scores: DataFrame, sample_rows: int = 200_000) -> Figure:
-    n = scores.count()
-    frac = min(1.0, sample_rows / max(n, 1))
-    sample = scores.select("cltv", "holdout").sample(fraction=frac, seed=7).toPandas()
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    lo, hi = np.nanpercentile(sample["cltv"], [0.5, 99.5]) if len(sample) else (0, 1)
-    bins = np.linspace(lo, hi, 60)
-    ax.hist(sample["cltv"].clip(lo, hi), bins=bins, color="#1565c0", alpha=0.85)
-    ax.axvline(sample["cltv"].median(), color="black", ls="--", lw=1, label="median")
-    ax.set_title(f"CLTV distribution ({n:,} subscribers; 0.5–99.5 percentile range)")
-    ax.set_xlabel("CLTV, 60 months")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
 HORIZON_TOKEN = re.compile(r"(?:^|[._/])h_?(\d{1,2})(?=$|[._/])")
 
 
@@ -296,36 +213,7 @@ def metrics_by_horizon(metrics: dict[str, float]) -> tuple[pd.DataFrame, pd.Data
     return pivot, pd.DataFrame(flat, columns=["metric", "value"]).sort_values("metric")
 
 
-def release_metrics_figure(pivot: pd.DataFrame) -> Figure | None:
-    """Main metric by horizon per model: ROC AUC for the survival models, WAPE for the regressors."""
-    if pivot.empty:
-        return None
-    wanted = [
-        i
-        for i in pivot.index
-        if re.search(r"(roc_auc|auc|wape)$", i) and "naive" not in i and re.search(r"(oot|test)", i)
-    ]
-    if not wanted:
-        wanted = [i for i in pivot.index if re.search(r"(roc_auc|auc|wape)$", i)]
-    if not wanted:
-        return None
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.4))
-    for fam in wanted[:16]:
-        ax = a1 if "auc" in fam else a2
-        series = pivot.loc[fam].dropna()
-        ax.plot(series.index, series.values, marker="o", ms=3, label=fam)
-    a1.set_title("ROC AUC by horizon")
-    a2.set_title("WAPE by horizon")
-    for ax in (a1, a2):
-        ax.set_xlabel("horizon")
-        _integer_x(ax)
-        if ax.lines:
-            ax.legend(fontsize=6)
-    fig.tight_layout()
-    return fig
-
-
-def release_info(settings: Settings, release: Any) -> dict[str, Any]:
+def release_info(settings: Settings, release: Release) -> dict[str, Any]:
     """Manifest facts and the training run's metrics (whatever the training job logged)."""
     info: dict[str, Any] = {
         "version": str(getattr(release, "version", "?")),
@@ -355,7 +243,6 @@ EVALUATION_TABLES = {
 
 def evaluation_tables(settings: Settings, run_id: str) -> dict[str, pd.DataFrame]:
     """The per-horizon evaluation tables the training job logs as run artifacts (empty when absent)."""
-    import tempfile
 
     client = tracking.client(settings.mlflow)
     out = {}
@@ -371,8 +258,6 @@ def evaluation_tables(settings: Settings, run_id: str) -> dict[str, pd.DataFrame
 
 def main_metric_table(by_horizon: pd.DataFrame, settings: Settings, split: str = "oot") -> pd.DataFrame:
     """Per model and horizon: the model's main metric (promotion.main_metric) and its naive baseline."""
-    from spark_app.evaluation import main_metric_of
-
     if by_horizon.empty:
         return by_horizon
     t = by_horizon[by_horizon["split"] == split]
@@ -387,31 +272,8 @@ def main_metric_table(by_horizon: pd.DataFrame, settings: Settings, split: str =
     return t[cols].sort_values(["model_id", "horizon"])
 
 
-def main_metric_figure(table: pd.DataFrame) -> Figure | None:
-    """Main metric vs naive by horizon, one small panel per model."""
-    rows = table[table["horizon"] > 0] if not table.empty else table
-    if rows.empty:
-        return None
-    models = list(dict.fromkeys(rows["model_id"]))
-    cols = min(4, len(models))
-    n_rows = -(-len(models) // cols)
-    fig, axes = plt.subplots(n_rows, cols, figsize=(3.3 * cols, 2.5 * n_rows), squeeze=False)
-    for ax in axes.ravel()[len(models) :]:
-        ax.axis("off")
-    for ax, m in zip(axes.ravel(), models, strict=False):
-        r = rows[rows["model_id"] == m]
-        ax.plot(r["horizon"], r["value"], "-o", ms=2.5, color="#1565c0", label="model")
-        ax.plot(r["horizon"], r["naive"], "--", color="#9e9e9e", label="naive")
-        ax.set_title(f"{m}: {r['metric'].iloc[0]} ({r['split'].iloc[0]})", fontsize=9)
-        ax.tick_params(labelsize=7)
-        _integer_x(ax)
-    axes.ravel()[0].legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
 # ----------------------------------------------------------------- drivers: importance and SHAP
-def release_learner(release: Any) -> Any | None:
+def release_learner(release: Release) -> Learner | None:
     try:
         return release.learner()
     except Exception as exc:
@@ -421,20 +283,12 @@ def release_learner(release: Any) -> Any | None:
         return None
 
 
-def feature_frame(features: pd.DataFrame, month: dt.date, horizon: int) -> pd.DataFrame:
-    """The features of `month` as the models see them `horizon` months ahead."""
-    frame = features.copy()
-    frame[HORIZON] = horizon
-    frame[CALENDAR_MONTH] = (month_index(month) + horizon) % 12 + 1
-    return frame
-
-
 def drivers(
     learner: Learner, sample: pd.DataFrame, month: dt.date, settings: Settings
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Top drivers per model: CatBoost's own importance, and mean |SHAP| of the calibrated forecast over a
     sample of this month's subscribers at the configured horizon (Learner.shap_values)."""
-    frame = feature_frame(sample, month, settings.monitoring.report_shap_horizon)
+    frame = horizon_frame(sample, month_index(month), [settings.monitoring.report_shap_horizon])
     imp_rows, shap_rows = [], []
     for model_id, model in learner.models.items():
         importance = model.get_feature_importance()
@@ -451,78 +305,6 @@ def drivers(
         pd.DataFrame(imp_rows, columns=["model_id", "feature", "importance"]),
         pd.DataFrame(shap_rows, columns=["model_id", "feature", "mean_abs_shap"]),
     )
-
-
-def drivers_figure(table: pd.DataFrame, value: str, title: str, top: int = 10) -> Figure | None:
-    if table.empty:
-        return None
-    models = list(dict.fromkeys(table["model_id"]))
-    cols = min(4, len(models))
-    rows = -(-len(models) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.9 * rows), squeeze=False)
-    for ax in axes.ravel()[len(models) :]:
-        ax.axis("off")
-    for ax, m in zip(axes.ravel(), models, strict=False):
-        t = table[table["model_id"] == m].nlargest(top, value).iloc[::-1]
-        ax.barh(t["feature"], t[value], color="#5c6bc0")
-        ax.set_title(m, fontsize=10)
-        ax.tick_params(labelsize=7)
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    return fig
-
-
-# ===================================================================== HTML
-CSS = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1180px;
-  color:#222}
-h1{font-size:22px} h2{font-size:18px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
-h3{font-size:15px;margin-bottom:4px}
-table{border-collapse:collapse;font-size:12px;margin:8px 0}
-th,td{border:1px solid #ddd;padding:3px 7px;text-align:right} th{background:#f3f3f3}
-td:first-child,th:first-child{text-align:left}
-.badge{display:inline-block;padding:2px 10px;border-radius:10px;color:#fff;font-weight:600}
-.note{color:#555;font-size:12px} .scroll{overflow-x:auto} img{max-width:100%}
-ul.msgs li{font-size:13px}
-"""
-
-
-def _esc(x: Any) -> str:
-    return html.escape(str(x))
-
-
-def badge(status: str) -> str:
-    return (
-        f'<span class="badge" style="background:{STATUS_COLOR.get(status, "#757575")}">{_esc(status)}</span>'
-    )
-
-
-def table_html(
-    df: pd.DataFrame, *, floatfmt: str = "{:,.4g}", status_col: str | None = "status", max_rows: int = 200
-) -> str:
-    if df is None or df.empty:
-        return '<p class="note">(no rows)</p>'
-    df = df.head(max_rows)
-    head = "".join(f"<th>{_esc(c)}</th>" for c in df.columns)
-    body = []
-    for _, row in df.iterrows():
-        cells = []
-        for c in df.columns:
-            v = row[c]
-            if c == status_col:
-                cells.append(f"<td>{badge(v)}</td>")
-            elif isinstance(v, (float, np.floating)):
-                cells.append("<td></td>" if np.isnan(v) else f"<td>{floatfmt.format(v)}</td>")
-            else:
-                cells.append(f"<td>{_esc(v)}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f'<div class="scroll"><table><tr>{head}</tr>{"".join(body)}</table></div>'
-
-
-def img_html(fig: Figure | None, alt: str) -> str:
-    if fig is None:
-        return ""
-    return f'<p><img alt="{_esc(alt)}" src="data:image/png;base64,{png_base64(fig)}"></p>'
 
 
 def backtest_tables(
@@ -543,7 +325,7 @@ def backtest_tables(
         out["Survival calibration at selected horizons (predicted vs realized share in base)"] = (
             t.sort_values(["model_id", "horizon", "population"])
         )
-    amounts = overall[overall["model_id"].isin([*(e.model_id for e in catalog.amounts), VALUE])]
+    amounts = overall[overall["model_id"].isin([*(e.model_id for e in catalog.amounts), VALUE_CUM])]
     if not amounts.empty:
         t = amounts[amounts["horizon"].isin(horizons)]
         t = t[["model_id", "horizon", "population", "n", "forecast_sum", "actual_sum", "wape", "bias"]]
@@ -555,7 +337,7 @@ def backtest_tables(
         (bt["dimension"] != "all")
         & (bt["horizon"] == h)
         & (bt["population"] == "all")
-        & bt["model_id"].isin(["paid", VALUE])
+        & bt["model_id"].isin(["paid", VALUE_CUM])
     ]
     if not by_dim.empty:
         wide = by_dim.pivot_table(
@@ -573,13 +355,13 @@ def backtest_tables(
                     ("actual_mean", "paid"): "paid realized",
                 }
             )
-        if VALUE in set(by_dim["model_id"]):
+        if VALUE_CUM in set(by_dim["model_id"]):
             cols.update(
                 {
-                    ("forecast_mean", VALUE): "value forecast / sub",
-                    ("actual_mean", VALUE): "value realized / sub",
-                    ("wape", VALUE): "value WAPE",
-                    ("bias", VALUE): "value bias",
+                    ("forecast_mean", VALUE_CUM): "value forecast / sub",
+                    ("actual_mean", VALUE_CUM): "value realized / sub",
+                    ("wape", VALUE_CUM): "value WAPE",
+                    ("bias", VALUE_CUM): "value bias",
                 }
             )
         wide = wide[[c for c in cols if c in wide.columns]]
@@ -591,30 +373,15 @@ def backtest_tables(
     return out
 
 
-def render(ctx: dict[str, Any]) -> str:
-    """The page from a context of prepared tables and (already encoded) images."""
-    s = ctx["summary"]
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>CLTV review {ctx['month']}</title><style>{CSS}</style></head><body>",
-        f"<h1>CLTV monthly review — {ctx['month']} {badge(s.get('status', 'skipped'))}</h1>",
-        f"<p class='note'>Release {_esc(ctx['release']['version'])}"
-        f" (training run {_esc(ctx['release'].get('run_id') or 'n/a')});"
-        f" monitoring run {_esc(s.get('run_id', 'n/a'))}; generated {_esc(ctx['generated'])}.</p>",
-    ]
-    msgs = [("fail", m) for m in s.get("failures", [])] + [("warn", m) for m in s.get("warnings", [])]
-    if msgs:
-        parts.append(
-            "<ul class='msgs'>" + "".join(f"<li>{badge(k)} {_esc(m)}</li>" for k, m in msgs) + "</ul>"
-        )
-    for title, body in ctx["sections"]:
-        parts.append(f"<h2>{_esc(title)}</h2>{body}")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+def _short_list(x: Any) -> str | None:
+    if not x:
+        return None
+    x = list(x)
+    return f"{x[0]}..{x[-1]}" if len(x) > 3 and x == list(range(x[0], x[-1] + 1)) else ", ".join(map(str, x))
 
 
-# ===================================================================== the job
-def _section_release(settings: Settings, info: dict[str, Any]) -> str:
+# ===================================================================== sections
+def section_release(settings: Settings, info: dict[str, Any]) -> list[Any]:
     manifest = info["manifest"]
     facts = {
         "version": info["version"],
@@ -623,24 +390,28 @@ def _section_release(settings: Settings, info: dict[str, Any]) -> str:
         "models": ", ".join(manifest.get("models", {}) or []),
         "horizons": _short_list(manifest.get("horizons")),
     }
-    body = table_html(
-        pd.DataFrame([{"field": k, "value": v} for k, v in facts.items() if v is not None]), status_col=None
-    )
+    blocks: list[Any] = [
+        table(pd.DataFrame([{"field": k, "value": v} for k, v in facts.items() if v is not None]))
+    ]
     quality = info.get("quality", pd.DataFrame())
     if quality is not None and not quality.empty:
-        body += (
-            "<h3>Out-of-time quality over all horizons, against the naive baseline</h3><p class='note'>"
-            "CLTV sums expectations, so the aggregate bias (Σ forecast / Σ actual − 1) comes first; "
-            "<b>value</b> is a month's value by the CLTV formula, <b>cum_bias</b> its bias summed over "
-            "horizons 1..24.</p>"
+        blocks.append(
+            table(
+                quality,
+                "Out-of-time quality over all horizons, against the naive baseline",
+                note=Markup(
+                    "CLTV sums expectations, so the aggregate bias (Σ forecast / Σ actual − 1) comes first; "
+                    "<b>value</b> is a month's value by the CLTV formula, <b>cum_bias</b> its bias summed "
+                    "over horizons 1..24."
+                ),
+            )
         )
-        body += table_html(quality, status_col=None)
     by_horizon = info.get("by_horizon", pd.DataFrame())
     if by_horizon is not None and not by_horizon.empty:
-        body += img_html(plot_bias_by_horizon(by_horizon), "aggregate bias by horizon")
+        blocks += image(plot_bias_by_horizon(by_horizon), "aggregate bias by horizon")
     main = main_metric_table(info.get("by_horizon", pd.DataFrame()), settings)
     if not main.empty:
-        body += img_html(main_metric_figure(main), "main metric by horizon")
+        blocks += image(main_metric_figure(main), "main metric by horizon")
         keep = [0, *settings.monitoring.metric_horizons]
         sel = main[main["horizon"].isin(keep)]
         wide = sel.pivot_table(index=["model_id", "metric"], columns="horizon", values=["value", "naive"])
@@ -649,38 +420,33 @@ def _section_release(settings: Settings, info: dict[str, Any]) -> str:
         wide.columns = [
             f"{'model' if v == 'value' else 'naive'} {'all' if h == 0 else f'h{h}'}" for v, h in order
         ]
-        body += "<h3>Main metric at selected horizons</h3>"
-        body += table_html(wide.reset_index(), status_col=None)
+        blocks.append(table(wide.reset_index(), "Main metric at selected horizons"))
     pivot, flat = metrics_by_horizon(
         {k: v for k, v in info["metrics"].items() if not k.endswith(".by_horizon")}
     )
     if main.empty:
-        body += img_html(release_metrics_figure(pivot), "release metrics by horizon")
+        blocks += image(release_metrics_figure(pivot), "release metrics by horizon")
         if not pivot.empty:
             keep = [h for h in settings.monitoring.metric_horizons if h in pivot.columns] or list(
                 pivot.columns
             )
-            body += "<h3>Metrics by horizon (selected horizons)</h3>"
-            body += table_html(pivot[keep].reset_index(), status_col=None, max_rows=400)
+            blocks.append(
+                table(pivot[keep].reset_index(), "Metrics by horizon (selected horizons)", max_rows=400)
+            )
     if not flat.empty:
-        body += "<details><summary>All other metrics of the training run</summary>"
-        body += table_html(flat, status_col=None, max_rows=400) + "</details>"
+        blocks.append(Details("All other metrics of the training run", [table(flat, max_rows=400)]))
     if main.empty and pivot.empty and flat.empty:
-        body += "<p class='note'>The release's MLflow run has no metrics (or is not readable).</p>"
-    return body
+        blocks.append(Note("The release's MLflow run has no metrics (or is not readable)."))
+    return blocks
 
 
-def _short_list(x: Any) -> str | None:
-    if not x:
-        return None
-    x = list(x)
-    return f"{x[0]}..{x[-1]}" if len(x) > 3 and x == list(range(x[0], x[-1] + 1)) else ", ".join(map(str, x))
-
-
-def _section_cltv(scores: DataFrame | None) -> str:
+def section_cltv(scores: DataFrame | None) -> list[Any]:
     if scores is None:
-        return "<p class='note'>No scores for this month.</p>"
-    body = img_html(cltv_histogram(scores), "CLTV distribution")
+        return [Note("No scores for this month.")]
+    subscribers = scores.count()
+    fraction = min(1.0, HISTOGRAM_SAMPLE / max(subscribers, 1))
+    sample = scores.select("cltv").sample(fraction=fraction, seed=7).toPandas()
+    blocks: list[Any] = image(cltv_histogram(sample, subscribers), "CLTV distribution")
     if "holdout" in scores.columns:
         group = F.when(F.coalesce(F.col("holdout"), F.lit(False)), "holdout").otherwise("rest")
         split = (
@@ -693,15 +459,17 @@ def _section_cltv(scores: DataFrame | None) -> str:
             )
             .toPandas()
         )
-        body += "<h3>Holdout group and the rest</h3>" + table_html(split, status_col=None)
-    body += "<h3>Deciles of CLTV</h3>" + table_html(cltv_deciles(scores), status_col=None)
-    return body
+        blocks.append(table(split, "Holdout group and the rest"))
+    blocks.append(table(cltv_deciles(scores), "Deciles of CLTV"))
+    return blocks
 
 
-def _section_drivers(spark: SparkSession, settings: Settings, release: Any, month: dt.date) -> str:
+def section_drivers(
+    spark: SparkSession, settings: Settings, release: Release | None, month: dt.date
+) -> list[Any]:
     learner = release_learner(release) if release is not None else None
-    if learner is None or not getattr(learner, "models", None):
-        return "<p class='note'>The release's models are not available here; drivers left out.</p>"
+    if learner is None or not learner.models:
+        return [Note("The release's models are not available here; drivers left out.")]
     n = settings.monitoring.report_shap_rows
     features = read_month_features(spark, settings, month)
     total = features.count()
@@ -712,95 +480,83 @@ def _section_drivers(spark: SparkSession, settings: Settings, release: Any, mont
         .toPandas()
     )
     importance, shap = drivers(learner, sample, month, settings)
-    body = img_html(
-        drivers_figure(importance, "importance", "CatBoost feature importance (top 10)"), "feature importance"
+    title = (
+        f"Mean |SHAP| over {len(sample):,} subscribers of {fmt(month)}, "
+        f"horizon {settings.monitoring.report_shap_horizon}"
     )
-    body += img_html(
-        drivers_figure(
-            shap,
-            "mean_abs_shap",
-            f"Mean |SHAP| over {len(sample):,} subscribers of {fmt(month)}, "
-            f"horizon {settings.monitoring.report_shap_horizon}",
+    return [
+        *image(
+            drivers_figure(importance, "importance", "CatBoost feature importance (top 10)"), "importance"
         ),
-        "SHAP",
-    )
-    return body
+        *image(drivers_figure(shap, "mean_abs_shap", title), "SHAP"),
+    ]
 
 
-def _section_drift(settings: Settings, drift: pd.DataFrame, pred: pd.DataFrame) -> str:
+def section_drift(settings: Settings, drift: pd.DataFrame, pred: pd.DataFrame) -> list[Any]:
     cfg = settings.monitoring
+    blocks: list[Any] = []
     if drift.empty:
-        body = "<p class='note'>No drift table.</p>"
+        blocks.append(Note("No drift table."))
     else:
-        body = img_html(drift_figure(drift, cfg.psi_warn, cfg.psi_fail), "feature drift")
-        cols = [
-            "feature",
-            "kind",
-            "status",
-            "psi",
-            "unseen_share",
-            "unseen_values",
-            "reference_rows",
-            "current_rows",
-        ]
-        body += table_html(drift.sort_values("psi", ascending=False)[cols])
+        blocks += image(drift_figure(drift, cfg.psi_warn, cfg.psi_fail), "feature drift")
+        cols = ["feature", "kind", "status", "psi", "unseen_share", "unseen_values", "reference_rows",
+                "current_rows"]  # fmt: skip
+        blocks.append(table(drift.sort_values("psi", ascending=False)[cols], status_col="status"))
         top = drift[drift["status"].isin([WARN, FAIL])].sort_values("psi", ascending=False).head(4)
         if not top.empty:
-            body += "<h3>Most drifted features: shares over the reference's bins</h3>"
-            body += "".join(img_html(bin_share_figure(r), r["feature"]) for _, r in top.iterrows())
-    body += "<h3>Prediction drift against the previous month</h3>"
+            blocks.append(Note("Most drifted features: shares over the reference's bins"))
+            for _, row in top.iterrows():
+                blocks += image(bin_share_figure(row), row["feature"])
     if pred.empty:
-        body += "<p class='note'>Skipped (no scores for this or the previous month).</p>"
+        blocks.append(
+            table(
+                None,
+                "Prediction drift against the previous month",
+                note="Skipped (no scores for this or the previous month).",
+            )
+        )
     else:
-        cols = [
-            "column",
-            "status",
-            "psi",
-            "previous_mean",
-            "current_mean",
-            "previous_p10",
-            "current_p10",
-            "previous_p50",
-            "current_p50",
-            "previous_p90",
-            "current_p90",
-        ]
-        body += table_html(pred[[c for c in cols if c in pred.columns]])
-    return body
+        cols = ["column", "status", "psi", "previous_mean", "current_mean", "previous_p10", "current_p10",
+                "previous_p50", "current_p50", "previous_p90", "current_p90"]  # fmt: skip
+        blocks.append(
+            table(
+                pred[[c for c in cols if c in pred.columns]],
+                "Prediction drift against the previous month",
+                status_col="status",
+            )
+        )
+    return blocks
 
 
-def _section_backtest(settings: Settings, backtest: pd.DataFrame) -> str:
+def section_backtest(settings: Settings, backtest: pd.DataFrame) -> list[Any]:
     catalog = settings.models.catalog()
     if backtest.empty:
-        return (
-            "<p class='note'>No backtest: no earlier scores with detail arrays (score with --detail), "
-            "or the facts of this month have not arrived.</p>"
-        )
+        return [
+            Note(
+                "No backtest: no earlier scores with detail arrays (score with --detail), "
+                "or the facts of this month have not arrived."
+            )
+        ]
     months = sorted({str(m) for m in backtest["score_month"]})
-    body = (
-        f"<p class='note'>Forecasts made at {len(months)} earlier score months ({months[0]}..{months[-1]}) "
-        "compared with what subscribers did in the monitored month. <b>holdout</b> is the control group "
-        "campaigns must not target, so its figures are not biased by retention actions.</p>"
-    )
-    for fig, alt in (
-        (calibration_figure(backtest, catalog), "calibration"),
-        (wape_figure(backtest, catalog), "wape"),
-        (value_figure(backtest), "value"),
-    ):
-        body += img_html(fig, alt)
+    blocks: list[Any] = [
+        Note(
+            Markup(
+                "Forecasts made at {n} earlier score months ({first}..{last}) compared with what subscribers "
+                "did in the monitored month. <b>holdout</b> is the control group campaigns must not target, "
+                "so its figures are not biased by retention actions."
+            ).format(n=len(months), first=months[0], last=months[-1])
+        ),
+        *image(calibration_figure(backtest, catalog), "calibration"),
+        *image(wape_figure(backtest, catalog), "wape"),
+        *image(value_figure(backtest), "value"),
+    ]
     for title, t in backtest_tables(backtest, settings.monitoring.metric_horizons, catalog).items():
-        body += f"<h3>{_esc(title)}</h3>" + table_html(t, status_col=None, max_rows=300)
-    return body
+        blocks.append(table(t, title, max_rows=300))
+    return blocks
 
 
-def report_path(settings: Settings, month: dt.date) -> str:
-    return f"{settings.paths.monitoring.rstrip('/')}/reports/cltv-report-{month:%Y-%m}.html"
-
-
-def _load_release(settings: Settings, version: str | None) -> Any | None:
+def _load_release(settings: Settings, version: str | None) -> Release | None:
     try:
-        from spark_app.registry import load_release
-
         return load_release(settings, version or "champion")
     except Unreachable:
         raise
@@ -809,8 +565,9 @@ def _load_release(settings: Settings, version: str | None) -> Any | None:
         return None
 
 
+# ===================================================================== the job
 def build_report(
-    spark: SparkSession, settings: Settings, month: dt.date, *, release: Any | None = None
+    spark: SparkSession, settings: Settings, month: dt.date, *, release: Release | None = None
 ) -> str:
     """Write the month's review page (from `cltv monitor`'s output) and return its path.
 
@@ -831,28 +588,22 @@ def build_report(
             "manifest": {},
         }
     )
-    scores = read_scores(spark, settings, month)
+    scores = read_scores(spark, settings.paths, month)
     sections = [
-        ("Release metrics by horizon", _section_release(settings, info)),
-        ("CLTV distribution and deciles", _section_cltv(scores)),
-        ("Top drivers", _section_drivers(spark, settings, release, month)),
-        ("Drift", _section_drift(settings, monitored["drift"], monitored["prediction_drift"])),
-        (
+        Section("Release metrics by horizon", section_release(settings, info)),
+        Section("CLTV distribution and deciles", section_cltv(scores)),
+        Section("Top drivers", section_drivers(spark, settings, release, month)),
+        Section("Drift", section_drift(settings, monitored["drift"], monitored["prediction_drift"])),
+        Section(
             "Backtest: earlier forecasts against this month",
-            _section_backtest(settings, monitored["backtest"]),
+            section_backtest(settings, monitored["backtest"]),
         ),
     ]
     page = render(
-        {
-            "month": fmt(month),
-            "summary": summary,
-            "release": info,
-            "sections": sections,
-            "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        }
+        fmt(month), summary, info, sections, dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     )
     storage = Storage(spark)
-    target = report_path(settings, month)
+    target = report_file(settings.paths, month)
     storage.mkdirs(target.rsplit("/", 1)[0])
     tmp = f"{target}.tmp"
     storage.write_text(tmp, page)

@@ -18,7 +18,7 @@ from image_root import build_image_root
 from pyspark.sql import functions as F
 from spark_cluster import standalone_cluster
 
-from spark_app.argo import run_local
+from cltv_argo.local import run_local
 from spark_app.config import load_settings
 from spark_app.dataset import build_dataset, read_dataset
 from spark_app.generate import PanelSpec, generate_panel

@@ -16,21 +16,18 @@ import pytest
 from conftest import FACT_COLUMNS
 from pyspark.sql import functions as F
 
+from spark_app.backtest import run_backtest
+from spark_app.checks import FAIL, OK, WARN
 from spark_app.config import CostsConfig, MonitoringConfig
-from spark_app.monitoring import (
-    FAIL,
-    OK,
-    WARN,
+from spark_app.drift import (
     bin_counts,
     feature_drift,
-    monitor_month,
     numeric_bin_counts,
     prediction_drift,
     psi,
     quantile_edges,
-    read_monitoring,
-    run_backtest,
 )
+from spark_app.monitoring import monitor_month, read_monitoring
 
 CFG = MonitoringConfig()
 

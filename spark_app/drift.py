@@ -1,0 +1,279 @@
+"""Drift: the month's features against the release's training sample, its scores against last month's.
+
+- feature drift: PSI over quantile bins of the reference for numeric features; the share of values
+  never seen in training, and PSI over categories, for categorical ones;
+- prediction drift: the numeric score columns of T (CLTV, components, survival) against month T−1, as
+  PSI on last month's deciles plus quantile shifts and means.
+
+PSI and the bins are numpy; the counts of a month come from one Spark pass per table.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from spark_app.catalog import NULL_CATEGORY
+from spark_app.checks import MonitoringError, status_of, worst
+from spark_app.config import MonitoringConfig, Settings
+from spark_app.contract import ID, MONTH
+from spark_app.models import REFERENCE
+from spark_app.registry import Release
+
+log = logging.getLogger(__name__)
+
+SCORE_NON_METRIC = {ID, "score_month", "release_version", "holdout", MONTH}
+PSI_FLOOR = 1e-4  # share given to an empty bin, so PSI stays finite
+
+
+# ---------------------------------------------------------------- PSI and bins (numpy)
+def quantile_edges(values: np.ndarray, bins: int) -> np.ndarray:
+    """Distinct interior quantile edges of the reference: bin i holds edges[i-1] < x <= edges[i].
+
+    A discrete feature yields fewer edges than `bins - 1` (one bin per value it takes).
+    """
+    x = np.asarray(values, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return np.array([], dtype=np.float64)
+    qs = np.quantile(x, np.linspace(0, 1, bins + 1)[1:-1], method="inverted_cdf")
+    edges = np.unique(qs)
+    # the top edge equal to the maximum would leave an empty last bin: drop it
+    return edges[edges < x.max()] if edges.size and edges[-1] >= x.max() else edges
+
+
+def bin_counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Counts per bin (len(edges) + 1 value bins, then one bin for null/NaN)."""
+    x = np.asarray(values, dtype=np.float64)
+    missing = ~np.isfinite(x)
+    idx = np.searchsorted(edges, x[~missing], side="left")
+    counts = np.bincount(idx, minlength=len(edges) + 1).astype(np.int64)
+    return np.append(counts, int(missing.sum()))
+
+
+def psi(expected: np.ndarray, actual: np.ndarray, floor: float = PSI_FLOOR) -> float:
+    """Population stability index Σ (a − e)·ln(a / e) over bin shares; empty bins get `floor`."""
+    e = np.asarray(expected, dtype=np.float64)
+    a = np.asarray(actual, dtype=np.float64)
+    if e.sum() <= 0 or a.sum() <= 0:
+        return float("nan")
+    e = np.maximum(e / e.sum(), floor)
+    a = np.maximum(a / a.sum(), floor)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+# ---------------------------------------------------------------- counts in one Spark pass
+def _bucket(col: str, edges: np.ndarray):
+    """Bin index like `bin_counts`: number of edges below x; null/NaN → len(edges) + 1."""
+    c = F.col(col).cast("double")
+    idx = sum((c > F.lit(float(e))).cast("int") for e in edges) if len(edges) else F.lit(0)
+    return F.when(c.isNull() | F.isnan(c), F.lit(len(edges) + 1)).otherwise(idx)
+
+
+def numeric_bin_counts(df: DataFrame, edges: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Bin counts of many columns in one scan: each row's bin per column is computed once, the
+    (column, bin) pairs are counted with a partial aggregation, so only a few hundred rows shuffle.
+
+    (One sum per column × bin in a single `agg` reads nicer but repeats the bin expression per bin and
+    grows past Spark's code-generation limit: about 5x slower on a 1M-row month, see the benchmark.)
+    """
+    if not edges:
+        return {}
+    cols = list(edges)
+    binned = df.select(*[_bucket(c, edges[c]).alias(f"b{i}") for i, c in enumerate(cols)])
+    pairs = F.explode(
+        F.array(*[F.struct(F.lit(i).alias("f"), F.col(f"b{i}").alias("b")) for i in range(len(cols))])
+    )
+    rows = binned.select(pairs.alias("p")).select("p.f", "p.b").groupBy("f", "b").count().collect()
+    out = {c: np.zeros(len(edges[c]) + 2, dtype=np.int64) for c in cols}
+    for r in rows:
+        out[cols[r["f"]]][r["b"]] = r["count"]
+    return out
+
+
+def category_counts(df: DataFrame, cols: list[str]) -> pd.DataFrame:
+    """Rows per (feature, value) for categorical columns, in one job; nulls are `<null>`."""
+    if not cols:
+        return pd.DataFrame(columns=["feature", "value", "n"])
+    pairs = F.explode(
+        F.array(
+            *[
+                F.struct(
+                    F.lit(c).alias("feature"),
+                    F.coalesce(F.col(c).cast("string"), F.lit(NULL_CATEGORY)).alias("value"),
+                )
+                for c in cols
+            ]
+        )
+    ).alias("p")
+    counted = df.select(pairs).select("p.feature", "p.value").groupBy("feature", "value").count()
+    return counted.toPandas().rename(columns={"count": "n"})
+
+
+# ---------------------------------------------------------------- the checks
+def _numeric_row(
+    feature: str, ref: np.ndarray, edges: np.ndarray, cur_counts: np.ndarray, cfg: MonitoringConfig
+) -> dict[str, Any]:
+    ref_counts = bin_counts(ref, edges)
+    value = psi(ref_counts, cur_counts)
+    return {
+        "feature": feature,
+        "kind": "numeric",
+        "psi": value,
+        "unseen_share": float("nan"),
+        "unseen_values": "",
+        "reference_rows": int(ref_counts.sum()),
+        "current_rows": int(cur_counts.sum()),
+        "edges": [float(e) for e in edges],
+        "reference_share": (ref_counts / max(ref_counts.sum(), 1)).tolist(),
+        "current_share": (cur_counts / max(cur_counts.sum(), 1)).tolist(),
+        "status": status_of(value, cfg.psi_warn, cfg.psi_fail),
+    }
+
+
+def _categorical_row(
+    feature: str, ref: pd.Series, cur: pd.DataFrame, cfg: MonitoringConfig
+) -> dict[str, Any]:
+    ref_counts = ref.astype("string").fillna(NULL_CATEGORY).value_counts()
+    cur_counts = cur.set_index("value")["n"].astype("int64") if len(cur) else pd.Series(dtype="int64")
+    known = list(ref_counts.index)
+    unseen = cur_counts[~cur_counts.index.isin(known)].sort_values(ascending=False)
+    total = int(cur_counts.sum())
+    unseen_share = float(unseen.sum() / total) if total else float("nan")
+    e = np.append(ref_counts.reindex(known).to_numpy(dtype=np.int64), 0)
+    a = np.append(cur_counts.reindex(known).fillna(0).to_numpy(dtype=np.int64), int(unseen.sum()))
+    value = psi(e, a)
+    status = worst(
+        status_of(unseen_share, cfg.unseen_warn, cfg.unseen_fail),
+        status_of(value, cfg.psi_warn, cfg.psi_fail),
+    )
+    return {
+        "feature": feature,
+        "kind": "categorical",
+        "psi": value,
+        "unseen_share": unseen_share,
+        "unseen_values": ", ".join(f"{v} ({n})" for v, n in unseen.head(5).items()),
+        "reference_rows": int(e.sum()),
+        "current_rows": total,
+        "edges": [],
+        "reference_share": (e / max(e.sum(), 1)).tolist(),
+        "current_share": (a / max(a.sum(), 1)).tolist(),
+        "status": status,
+    }
+
+
+def feature_drift(
+    reference: pd.DataFrame,
+    current: DataFrame,
+    *,
+    numeric: list[str],
+    categorical: list[str],
+    cfg: MonitoringConfig,
+) -> pd.DataFrame:
+    """One row per feature: PSI (and unseen share for categoricals) of `current` against `reference`.
+
+    Quantile bins come from the reference, so an unchanged distribution gives about equal shares.
+    """
+    missing = [c for c in [*numeric, *categorical] if c not in current.columns]
+    if missing:
+        raise MonitoringError(f"features: columns {missing} of the release's reference are missing")
+    edges = {
+        c: quantile_edges(reference[c].to_numpy(dtype=np.float64, na_value=np.nan), cfg.psi_bins)
+        for c in numeric
+    }
+    counts = numeric_bin_counts(current, edges)
+    cats = category_counts(current, categorical)
+    rows = [
+        _numeric_row(c, reference[c].to_numpy(dtype=np.float64, na_value=np.nan), edges[c], counts[c], cfg)
+        for c in numeric
+    ]
+    rows += [_categorical_row(c, reference[c], cats[cats["feature"] == c], cfg) for c in categorical]
+    return pd.DataFrame(rows)
+
+
+def prediction_drift(
+    previous: DataFrame, current: DataFrame, *, columns: list[str], cfg: MonitoringConfig
+) -> pd.DataFrame:
+    """Score distributions of this month against the previous month: PSI on the previous month's deciles,
+    and quantile shifts (p05..p95) and means, so a reviewer sees where the distribution moved."""
+    probs = [0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95]
+    deciles = [i / max(cfg.psi_bins, 2) for i in range(1, max(cfg.psi_bins, 2))]
+    grid = sorted(set(probs) | set(deciles))
+    if not columns:
+        return pd.DataFrame()
+    prev_q = previous.approxQuantile(columns, grid, 1e-3)
+    cur_q = current.approxQuantile(columns, probs, 1e-3)
+    if any(len(q) == 0 for q in [*prev_q, *cur_q]):  # a month with no rows (or only nulls)
+        log.warning("prediction drift skipped: a score month has no values in %s", columns)
+        return pd.DataFrame()
+    edges = {}
+    for c, qs in zip(columns, prev_q, strict=True):
+        e = np.unique(np.array([q for p, q in zip(grid, qs, strict=True) if p in deciles], dtype=np.float64))
+        edges[c] = e
+    prev_counts = numeric_bin_counts(previous, edges)
+    cur_counts = numeric_bin_counts(current, edges)
+    means = {
+        "previous": previous.agg(*[F.avg(c).alias(c) for c in columns]).collect()[0].asDict(),
+        "current": current.agg(*[F.avg(c).alias(c) for c in columns]).collect()[0].asDict(),
+    }
+    rows = []
+    for i, c in enumerate(columns):
+        value = psi(prev_counts[c], cur_counts[c])
+        row: dict[str, Any] = {
+            "column": c,
+            "psi": value,
+            "previous_mean": _float(means["previous"][c]),
+            "current_mean": _float(means["current"][c]),
+            "previous_rows": int(prev_counts[c].sum()),
+            "current_rows": int(cur_counts[c].sum()),
+        }
+        prev_by_p = dict(zip(grid, prev_q[i], strict=True))
+        for p, q in zip(probs, cur_q[i], strict=True):
+            tag = f"p{round(p * 100):02d}"
+            row[f"previous_{tag}"] = _float(prev_by_p.get(p))
+            row[f"current_{tag}"] = _float(q)
+        row["status"] = status_of(value, cfg.prediction_psi_warn, cfg.prediction_psi_fail)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _float(x: Any) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def read_reference(release: Release) -> pd.DataFrame:
+    """The drift reference stored with a release (`reference.parquet`, a sample of training features)."""
+    blob = release.files.get(REFERENCE)
+    if blob is None:
+        raise MonitoringError(f"release {release.version}: no {REFERENCE} in the bundle")
+    return pd.read_parquet(io.BytesIO(blob))
+
+
+def drift_columns(reference: pd.DataFrame, settings: Settings) -> tuple[list[str], list[str]]:
+    """Input features of the enabled models that the reference holds: (numeric, categorical)."""
+    wanted = settings.models.catalog().input_columns()
+    present = [c for c in wanted if c in reference.columns]
+    absent = sorted(set(wanted) - set(present))
+    if absent:
+        log.warning("reference sample lacks features %s: no drift check for them", absent)
+    categorical = [c for c in present if c in settings.models.categorical]
+    numeric = [c for c in present if c not in categorical]
+    return numeric, categorical
+
+
+def prediction_columns(scores: DataFrame, cfg: MonitoringConfig) -> list[str]:
+    if cfg.prediction_columns:
+        return [c for c in cfg.prediction_columns if c in scores.columns]
+    numeric = (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.FloatType, T.DoubleType, T.DecimalType)
+    return [
+        f.name
+        for f in scores.schema.fields
+        if isinstance(f.dataType, numeric) and f.name not in SCORE_NON_METRIC
+    ]
