@@ -223,11 +223,16 @@ def seen_categories(manifest: dict[str, Any]) -> dict[str, list[str]]:
     return {}
 
 
+# Tasks are CPU-bound and equal in cost per row: with few of them the last wave leaves cores idle (1M
+# subscribers in 5 tasks on 2 cores: 56.5 s; in 10 tasks: 48.9 s — benchmarks/bench_score.py).
+TASKS_PER_CORE = 4
+
+
 def scoring_parallelism(spark: SparkSession, features: DataFrame) -> DataFrame:
-    """At least two tasks per core, so the CPU-bound batches keep every core busy to the end. The job asks
-    Spark to split the month's files that finely (`spark.sql.files.minPartitionNum`); only a month whose
-    files cannot be split is shuffled."""
-    want = 2 * spark.sparkContext.defaultParallelism
+    """At least TASKS_PER_CORE tasks per core, so the CPU-bound batches keep every core busy to the end. The
+    job asks Spark to split the month's files that finely (`spark.sql.files.minPartitionNum`); only a month
+    whose files cannot be split is shuffled."""
+    want = TASKS_PER_CORE * spark.sparkContext.defaultParallelism
     if features.rdd.getNumPartitions() < want:
         return features.repartition(want, ID)
     return features
@@ -291,7 +296,7 @@ def score_month(
         try:
             job_conf = {
                 ARROW_BATCH_CONF: settings.scoring.arrow_batch_rows,
-                "spark.sql.files.minPartitionNum": 2 * spark.sparkContext.defaultParallelism,
+                "spark.sql.files.minPartitionNum": TASKS_PER_CORE * spark.sparkContext.defaultParallelism,
             }
             with timer.stage("score and write", spark), session_conf(spark, **job_conf):
                 scores = scoring_parallelism(spark, features).transform(
