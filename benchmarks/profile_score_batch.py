@@ -6,7 +6,8 @@
 Uses a release of benchmarks/bench_score.py (its MLflow store; run that first) and times the steps of
 `batch.score_inputs` on one batch of `--subscribers` rows of the month: Arrow → arrays (with the input
 checks), horizon rows, each model's Pool build and predict, daily → monthly units, the sBG fit and the
-rest of CLTV, the output batch. Median of --repeats.
+rest of CLTV, the intervals (with a stand-in table of the same shape for a release without one), the
+output batch. Median of --repeats.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 from bench_score import ROOT, bench_settings
 
-from spark_app import batch, cltv
+from spark_app import batch, cltv, intervals
 from spark_app.catalog import stacked_feature
 from spark_app.cli import setup_logging
 from spark_app.models import log_link
@@ -71,8 +72,11 @@ def time_batch(record_batch: pa.RecordBatch, learner, plan: batch.BatchPlan) -> 
     forecasts = timed("monthly units", batch.monthly_forecasts, predictions, len(inputs), plan)
     for model_id in plan.formula.survival:  # the sBG fit alone (cltv_columns runs it again below)
         timed("  of which sBG fit", cltv.extend_survival, forecasts[model_id], plan.extrapolation.months)
-    timed("cltv (incl. sBG)", cltv.cltv_columns, forecasts, plan.score_month_index, plan.formula,
-          plan.extrapolation)  # fmt: skip
+    values = timed("cltv (incl. sBG)", cltv.cltv_columns, forecasts, plan.score_month_index, plan.formula,
+                   plan.extrapolation)  # fmt: skip
+    timed("intervals", batch.interval_columns, forecasts, values["cltv"], plan)
+    detail = dataclasses.replace(plan, detail=True)
+    timed("  intervals with --detail (h = 1..24)", batch.interval_columns, forecasts, values["cltv"], detail)
     columns = batch.score_inputs(inputs, learner, plan)  # the same columns again, to time their output
     timed("output batch", batch.to_arrow, columns, plan)
     return seconds
@@ -94,6 +98,12 @@ def main() -> None:
     release = load_release(settings, args.release)
     plan = make_plan(settings, release.manifest, release.version, "profile", month, detail=False)
     plan = dataclasses.replace(plan, threads=1)
+    if plan.intervals is None:  # a release from before intervals: a table of the same shape (10 bins × 24 h)
+        rng = np.random.default_rng(0)
+        forecast = np.cumsum(rng.gamma(2.0, 10.0, (5000, plan.horizons)), axis=1)
+        table = intervals.fit_intervals(forecast, forecast * rng.normal(1, 0.3, forecast.shape),
+                                        feature_month="profile")  # fmt: skip
+        plan = dataclasses.replace(plan, intervals=table)
     learner = batch.cached_learner(plan, release.files)
     table = ds.dataset(panel / "features" / f"report_month={month:%Y-%m-%d}", format="parquet").head(
         args.subscribers, columns=["subscriber_id", *plan.input_cols]

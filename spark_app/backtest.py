@@ -15,15 +15,23 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from spark_app.batch import VALUE_BOUNDS_H
 from spark_app.catalog import NULL_CATEGORY, ModelCatalog
+from spark_app.checks import SKIPPED, status_of
 from spark_app.cltv import ValueFormula
-from spark_app.config import Settings
+from spark_app.config import MonitoringConfig, Settings
 from spark_app.contract import ID, MONTH, month_dirs, read_table
 from spark_app.layout import read_scores
 from spark_app.months import add_months, fmt, months_between
 from spark_app.storage import Storage
 
 VALUE_CUM = "value_cum"  # pseudo model id of the cumulative value rows of the backtest
+INTERVAL_LEVEL = "interval_level"
+
+
+def missing_type(column: str) -> str:
+    """Type of a scores column absent from an older month (bounds and level came with intervals)."""
+    return "double" if column == INTERVAL_LEVEL else "array<double>"
 
 
 # ---------------------------------------------------------------- forecasts beside facts (Spark transforms)
@@ -38,7 +46,8 @@ def forecast_rows(
     """Forecasts for `month` made at earlier score months: element h of `<model>_h` of month T−h.
 
     Adds `horizon`, `f_<model>` and `f_value_cum` (forecast value of months T−h+1..T, undiscounted, by the
-    value formula CLTV uses).
+    value formula CLTV uses), and its interval `f_value_cum_lower` / `_upper` (null where the scores have
+    no bounds: a release without intervals, or scores from before them).
     """
     horizon = F.months_between(F.lit(month), F.col("score_month")).cast("int")
     df = scores.withColumn("horizon", horizon).where(
@@ -55,6 +64,12 @@ def forecast_rows(
         ),
     )
     cum = F.aggregate(F.slice(monthly_value, 1, F.col("horizon")), F.lit(0.0), lambda acc, x: acc + x)
+    bounds = [
+        (F.element_at(F.col(name), F.col("horizon")) if name in df.columns else F.lit(None))
+        .cast("double")
+        .alias(f"f_{VALUE_CUM}_{side}")
+        for name, side in zip(VALUE_BOUNDS_H, ("lower", "upper"), strict=True)
+    ]
     return df.select(
         *[c for c in df.columns if not c.endswith("_h")],
         *[
@@ -64,6 +79,7 @@ def forecast_rows(
             for m in models
         ],
         cum.alias(f"f_{VALUE_CUM}"),
+        *bounds,
     )
 
 
@@ -122,7 +138,8 @@ def backtest_rows(forecasts: DataFrame, realized: DataFrame, *, models: list[str
 
 def aggregate_backtest(rows: DataFrame, *, models: list[str], dimensions: list[str]) -> pd.DataFrame:
     """Long table: one row per (score month, horizon, population, dimension, value, model) with sums,
-    WAPE, bias and — for the survival models — predicted vs realized share in base.
+    WAPE, bias, — for the survival models — predicted vs realized share in base, and — for the cumulative
+    value — the coverage of its interval (share of the bounded rows whose realized value lies inside).
 
     Populations: `holdout` (never targeted by campaigns, so unbiased by retention actions), `rest`, `all`.
     Dimensions: `all` plus every column in `dimensions` (e.g. segment, region, tenure_cohort).
@@ -148,6 +165,8 @@ def aggregate_backtest(rows: DataFrame, *, models: list[str], dimensions: list[s
         dims.alias("d"),
         *[F.col(f"f_{t}") for t in targets],
         *[F.col(f"a_{t}") for t in targets],
+        *[F.col(f"f_{VALUE_CUM}_{side}") for side in ("lower", "upper")],
+        F.col(INTERVAL_LEVEL) if INTERVAL_LEVEL in rows.columns else F.lit(None).cast("double"),
     )
     aggs = [F.count(F.lit(1)).alias("n")]
     for t in targets:
@@ -159,6 +178,15 @@ def aggregate_backtest(rows: DataFrame, *, models: list[str], dimensions: list[s
             F.sum(F.abs(a - f)).alias(f"{t}__abs_error_sum"),
             F.sum((a - f) * (a - f)).alias(f"{t}__sq_error_sum"),
         ]
+    lower, upper, realized = (F.col(f"f_{VALUE_CUM}_lower"), F.col(f"f_{VALUE_CUM}_upper"),
+                              F.col(f"a_{VALUE_CUM}"))  # fmt: skip
+    bounded = lower.isNotNull() & upper.isNotNull() & ~F.isnan(lower) & ~F.isnan(upper)
+    aggs += [
+        F.sum(bounded.cast("long")).alias("bounded"),
+        F.sum((bounded & (realized >= lower) & (realized <= upper)).cast("long")).alias("covered"),
+        F.sum(F.when(bounded, upper - lower)).alias("width_sum"),
+        F.max(F.when(bounded, F.col(INTERVAL_LEVEL))).alias(INTERVAL_LEVEL),
+    ]
     wide = (
         stacked.groupBy(
             *keys, "population", F.col("d.dimension").alias("dimension"), F.col("d.value").alias("value")
@@ -188,6 +216,11 @@ BACKTEST_COLUMNS = [
     "abs_error_sum",
     "actual_abs_sum",
     "sq_error_sum",
+    "bounded",
+    "covered",
+    "coverage",
+    "interval_level",
+    "interval_width_mean",
 ]
 
 
@@ -199,6 +232,11 @@ def _long_backtest(wide: pd.DataFrame, targets: list[str]) -> pd.DataFrame:
         part["model_id"] = t
         for stat in ("forecast_sum", "actual_sum", "actual_abs_sum", "abs_error_sum", "sq_error_sum"):
             part[stat] = wide[f"{t}__{stat}"].astype("float64")
+        interval = t == VALUE_CUM  # the interval is of the cumulative value only
+        part["bounded"] = wide["bounded"].fillna(0).astype("int64") if interval else 0
+        part["covered"] = wide["covered"].fillna(0).astype("int64") if interval else 0
+        part["width_sum"] = wide["width_sum"].astype("float64") if interval else np.nan
+        part[INTERVAL_LEVEL] = wide[INTERVAL_LEVEL].astype("float64") if interval else np.nan
         parts.append(part)
     if not parts or wide.empty:
         return pd.DataFrame(columns=BACKTEST_COLUMNS)
@@ -210,11 +248,33 @@ def _long_backtest(wide: pd.DataFrame, targets: list[str]) -> pd.DataFrame:
     out["wape"] = out["abs_error_sum"] / denom
     out["bias"] = (out["forecast_sum"] - out["actual_sum"]) / denom
     out["rmse"] = np.sqrt(out["sq_error_sum"] / n)
+    bounded = out["bounded"].astype("float64").where(out["bounded"] > 0)
+    out["coverage"] = out["covered"] / bounded
+    out["interval_width_mean"] = out["width_sum"] / bounded
     out["horizon"] = out["horizon"].astype("int32")
     out["n"] = out["n"].astype("int64")
     return out[BACKTEST_COLUMNS].sort_values(
         ["model_id", "population", "dimension", "value", "horizon"], ignore_index=True
     )
+
+
+def coverage_checks(backtest: pd.DataFrame, cfg: MonitoringConfig) -> pd.DataFrame:
+    """Coverage of the cumulative value's interval against its level, per score month (horizon) and
+    population, over all subscribers (dimension `all`; segments are shown, not judged: they are small),
+    with a status: |coverage − level| against `coverage_warn` / `coverage_fail`; skipped under
+    `coverage_min_rows` bounded subscribers."""
+    columns = ["score_month", "horizon", "population", "bounded", "coverage", INTERVAL_LEVEL, "gap", "status"]
+    if backtest.empty or "coverage" not in backtest:
+        return pd.DataFrame(columns=columns)
+    rows = backtest[(backtest["model_id"] == VALUE_CUM) & (backtest["dimension"] == "all")]
+    rows = rows[rows["bounded"] > 0].copy()
+    rows["gap"] = rows["coverage"] - rows["interval_level"]
+    judged = rows["bounded"] >= cfg.coverage_min_rows
+    rows["status"] = [
+        status_of(abs(gap), cfg.coverage_warn, cfg.coverage_fail) if ok else SKIPPED
+        for gap, ok in zip(rows["gap"], judged, strict=True)
+    ]
+    return rows[columns].sort_values(["population", "horizon"], ignore_index=True)
 
 
 # ---------------------------------------------------------------- the month's inputs and the job
@@ -249,10 +309,13 @@ def backtest_inputs(
         months.append(m)
     if not parts:
         return None, [], notes, 0
-    cols = [ID, "score_month", "release_version", "holdout", *[f"{x}_h" for x in models]]
+    cols = [ID, "score_month", "release_version", "holdout", *[f"{x}_h" for x in models], *VALUE_BOUNDS_H,
+            INTERVAL_LEVEL]  # fmt: skip
     union = None
     for p in parts:
-        sel = p.select(*[F.col(c) if c in p.columns else F.lit(None).alias(c) for c in cols])
+        sel = p.select(
+            *[F.col(c) if c in p.columns else F.lit(None).cast(missing_type(c)).alias(c) for c in cols]
+        )
         sel = sel.withColumn("release_version", F.col("release_version").cast("string"))
         sel = sel.withColumn("holdout", F.coalesce(F.col("holdout").cast("boolean"), F.lit(False)))
         union = sel if union is None else union.unionByName(sel)

@@ -34,6 +34,7 @@ from spark_app.cltv import (
 )
 from spark_app.contract import ID
 from spark_app.horizons import horizon_columns
+from spark_app.intervals import IntervalTable, cltv_bounds, cumulative_values
 from spark_app.models import Learner, MatrixBuilder, categories
 from spark_app.months import forecast_days, month_index
 
@@ -44,6 +45,8 @@ EPOCH = dt.date(1970, 1, 1)
 # CLTV histogram for the job's quantiles: bins of t = sign(x)·log1p(|x|), 0.005 wide over ±15 (values
 # up to ±3.3 million); a quantile read from it is within 0.5 % of the value
 HIST_LOW, HIST_HIGH, HIST_BINS = -15.0, 15.0, 6000
+VALUE_POINTS = (12, 24)  # cumulative value (undiscounted) reported with its interval at these months
+VALUE_BOUNDS_H = ("value_cum_lower_h", "value_cum_upper_h")  # --detail: the bounds at every horizon
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ class BatchPlan:
     detail: bool
     seen: dict[str, frozenset[str]] = field(default_factory=dict)  # categorical values seen in training
     threads: int = 1  # CatBoost threads per Python worker: the cores of one Spark task
+    intervals: IntervalTable | None = None  # None: a release without them (bounds NaN)
+    interval_level: float = 0.8
 
     @property
     def score_month_index(self) -> int:
@@ -82,6 +87,7 @@ def output_schema(plan: BatchPlan) -> T.StructType:
         T.StructField("release_version", T.IntegerType(), False),
         T.StructField("cltv", T.DoubleType()),
         T.StructField(f"cltv_{min(24, total)}m", T.DoubleType()),
+        *[T.StructField(name, T.DoubleType()) for name in interval_names(plan)],
         *[T.StructField(f"{c}_{total}m", T.DoubleType()) for c in plan.formula.components],
         *[
             T.StructField(f"p_{base}_{p}m", T.DoubleType())
@@ -92,7 +98,44 @@ def output_schema(plan: BatchPlan) -> T.StructType:
     ]
     if plan.detail:
         fields += [T.StructField(f"{m}_h", T.ArrayType(T.DoubleType(), False)) for m in plan.models]
+        fields += [T.StructField(name, T.ArrayType(T.DoubleType(), False)) for name in VALUE_BOUNDS_H]
     return T.StructType([*fields, T.StructField(HOLDOUT, T.BooleanType(), False)])
+
+
+def interval_names(plan: BatchPlan) -> list[str]:
+    """cltv_lower/upper, value_<k>m and its bounds, the level: columns of every scored row."""
+    names = ["cltv_lower", "cltv_upper"]
+    for k in VALUE_POINTS:
+        if k <= plan.horizons:
+            names += [f"value_{k}m", f"value_{k}m_lower", f"value_{k}m_upper"]
+    return [*names, "interval_level"]
+
+
+def interval_columns(
+    forecasts: dict[str, np.ndarray], cltv: np.ndarray, plan: BatchPlan
+) -> dict[str, np.ndarray]:
+    """Cumulative value at 12 / 24 months and CLTV with their intervals at the plan's level (the release's
+    table, spark_app.intervals); with detail also the bounds at every horizon, for the backtest."""
+    value = cumulative_values(forecasts, plan.formula)
+    n, horizons = value.shape
+    table, level = plan.intervals, plan.interval_level
+
+    def bounds(h: int) -> tuple[np.ndarray, np.ndarray]:
+        if table is None:
+            return np.full(n, np.nan), np.full(n, np.nan)
+        return table.bounds(h, value[:, h - 1], level)
+
+    out: dict[str, np.ndarray] = {"interval_level": np.full(n, level if table else np.nan)}
+    for k in (k for k in VALUE_POINTS if k <= horizons):
+        lower, upper = bounds(k)
+        out.update({f"value_{k}m": value[:, k - 1], f"value_{k}m_lower": lower, f"value_{k}m_upper": upper})
+    last = min(24, horizons)
+    out["cltv_lower"], out["cltv_upper"] = cltv_bounds(cltv, value[:, last - 1], *bounds(last))
+    if plan.detail:
+        every = [bounds(h) for h in range(1, horizons + 1)]
+        out[VALUE_BOUNDS_H[0]] = np.column_stack([b[0] for b in every])
+        out[VALUE_BOUNDS_H[1]] = np.column_stack([b[1] for b in every])
+    return out
 
 
 def arrow_type(data_type: T.DataType) -> pa.DataType:
@@ -271,6 +314,7 @@ def score_inputs(inputs: Inputs, learner: Learner, plan: BatchPlan) -> dict[str,
     n = len(inputs)
     forecasts = monthly_forecasts(learner.predict(horizon_rows(inputs, plan)), n, plan)
     cols = cltv_columns(forecasts, plan.score_month_index, plan.formula, plan.extrapolation)
+    cols.update(interval_columns(forecasts, cols["cltv"], plan))
     out: dict[str, np.ndarray] = {
         ID: inputs.ids,
         "score_month": np.full(n, (plan.score_month - EPOCH).days, dtype=np.int32),
@@ -279,6 +323,8 @@ def score_inputs(inputs: Inputs, learner: Learner, plan: BatchPlan) -> dict[str,
     for name in output_schema(plan).names[3:]:
         if name == HOLDOUT:
             out[name] = inputs.holdout
+        elif name in VALUE_BOUNDS_H:
+            out[name] = cols[name]
         elif name.endswith("_h"):
             out[name] = forecasts[name[:-2]]
         else:

@@ -143,6 +143,8 @@ class TrainingConfig(_Section):
     random_seed: int = 42
     tenure_bands: list[int] = Field(default_factory=lambda: [0, 3, 6, 12, 24, 48])  # naive-baseline bands
     calibration_bins: int = Field(default=10, ge=2)  # equal-width probability bins of calibration tables
+    interval_subscribers: PositiveInt = 20_000  # held-out subscribers the intervals are fitted on (cap)
+    interval_months: PositiveInt = 12  # recent feature months pooled per horizon: a year of seasons
 
 
 class PromotionConfig(_Section):
@@ -158,6 +160,9 @@ class PromotionConfig(_Section):
     max_abs_bias: confloat(gt=0) = 0.05
 
 
+INTERVAL_LEVELS = (0.5, 0.8, 0.9, 0.95)  # the interval levels every release stores (spark_app.intervals)
+
+
 class ScoringConfig(_Section):
     holdout_share: confloat(ge=0, lt=1) = 0.05
     holdout_salt: str = "cltv-holdout"
@@ -167,6 +172,14 @@ class ScoringConfig(_Section):
     # carried into the extrapolated months (docs/scoring.md)
     trend_floor: confloat(gt=0, le=1) = 0.8
     trend_cap: confloat(ge=1) = 1.25
+    interval_level: float = 0.8  # of cltv_lower/upper and value_<k>m_lower/upper; one of INTERVAL_LEVELS
+
+    @field_validator("interval_level")
+    @classmethod
+    def _stored_level(cls, level: float) -> float:
+        if level not in INTERVAL_LEVELS:
+            raise ValueError(f"{level} is not one of the levels releases store: {list(INTERVAL_LEVELS)}")
+        return level
 
 
 class MonitoringConfig(_Section):
@@ -179,17 +192,24 @@ class MonitoringConfig(_Section):
     prediction_psi_warn: confloat(gt=0) = 0.1  # CLTV / survival distribution vs the previous month
     prediction_psi_fail: confloat(gt=0) = 0.25
     prediction_columns: list[str] = Field(default_factory=list)  # empty = every numeric score column
+    prediction_drift_rows: PositiveInt = 200_000  # hash-chosen subscribers compared per month
     backtest_max_horizon: int = Field(default=24, ge=1)  # score months T-1..T-k are backtested against T
     backtest_dimensions: list[str] = Field(default_factory=lambda: ["segment", "region"])
     tenure_cohorts: list[int] = Field(default_factory=lambda: [0, 6, 12, 24, 48])  # cohort lower edges
     metric_horizons: list[int] = Field(default_factory=lambda: [1, 3, 6, 12, 24])  # logged to MLflow
     report_shap_rows: PositiveInt = 2_000  # subscribers whose SHAP values the report explains
     report_shap_horizon: PositiveInt = 12  # horizon at which the report explains the models
+    # interval coverage (share of subscribers whose realized cumulative value lies inside the interval)
+    # further than this from the nominal level, at any horizon, per population: warn / fail
+    coverage_warn: confloat(gt=0, lt=1) = 0.05
+    coverage_fail: confloat(gt=0, lt=1) = 0.1
+    coverage_min_rows: PositiveInt = 500  # fewer subscribers at a horizon: coverage shown, not judged
 
     @model_validator(mode="after")
     def _thresholds_in_order(self) -> MonitoringConfig:
         pairs = [("psi", self.psi_warn, self.psi_fail), ("unseen", self.unseen_warn, self.unseen_fail),
-                 ("prediction_psi", self.prediction_psi_warn, self.prediction_psi_fail)]  # fmt: skip
+                 ("prediction_psi", self.prediction_psi_warn, self.prediction_psi_fail),
+                 ("coverage", self.coverage_warn, self.coverage_fail)]  # fmt: skip
         wrong = [f"{name}_fail ({fail}) < {name}_warn ({warn})" for name, warn, fail in pairs if fail < warn]
         if wrong:
             raise ValueError("a fail threshold below its warn threshold: " + "; ".join(wrong))

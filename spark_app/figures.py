@@ -249,8 +249,36 @@ def value_figure(backtest: pd.DataFrame) -> Figure | None:
     return fig
 
 
+def coverage_figure(coverage: pd.DataFrame, warn: float, fail: float) -> Figure | None:
+    """Realized coverage of the cumulative value's interval by horizon and population, against its level
+    with the warn / fail bands around it."""
+    if coverage is None or coverage.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    level = float(coverage["interval_level"].median())
+    ax.axhspan(level - fail, level + fail, color="#fdecea", zorder=0, label=f"±{fail:.0%} (fail)")
+    ax.axhspan(level - warn, level + warn, color="#e8f5e9", zorder=0, label=f"±{warn:.0%} (warn)")
+    ax.axhline(level, color="black", lw=0.8, label=f"level {level:.0%}")
+    for pop, (color, ls) in POP_STYLE.items():
+        r = coverage[coverage["population"] == pop].sort_values("horizon")
+        if not r.empty:
+            ax.plot(r["horizon"], r["coverage"], color=color, ls=ls, marker="o", ms=3, label=pop)
+    ax.set_title("Interval coverage of cumulative value (realized inside the interval)")
+    ax.set_xlabel("months elapsed since the forecast")
+    ax.set_ylim(max(0.0, level - 3 * fail), min(1.0, level + 3 * fail) + 0.02)
+    ax.legend(fontsize=7, ncol=2)
+    _integer_x(ax)
+    fig.tight_layout()
+    return fig
+
+
 def monitoring_figures(
-    tables: dict[str, pd.DataFrame], catalog: ModelCatalog, warn: float = 0.1, fail: float = 0.25
+    tables: dict[str, pd.DataFrame],
+    catalog: ModelCatalog,
+    warn: float = 0.1,
+    fail: float = 0.25,
+    coverage_warn: float = 0.05,
+    coverage_fail: float = 0.1,
 ) -> dict[str, Figure]:
     """The plots of one month's monitoring tables, for MLflow and for the report."""
     figures = {
@@ -261,6 +289,8 @@ def monitoring_figures(
         figures["backtest_calibration"] = calibration_figure(backtest, catalog)
         figures["backtest_wape"] = wape_figure(backtest, catalog)
         figures["backtest_value"] = value_figure(backtest)
+    coverage = tables.get("coverage", pd.DataFrame())
+    figures["interval_coverage"] = coverage_figure(coverage, coverage_warn, coverage_fail)
     return {k: v for k, v in figures.items() if v is not None}
 
 

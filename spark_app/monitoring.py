@@ -16,7 +16,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from spark_app import tracking
-from spark_app.backtest import run_backtest
+from spark_app.backtest import coverage_checks, run_backtest
 from spark_app.checks import FAIL, OK, WARN, MonitoringError
 from spark_app.config import MonitoringConfig, Settings
 from spark_app.contract import (
@@ -88,7 +88,7 @@ def read_monitoring(spark: SparkSession, settings: Settings, month: dt.date) -> 
             f"monitoring: no output for {fmt(month)} under {target}; run `cltv monitor` first"
         )
     out: dict[str, Any] = {"summary": storage.read_json(f"{target}/summary.json")}
-    for name in ("drift", "prediction_drift", "backtest"):
+    for name in ("drift", "prediction_drift", "backtest", "coverage"):
         path = f"{target}/{name}"
         out[name] = spark.read.parquet(path).toPandas() if storage.exists(path) else pd.DataFrame()
     return out
@@ -118,6 +118,9 @@ def _metrics(
             elif np.isfinite(r.wape):
                 out[f"{key}.wape"] = float(r.wape)
                 out[f"{key}.bias"] = float(r.bias)
+            if np.isfinite(r.coverage):  # the cumulative value's interval
+                out[f"{key}.coverage"] = float(r.coverage)
+                out[f"{key}.interval_width_mean"] = float(r.interval_width_mean)
     return {k: v for k, v in out.items() if np.isfinite(v)}
 
 
@@ -156,11 +159,14 @@ def log_monitoring_run(
         for name, pdf in result_tables.items():
             if not pdf.empty:
                 mlflow.log_text(run_id, pdf.to_csv(index=False), f"monitoring/{name}.csv")
+        cfg_m = settings.monitoring
         figures = monitoring_figures(
             result_tables,
             settings.models.catalog(),
-            settings.monitoring.psi_warn,
-            settings.monitoring.psi_fail,
+            cfg_m.psi_warn,
+            cfg_m.psi_fail,
+            cfg_m.coverage_warn,
+            cfg_m.coverage_fail,
         )
         for name, fig in figures.items():
             mlflow.log_figure(run_id, fig, f"plots/{name}.png")
@@ -219,6 +225,7 @@ def monitor_month(
     with timer.stage("backtest", spark):
         backtest, notes = run_backtest(spark, settings, month)
         warnings += notes
+        coverage = coverage_checks(backtest, cfg)
 
     for r in drift.itertuples():
         detail = f"psi {r.psi:.3f}" + (
@@ -231,6 +238,13 @@ def monitor_month(
     for r in pred.itertuples():
         if r.status in (WARN, FAIL):
             (failures if r.status == FAIL else warnings).append(f"score column {r.column}: psi {r.psi:.3f}")
+    for r in coverage.itertuples():
+        if r.status in (WARN, FAIL):
+            (failures if r.status == FAIL else warnings).append(
+                f"interval coverage of {r.horizon}-month cumulative value (scored {fmt(r.score_month)}, "
+                f"{r.population}): {r.coverage:.1%} of {r.bounded:,} subscribers inside the "
+                f"{r.interval_level:.0%} interval ({r.gap:+.1%})"
+            )
 
     status = FAIL if failures else WARN if warnings else OK
     target = monitoring_dir(settings.paths, month)
@@ -245,7 +259,7 @@ def monitor_month(
         "thresholds": cfg.model_dump(mode="json"),
         "backtest_score_months": sorted({str(m) for m in backtest.get("score_month", [])}),
     }
-    tables = {"drift": drift, "prediction_drift": pred, "backtest": backtest}
+    tables = {"drift": drift, "prediction_drift": pred, "backtest": backtest, "coverage": coverage}
     with timer.stage("log to MLflow"):
         run_id = log_monitoring_run(settings, month, tables, summary)
     summary["run_id"] = run_id

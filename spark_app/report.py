@@ -41,6 +41,7 @@ from spark_app.figures import (
     bin_share_figure,
     calibration_figure,
     cltv_histogram,
+    coverage_figure,
     drift_figure,
     drivers_figure,
     main_metric_figure,
@@ -555,6 +556,60 @@ def section_backtest(settings: Settings, backtest: pd.DataFrame) -> list[Any]:
     return blocks
 
 
+def interval_widths(scores: DataFrame) -> pd.DataFrame:
+    """Deciles of the interval width (upper − lower) of CLTV and of the 12 / 24-month value, with the
+    median width relative to the forecast (approximate quantiles, 0.1 % rank error)."""
+    rows = []
+    for point in ("cltv", "value_12m", "value_24m"):
+        lower, upper = f"{point}_lower", f"{point}_upper"
+        if upper not in scores.columns:
+            continue
+        width = scores.select(
+            (F.col(upper) - F.col(lower)).alias("width"),
+            ((F.col(upper) - F.col(lower)) / F.abs(F.col(point))).alias("relative"),
+        ).where(~F.isnan("width"))
+        deciles = width.approxQuantile(["width", "relative"], [i / 10 for i in range(1, 10)], 1e-3)
+        if not deciles[0]:
+            continue
+        widths = {f"width_p{10 * i}": v for i, v in enumerate(deciles[0], 1)}
+        rows.append({"forecast": point, **widths, "median_relative_width": deciles[1][4]})
+    return pd.DataFrame(rows)
+
+
+def section_intervals(
+    settings: Settings, coverage: pd.DataFrame, backtest: pd.DataFrame, scores: DataFrame | None
+) -> list[Any]:
+    cfg = settings.monitoring
+    blocks: list[Any] = [
+        Note(
+            "Each subscriber's cumulative value over the next h months and CLTV come with an interval at "
+            f"level {settings.scoring.interval_level:.0%} (split-conformal residual quantiles by forecast "
+            "decile, fitted on held-out subscribers at training; docs/scoring.md). Coverage is the share "
+            "of the subscribers scored h months ago whose realized value lies inside their interval: it "
+            f"should stay within ±{cfg.coverage_warn:.0%} of the level. CLTV's months 25..60 cannot be "
+            "checked yet: their bound assumes the 24-month deviation goes on in proportion."
+        )
+    ]
+    if coverage.empty:
+        blocks.append(Note("No coverage yet: no earlier scores with interval bounds and detail arrays."))
+    else:
+        blocks += image(coverage_figure(coverage, cfg.coverage_warn, cfg.coverage_fail), "coverage")
+        wanted = coverage[coverage["horizon"].isin(cfg.metric_horizons)]
+        blocks.append(table(wanted, "Coverage by horizon and population", status_col="status"))
+        by_dim = backtest[
+            (backtest["model_id"] == VALUE_CUM) & (backtest["dimension"] != "all")
+            & (backtest["population"] == "all") & backtest["horizon"].isin(cfg.metric_horizons)
+        ]  # fmt: skip
+        if not by_dim.empty:
+            pivot = by_dim.pivot_table(
+                index=["dimension", "value"], columns="horizon", values="coverage"
+            ).add_prefix("h")
+            blocks.append(table(pivot.reset_index(), "Coverage by segment (all subscribers)"))
+    if scores is not None:
+        blocks.append(table(interval_widths(scores), "Interval width deciles of this month's scores"))
+    return blocks
+
+
 def _load_release(settings: Settings, version: str | None) -> Release | None:
     try:
         return load_release(settings, version or "champion")
@@ -597,6 +652,10 @@ def build_report(
         Section(
             "Backtest: earlier forecasts against this month",
             section_backtest(settings, monitored["backtest"]),
+        ),
+        Section(
+            "Intervals: coverage and width",
+            section_intervals(settings, monitored["coverage"], monitored["backtest"], scores),
         ),
     ]
     page = render(

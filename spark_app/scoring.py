@@ -38,6 +38,7 @@ from spark_app.cltv import (
 from spark_app.config import Settings
 from spark_app.contract import ID, InputContractError, features_spec, read_months, schema_problems
 from spark_app.errors import UserError
+from spark_app.intervals import IntervalTable
 from spark_app.layout import scores_dir
 from spark_app.models import RELEASE_JSON
 from spark_app.months import fmt
@@ -131,6 +132,8 @@ def make_plan(
         ),
         detail=detail,
         seen={c: frozenset(v) for c, v in seen_categories(manifest).items() if c in cols},
+        intervals=IntervalTable.from_json(manifest.get("intervals")),
+        interval_level=settings.scoring.interval_level,
     )
 
 
@@ -284,6 +287,11 @@ def score_month(
             files = model_files(dict(loaded.files))
             plan = make_plan(settings, loaded.manifest, loaded.version, bundle_digest(files), month, detail)
             plan = replace(plan, threads=int(spark.conf.get("spark.task.cpus", "1")))
+            if plan.intervals is None:
+                log.warning(
+                    "release v%s has no interval table (trained before intervals): cltv_lower/upper and "
+                    "the value bounds are NaN; train a new release to get them", plan.release_version,
+                )  # fmt: skip
             log.info(
                 "scoring %s with release v%s (%s), models %s, %d horizons → %d months%s",
                 fmt(month), plan.release_version, release, ",".join(plan.models), plan.horizons,

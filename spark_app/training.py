@@ -13,7 +13,7 @@ import datetime as dt
 import json
 import logging
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,14 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from spark_app import __version__
+from spark_app.batch import horizon_rows, inputs_from_pandas, monthly_forecasts
 from spark_app.catalog import CALENDAR_MONTH, HORIZON, REGRESSION, ModelCatalog
 from spark_app.cltv import ValueFormula
 from spark_app.config import Settings
-from spark_app.contract import ID
+from spark_app.contract import ID, MONTH, month_dirs, read_table
 from spark_app.dataset import read_dataset, unit_hash
 from spark_app.errors import UserError
 from spark_app.evaluation import (
@@ -51,10 +53,14 @@ from spark_app.figures import (
     plot_importance,
     plot_metric_by_horizon,
 )
+from spark_app.intervals import IntervalTable, cumulative_values, fit_intervals
 from spark_app.models import Learner
+from spark_app.months import add_months, fmt, month_index, month_range, months_between, parse_month
 from spark_app.progress import StageTimer
 from spark_app.registry import OOT_SAMPLE, log_release, model_input
+from spark_app.scoring import make_plan
 from spark_app.session import session_conf
+from spark_app.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -271,6 +277,105 @@ def log_quality(quality: pd.DataFrame) -> None:
         )  # fmt: skip
 
 
+# ---------------------------------------------------------------- intervals
+def interval_months(
+    spark: SparkSession, settings: Settings, last_target: dt.date, horizons: int, per_horizon: int
+) -> list[dt.date]:
+    """Feature months F whose residuals the intervals pool: horizon h takes the `per_horizon` latest
+    F with F + h ≤ last target (the closest in time to scoring), so F runs from last target − H −
+    per_horizon + 1 to last target − 1; only months whose features are there and whose facts are there
+    from F + 1 on."""
+    storage = Storage(spark)
+    features, _ = month_dirs(storage, settings.paths.features, "features")
+    facts, _ = month_dirs(storage, settings.paths.facts, "facts")
+    first_fact = last_target
+    while add_months(first_fact, -1) in facts:
+        first_fact = add_months(first_fact, -1)
+    if last_target not in facts:
+        return []
+    first = add_months(last_target, -(horizons + per_horizon - 1))
+    return [
+        m
+        for m in (add_months(first, k) for k in range(horizons + per_horizon - 1))
+        if m in features and add_months(m, 1) >= first_fact
+    ]
+
+
+def fit_release_intervals(
+    spark: SparkSession, settings: Settings, learner: Learner, last_target: dt.date
+) -> IntervalTable | None:
+    """The release's interval table (spark_app.intervals): the test split's subscribers (a hash of the id,
+    never fitted on; at most `training.interval_subscribers` of them) at the recent feature months F of
+    `interval_months`, forecast by the scoring batch's own functions, beside the value they realized over
+    F+1..F+h (value formula on the facts, a month without facts worth 0)."""
+    cfg, per_horizon = settings.dataset, settings.training.interval_months
+    horizons = max(learner.meta.get("horizons") or cfg.horizons)
+    months = interval_months(spark, settings, last_target, horizons, per_horizon)
+    if not months or cfg.test_share <= 0:
+        log.warning("intervals: no held-out subscribers followed by facts (test_share %s)", cfg.test_share)
+        return None
+    plan = make_plan(settings, learner.manifest(), 0, "intervals", months[0], detail=False)
+    catalog = learner.catalog.subset(list(learner.models))
+    features = read_table(spark, settings.paths.features, "features", months)
+    held_out = features.select(ID).distinct().where(unit_hash(ID, cfg.salt, "split") < cfg.test_share)
+    held_out = capped(
+        held_out, rows=held_out.count(), cap=settings.training.interval_subscribers, salt=cfg.salt
+    )
+    facts = read_table(
+        spark, settings.paths.facts, "facts", month_range(add_months(months[0], 1), last_target)
+    )
+    value = F.lit(0.0) + plan.formula.monthly_value(
+        lambda m: F.coalesce(F.col(catalog[m].fact).cast("double"), F.lit(0.0)), set(catalog.ids)
+    )
+    with session_conf(spark, **{ARROW_CONF: "true"}):
+        sample = features.join(held_out, ID, "left_semi").select(ID, MONTH, *plan.input_cols).toPandas()
+        realized = facts.join(held_out, ID, "left_semi").select(ID, MONTH, value.alias("value")).toPandas()
+    if not len(sample):
+        log.warning("intervals: no held-out subscribers in the features of %s", ", ".join(map(fmt, months)))
+        return None
+    # realized monthly value: subscriber × month index (absent → 0)
+    ids = pd.Index(sample[ID].unique())
+    base = month_index(add_months(months[0], 1))
+    grid = np.zeros((len(ids), month_index(last_target) - base + 1))
+    row = ids.get_indexer(realized[ID])
+    when = pd.to_datetime(realized[MONTH])
+    col = (when.dt.year * 12 + when.dt.month - 1).to_numpy() - base  # months.month_index, vectorized
+    known = row >= 0
+    grid[row[known], col[known]] = realized["value"].to_numpy()[known]
+    pooled_f: list[list[np.ndarray]] = [[] for _ in range(horizons)]
+    pooled_a: list[list[np.ndarray]] = [[] for _ in range(horizons)]
+    for month, rows in sample.groupby(MONTH, sort=True):
+        month = month if isinstance(month, dt.date) else pd.Timestamp(month).date()
+        ahead = months_between(month, last_target)  # facts after F up to the last target
+        usable = range(max(1, ahead - per_horizon + 1), min(horizons, ahead) + 1)
+        if not len(usable):
+            continue
+        plan_f = replace(plan, score_month=month)
+        inputs = inputs_from_pandas(rows[[ID, *plan.input_cols]], plan_f)
+        forecasts = monthly_forecasts(learner.predict(horizon_rows(inputs, plan_f)), len(inputs), plan_f)
+        forecast_cum = cumulative_values(forecasts, plan.formula)
+        start = month_index(month) + 1 - base
+        realized_cum = np.cumsum(grid[ids.get_indexer(rows[ID]), start : start + max(usable)], axis=1)
+        for h in usable:
+            pooled_f[h - 1].append(forecast_cum[:, h - 1])
+            pooled_a[h - 1].append(realized_cum[:, h - 1])
+    fitted = next((h for h in range(horizons) if not pooled_f[h]), horizons)
+    if not fitted:
+        return None
+    table = fit_intervals(
+        [np.concatenate(x) for x in pooled_f[:fitted]],
+        [np.concatenate(x) for x in pooled_a[:fitted]],
+        feature_month=f"{fmt(months[0])}..{fmt(months[-1])}",
+    )
+    fewest = min(sum(len(x) for x in pooled) for pooled in pooled_f[:fitted])
+    log.info(
+        "intervals: %s held-out subscribers at %d feature months %s; %s..%s residuals per horizon, "
+        "horizons 1..%d fitted",
+        f"{len(ids):,}", len(months), table.feature_month, f"{fewest:,}", f"{table.subscribers:,}", fitted,
+    )  # fmt: skip
+    return table
+
+
 # ---------------------------------------------------------------- the job
 def train_release(spark: SparkSession, settings: Settings, dataset_id: str | None = None) -> ReleaseInfo:
     """Train, evaluate and register one release from training set `dataset_id` (default: the newest)."""
@@ -305,6 +410,12 @@ def train_release(spark: SparkSession, settings: Settings, dataset_id: str | Non
         "categories": categories_seen(train_frames, learner.catalog.input_categorical()),
         "fit": {m: asdict(r) for m, r in learner.fit_reports.items()},
     }
+    with timer.stage("fit intervals", spark):
+        intervals = fit_release_intervals(
+            spark, settings, learner, parse_month(manifest["target_months"][-1])
+        )
+    if intervals is not None:
+        learner.meta["intervals"] = intervals.to_json()
     with tempfile.TemporaryDirectory(prefix="cltv-release-") as tmp:
         bundle_dir = Path(tmp) / "bundle"
         eval_dir = Path(tmp) / "evaluation"

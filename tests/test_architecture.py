@@ -18,7 +18,7 @@ PACKAGE = ROOT / "spark_app"
 LAYERS = {
     "ground": {"config", "catalog", "errors", "months", "redact", "progress", "__init__"},
     "edges": {"contract", "layout", "storage", "session", "tracking"},
-    "model maths": {"models", "calibration", "evaluation", "cltv", "horizons", "batch"},
+    "model maths": {"models", "calibration", "evaluation", "cltv", "intervals", "horizons", "batch"},
     "jobs": {
         "generate", "dataset", "training", "registry", "scoring", "monthly", "inputs_ready", "monitoring",
         "drift", "backtest", "checks", "report", "figures",

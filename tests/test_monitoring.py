@@ -123,8 +123,25 @@ def test_prediction_drift_flags_the_moved_score_column(spark):
     row = out.set_index("column")
     assert row.loc["cltv", "status"] == FAIL
     assert row.loc["p_paid_12m", "status"] == OK
-    assert row.loc["cltv", "current_p50"] == pytest.approx(np.exp(5.8), rel=0.05)
-    assert row.loc["cltv", "previous_p50"] == pytest.approx(np.exp(5.0), rel=0.05)
+    # every row of a small month is compared: the quantiles are the months' own
+    assert row.loc["cltv", "current_p50"] == pytest.approx(np.median(cur["cltv"]))
+    assert row.loc["cltv", "previous_p50"] == pytest.approx(np.median(prev["cltv"]))
+    assert row.loc["cltv", "current_subscribers"] == 5000
+
+
+def test_prediction_drift_compares_the_same_hash_chosen_subscribers_of_a_large_month(spark):
+    ids = [f"s{i}" for i in range(20_000)]
+    rng = np.random.default_rng(6)
+    prev = pd.DataFrame({"subscriber_id": ids, "cltv": rng.lognormal(5, 1, len(ids))})
+    cur = prev.assign(cltv=prev["cltv"] * 1.01)  # the same subscribers, 1 % more each: no real drift
+    out = prediction_drift(
+        spark.createDataFrame(prev), spark.createDataFrame(cur), columns=["cltv"],
+        cfg=MonitoringConfig(prediction_drift_rows=2_000),
+    ).set_index("column")  # fmt: skip
+    assert 1_700 < out.loc["cltv", "previous_rows"] < 2_300
+    assert out.loc["cltv", "previous_subscribers"] == 20_000
+    assert out.loc["cltv", "current_rows"] == out.loc["cltv", "previous_rows"]  # paired: the same ids
+    assert out.loc["cltv", "psi"] < 0.01 and out.loc["cltv", "status"] == OK
 
 
 # ------------------------------------------------------------------ backtest against hand-computed figures

@@ -4,11 +4,14 @@ units and enabled models differ from the default panel, with conf/examples/prepa
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from spark_app.config import load_settings
 from spark_app.generate import CONVERGENT, PREPAID
+from spark_app.monitoring import read_monitoring
 from spark_app.pipeline import run_demo
 
 pytestmark = pytest.mark.slow
@@ -34,3 +37,24 @@ def test_the_prepaid_demo_runs_end_to_end_on_its_example_config(spark, tmp_path)
     parts = scores["sm_mobile_60m"] - scores[["data_cost_60m", "voice_cost_60m", "overheads_60m"]].sum(axis=1)
     pd.testing.assert_series_equal(scores["cltv"], parts, check_names=False, rtol=1e-9)
     assert summary["report"].endswith(".html")
+
+
+def test_the_demo_intervals_cover_realized_value_at_their_level(spark, tmp_path):
+    """The whole path of the intervals: fitted at training on held-out subscribers, applied by scoring,
+    checked by monitoring against what the panel's subscribers then did (h = 1..3 in the demo)."""
+    summary = run_demo(subscribers=8000, months=40, workdir=tmp_path / "demo", conf=None)
+    settings = load_settings(tmp_path / "demo" / "conf" / "demo.yaml")
+    last = summary["scores"][-1]
+    scores = pd.read_parquet(last.path.removeprefix("file:"))
+    bounds = scores[["cltv_lower", "cltv_upper", "value_12m_lower", "value_12m_upper", "value_24m_lower",
+                     "value_24m_upper"]]  # fmt: skip
+    assert bounds.notna().all().all() and (scores["interval_level"] == 0.8).all()
+    for point in ("cltv", "value_12m", "value_24m"):
+        assert (scores[f"{point}_lower"] <= scores[f"{point}_upper"]).all()
+    coverage = read_monitoring(spark, settings, last.month)["coverage"]
+    overall = coverage[coverage["population"] == "all"].set_index("horizon")
+    assert sorted(overall.index) == [1, 2, 3]
+    assert (overall["bounded"] > 2500).all()  # the base of the last months (churn since month 1)
+    assert ((overall["coverage"] - 0.8).abs() <= 0.05).all(), overall[["coverage", "bounded"]]
+    page = Path(summary["report"]).read_text()
+    assert "Intervals: coverage and width" in page and "Interval width deciles" in page

@@ -109,10 +109,11 @@ def test_forecast_rows_take_element_h_and_sum_the_value_since_the_forecast(spark
     # value of a month = sm − 2 × paid: 10 − 1.8 = 8.2, 20 − 1.6 = 18.4, 30 − 1.4 = 28.6
     expected = spark.createDataFrame(
         [
-            ("a", D(2025, 3, 1), 1, 0.9, 10.0, 8.2),
-            ("a", D(2025, 1, 1), 3, 0.7, 30.0, 8.2 + 18.4 + 28.6),
+            ("a", D(2025, 3, 1), 1, 0.9, 10.0, 8.2, None, None),
+            ("a", D(2025, 1, 1), 3, 0.7, 30.0, 8.2 + 18.4 + 28.6, None, None),
         ],
-        "subscriber_id string, score_month date, horizon int, f_paid double, f_sm double, f_value_cum double",
+        "subscriber_id string, score_month date, horizon int, f_paid double, f_sm double, "
+        "f_value_cum double, f_value_cum_lower double, f_value_cum_upper double",  # no bounds: null
     )
     equal(got, expected, ignore_nullable=True, allow_nan_equality=True)
 
@@ -171,5 +172,6 @@ def test_schema_of_the_transforms_is_stable(spark):
     got = forecast_rows(scores, T_MONTH, models=["paid", "sm"], formula=FORMULA, max_horizon=1)
     assert got.columns == [
         "subscriber_id", "score_month", "holdout", "region", "horizon", "f_paid", "f_sm", f"f_{VALUE_CUM}",
+        f"f_{VALUE_CUM}_lower", f"f_{VALUE_CUM}_upper",
     ]  # fmt: skip
     assert isinstance(got.schema["f_paid"].dataType, T.DoubleType)
