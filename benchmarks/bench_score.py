@@ -377,6 +377,7 @@ def main() -> None:
     parser.add_argument("--alone-repeats", type=int, default=1)
     parser.add_argument("--udf-subscribers", type=int, default=10_000)
     parser.add_argument("--skip-dag", action="store_true")
+    parser.add_argument("--dag-only", action="store_true", help="only the monthly DAG beside score alone")
     parser.add_argument("--result", default="work/bench/bench_score.json")
     args = parser.parse_args()
     setup_logging()
@@ -392,7 +393,7 @@ def main() -> None:
         "machine": f"local[2], {os.cpu_count()} cores",
         "releases": {},
     }
-    for kind, version in versions.items():
+    for kind, version in ({} if args.dag_only else versions).items():
         from spark_app.registry import load_release
 
         settings = bench_settings(panel, work)
@@ -421,14 +422,17 @@ def main() -> None:
         entry["wall_scaling"] = round(big["job_stages_median"] / small["job_stages_median"], 2)
         entry["size_scaling"] = round(big["subscribers"] / small["subscribers"], 2)
         result["releases"][kind] = entry
-    settings = bench_settings(panel, work)
-    udf = udf_baseline(spark, settings, versions["early"], panel, month, args.udf_subscribers, work)
-    result["spark_udf"] = udf
-    for entry in result["releases"].values():
-        big = entry["sizes"][sizes[-1]]
-        entry["ratio_job_over_udf"] = round(big["job_predictions_per_s"] / udf["predictions_per_s"], 1)
+    if not args.dag_only:
+        settings = bench_settings(panel, work)
+        udf = udf_baseline(spark, settings, versions["early"], panel, month, args.udf_subscribers, work)
+        result["spark_udf"] = udf
+        for entry in result["releases"].values():
+            big = entry["sizes"][sizes[-1]]
+            entry["ratio_job_over_udf"] = round(big["job_predictions_per_s"] / udf["predictions_per_s"], 1)
     if not args.skip_dag:
         inputs = work / f"month-{sizes[-1]}"
+        if not inputs.exists():
+            synthetic_month(spark, panel, month, sizes[-1], inputs)
         sized = bench_settings(panel, work, inputs)
         alone = score_runs(spark, sized, versions["early"], month, args.repeats, detail=True)
         dag = monthly_dag(spark, sized, versions["early"], month)

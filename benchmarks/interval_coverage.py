@@ -31,6 +31,7 @@ from spark_app.evaluation import markdown_table
 from spark_app.layout import read_scores
 from spark_app.monitoring import monitor_month
 from spark_app.months import month_range, parse_month
+from spark_app.registry import load_release
 from spark_app.scoring import score_month
 from spark_app.session import get_spark
 from spark_app.training import train_release
@@ -54,6 +55,7 @@ def main() -> None:
     parser.add_argument("--score", type=months_arg, required=True, help="A..B or comma-separated months")
     parser.add_argument("--monitor", type=parse_month, required=True)
     parser.add_argument("--release", default=None, help="score with this version instead of training one")
+    parser.add_argument("--scored", action="store_true", help="the --score months are scored already")
     parser.add_argument("--horizons", default="1,3,6,12,24")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -65,10 +67,10 @@ def main() -> None:
         dataset = build_dataset(spark, settings, args.target_end)
         version = str(train_release(spark, settings, dataset.dataset_id).version)
     seconds = {}
-    for month in args.score:
+    for month in [] if args.scored else args.score:
         summary = score_month(spark, settings, month, release=version, detail=True)
         seconds[str(month)] = summary.seconds.get("score and write")
-    result = monitor_month(spark, settings, args.monitor)
+    result = monitor_month(spark, settings, args.monitor, release=load_release(settings, version))
     coverage = result.tables["coverage"]
     wanted = [int(h) for h in args.horizons.split(",")]
     shown = coverage[coverage["horizon"].isin(wanted)]
