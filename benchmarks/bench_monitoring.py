@@ -41,7 +41,7 @@ from spark_app.drift import (
     quantile_edges,
 )
 from spark_app.generate import FEATURE_CATEGORICAL, FEATURE_NUMERIC
-from spark_app.layout import read_scores, scores_dir
+from spark_app.layout import read_scores, scores_dir, workdir_layers
 from spark_app.months import add_months, parse_month
 from spark_app.session import get_spark
 from spark_app.storage import Storage
@@ -113,12 +113,7 @@ def main() -> None:
     settings = load_settings(
         Path(__file__).resolve().parent.parent / "conf" / "local.yaml",
         overrides={
-            "paths": {
-                "features": str(panel / "features"),
-                "facts": str(panel / "facts"),
-                "scores": str(work / "scores"),
-                "monitoring": str(work / "monitoring"),
-            },
+            **workdir_layers(work, panel),
             "spark": {"master": "local[2]", "shuffle_partitions": 8},
             "monitoring": {"backtest_max_horizon": 24},
         },

@@ -40,6 +40,7 @@ from pyspark.sql import functions as F
 from spark_app import batch, tracking
 from spark_app.cli import setup_logging
 from spark_app.config import SparkConfig, load_settings
+from spark_app.layout import workdir_layers
 from spark_app.months import add_months, month_index, parse_month
 from spark_app.session import get_spark
 
@@ -133,17 +134,7 @@ def bench_settings(panel: str, work: Path, inputs: Path | None = None, **section
     """The embedded default pointed at the bench panel (or a built month), with the bench's own outputs."""
     source = inputs or Path(panel)
     overrides = {
-        "paths": {
-            "features": str(source / "features"),
-            "facts": str(source / "facts"),
-            "datasets": str(work / "datasets"),
-            "scores": str(work / "scores"),
-            "monitoring": str(work / "monitoring"),
-        },
-        "mlflow": {
-            "tracking_uri": f"sqlite:///{work / 'mlflow.db'}",
-            "artifact_location": str(work / "mlartifacts"),
-        },
+        **workdir_layers(work, source),
         "spark": {"master": "local[2]"},
         **sections,
     }

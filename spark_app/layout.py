@@ -10,6 +10,7 @@ swap); `_PUBLISHED` beside the scores is the marker downstream consumers wait fo
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -25,6 +26,24 @@ MONITOR_MONTH = "month"  # partition column of the monitoring tables
 PUBLISHED = "_PUBLISHED"  # a month's scores released downstream (`cltv publish`)
 LATEST = "latest"  # under paths.datasets: the id of the newest training set
 MANIFEST = "manifest.json"  # in a training set's directory: how it was built
+
+
+def workdir_layers(workdir: Path, panel: Path) -> dict[str, dict[str, str]]:
+    """Config layers that put every output and a local MLflow store (SQLite + artifacts) inside `workdir`,
+    reading the input tables of `panel`: the demo, the tests and the benchmarks run in such a directory."""
+    return {
+        "paths": {
+            "features": str(panel / "features"),
+            "facts": str(panel / "facts"),
+            "datasets": str(workdir / "datasets"),
+            "scores": str(workdir / "scores"),
+            "monitoring": str(workdir / "monitoring"),
+        },
+        "mlflow": {
+            "tracking_uri": f"sqlite:///{workdir / 'mlflow.db'}",
+            "artifact_location": str(workdir / "mlartifacts"),
+        },
+    }
 
 
 def partition(root: str, column: str, month: dt.date) -> str:

@@ -25,6 +25,7 @@ from spark_app.config import (
 )
 from spark_app.dataset import build_dataset
 from spark_app.generate import PanelSpec, generate_panel
+from spark_app.layout import workdir_layers
 from spark_app.monitoring import monitor_month
 from spark_app.months import add_months, fmt, months_between, parse_month
 from spark_app.progress import StageTimer
@@ -72,16 +73,9 @@ def write_demo_conf(workdir: Path, conf: Path | None, env_file: Traversable | No
     source = conf if conf is not None else env_file or default_conf_file()
     env = (yaml.safe_load(source.read_text()) or {}) if source.name not in BASE_FILES else {}
     root = workdir.resolve()
-    env["paths"] = {
-        "features": str(root / "panel" / "features"),
-        "facts": str(root / "panel" / "facts"),
-        "datasets": str(root / "datasets"),
-        "scores": str(root / "scores"),
-        "monitoring": str(root / "monitoring"),
-    }
-    env.setdefault("mlflow", {}).update(
-        tracking_uri=f"sqlite:///{root / 'mlflow.db'}", artifact_location=str(root / "mlartifacts")
-    )
+    layers = workdir_layers(root, root / "panel")
+    env["paths"] = layers["paths"]
+    env.setdefault("mlflow", {}).update(layers["mlflow"])
     demo_conf = conf_dir / "demo.yaml"
     demo_conf.write_text(
         "# Written by `cltv demo`: every path inside the demo's work dir.\n" + yaml.safe_dump(env)

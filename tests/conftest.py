@@ -11,6 +11,7 @@ import pytest
 
 from spark_app.config import Settings, load_settings
 from spark_app.generate import PanelSpec, generate_panel
+from spark_app.layout import workdir_layers
 
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "docker"))  # docker/image_root.py
@@ -55,17 +56,7 @@ def make_settings(workdir: Path, panel: Path | None = None, **sections) -> Setti
     """Settings for a test: the project's conf/, with every path inside `workdir`."""
     panel = panel or workdir / "panel"
     overrides = {
-        "paths": {
-            "features": str(panel / "features"),
-            "facts": str(panel / "facts"),
-            "datasets": str(workdir / "datasets"),
-            "scores": str(workdir / "scores"),
-            "monitoring": str(workdir / "monitoring"),
-        },
-        "mlflow": {
-            "tracking_uri": f"sqlite:///{workdir / 'mlflow.db'}",
-            "artifact_location": str(workdir / "mlartifacts"),
-        },
+        **workdir_layers(workdir, panel),
         "spark": {"master": "local[2]", "shuffle_partitions": 4},
     }
     for name, values in sections.items():

@@ -22,6 +22,7 @@ from cltv_argo.local import run_local
 from spark_app.config import load_settings
 from spark_app.dataset import build_dataset, read_dataset
 from spark_app.generate import PanelSpec, generate_panel
+from spark_app.layout import workdir_layers
 from spark_app.registry import CHAMPION
 from spark_app.scoring import score_month
 from spark_app.tracking import client as mlflow_client
@@ -59,17 +60,7 @@ def isolated_python(root: Path) -> str:
 def cluster_conf(tmp_path: Path, panel: Path) -> Path:
     """An environment file alone in its directory: base.yaml and models.yaml come from the package (zip)."""
     conf = {
-        "paths": {
-            "features": str(panel / "features"),
-            "facts": str(panel / "facts"),
-            "datasets": str(tmp_path / "datasets"),
-            "scores": str(tmp_path / "scores"),
-            "monitoring": str(tmp_path / "monitoring"),
-        },
-        "mlflow": {
-            "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
-            "artifact_location": str(tmp_path / "mlartifacts"),
-        },
+        **workdir_layers(tmp_path, panel),
         "dataset": {"horizons": list(range(1, 7)), "target_months": 3},
         "spark": {"shuffle_partitions": 4},
         "monitoring": {"psi_fail": 50.0, "psi_warn": 40.0, "prediction_psi_fail": 50.0,
