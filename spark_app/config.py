@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +22,7 @@ from pydantic import (
     PositiveInt,
     ValidationError,
     confloat,
+    conint,
     conlist,
     field_validator,
     model_validator,
@@ -36,7 +38,7 @@ from spark_app.catalog import (
     ValueTerm,
 )
 from spark_app.errors import UserError
-from spark_app.redact import redact_obj
+from spark_app.redact import redact_obj, register_secret, secret_values
 
 try:
     from importlib.resources.abc import Traversable
@@ -48,6 +50,16 @@ log = logging.getLogger(__name__)
 ENV_PREFIX = "CLTV_"
 ENV_NESTING = "__"
 BASE_FILES = ("base.yaml", "models.yaml")
+
+# Bounds of what a config can ask for (README "Configuration"): a value beyond them is a typo, and would
+# otherwise fail deep inside a job — or never finish
+MAX_HORIZON = 60  # forecast horizons h (and backtest / report horizons): five years
+MAX_TARGET_MONTHS = 120  # target months T1..T2 of a training set: ten years
+MAX_EXTRAPOLATION_MONTHS = 240
+# A config file is small and written by people: limits that stop a hostile or broken one at once
+MAX_CONFIG_BYTES = 1 << 20  # 1 MiB per file (or environment variable)
+MAX_CONFIG_VALUES = 100_000  # values after expanding YAML aliases (an "alias bomb" expands exponentially)
+MAX_CONFIG_DEPTH = 32  # nesting of mappings and lists
 
 
 class ConfigError(UserError):
@@ -82,12 +94,14 @@ class MlflowConfig(_Section):
     # MLflow's HTTP client retries ~4 minutes by default before a job learns the server is down; Argo
     # retries the job with backoff anyway (exit 75), so each call gives up sooner
     http_retries: int = Field(default=3, ge=0, le=10)
-    http_timeout: PositiveInt = 60  # seconds per request
+    http_timeout: PositiveInt = Field(default=60, le=3600)  # seconds per request
 
 
 class DatasetConfig(_Section):
-    target_months: PositiveInt = 13
-    horizons: conlist(PositiveInt, min_length=1) = Field(default_factory=lambda: list(range(1, 25)))
+    target_months: int = Field(default=13, ge=1, le=MAX_TARGET_MONTHS)
+    horizons: conlist(conint(ge=1, le=MAX_HORIZON), min_length=1) = Field(
+        default_factory=lambda: list(range(1, 25))
+    )
     sample_rate: confloat(gt=0, le=1) = 1.0
     salt: str = "cltv"
     population: str = "base"  # base, or a survival model id: only rows in that base at T − h enter
@@ -133,18 +147,21 @@ class SparkConfig(_Section):
     master: str | None = "local[*]"
     app_name: str = "cltv"
     driver_memory: str = "6g"
-    shuffle_partitions: PositiveInt = 8
+    shuffle_partitions: int = Field(default=8, ge=1, le=100_000)
     conf: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
 
 class TrainingConfig(_Section):
-    max_rows_per_model: PositiveInt = 400_000
-    thread_count: PositiveInt = 2
+    max_rows_per_model: int = Field(default=400_000, ge=1, le=100_000_000)
+    thread_count: int = Field(default=2, ge=1, le=1024)
     random_seed: int = 42
     tenure_bands: list[int] = Field(default_factory=lambda: [0, 3, 6, 12, 24, 48])  # naive-baseline bands
-    calibration_bins: int = Field(default=10, ge=2)  # equal-width probability bins of calibration tables
-    interval_subscribers: PositiveInt = 20_000  # held-out subscribers the intervals are fitted on (cap)
-    interval_months: PositiveInt = 12  # recent feature months pooled per horizon: a year of seasons
+    # equal-width probability bins of calibration tables
+    calibration_bins: int = Field(default=10, ge=2, le=1000)
+    # held-out subscribers the intervals are fitted on (cap)
+    interval_subscribers: int = Field(default=20_000, ge=1, le=100_000_000)
+    # recent feature months pooled per horizon: a year of seasons
+    interval_months: int = Field(default=12, ge=1, le=MAX_TARGET_MONTHS)
 
 
 class PromotionConfig(_Section):
@@ -158,6 +175,9 @@ class PromotionConfig(_Section):
     # refuse a challenger whose OOT |Σ forecast / Σ actual − 1| exceeds this for an amount model or for
     # the cumulative 24-month value: CLTV sums these expectations
     max_abs_bias: confloat(gt=0) = 0.05
+    # one promotion at a time (a lease beside the training sets): a second one waits this long for the
+    # first to finish, then compares with the champion the first left (exit 75 if it never finishes)
+    lock_wait_seconds: float = Field(default=600.0, ge=0, le=86_400)
 
 
 INTERVAL_LEVELS = (0.5, 0.8, 0.9, 0.95)  # the interval levels every release stores (spark_app.intervals)
@@ -166,13 +186,15 @@ INTERVAL_LEVELS = (0.5, 0.8, 0.9, 0.95)  # the interval levels every release sto
 class ScoringConfig(_Section):
     holdout_share: confloat(ge=0, lt=1) = 0.05
     holdout_salt: str = "cltv-holdout"
-    arrow_batch_rows: PositiveInt = 20_000
-    extrapolation_months: PositiveInt = 60
+    arrow_batch_rows: int = Field(default=20_000, ge=1, le=10_000_000)
+    extrapolation_months: int = Field(default=60, ge=1, le=MAX_EXTRAPOLATION_MONTHS)
     # bounds on the year-over-year trend of per-survivor amounts
     # carried into the extrapolated months (docs/scoring.md)
     trend_floor: confloat(gt=0, le=1) = 0.8
     trend_cap: confloat(ge=1) = 1.25
     interval_level: float = 0.8  # of cltv_lower/upper and value_<k>m_lower/upper; one of INTERVAL_LEVELS
+    # a release whose models differ from models.enabled: score with the release's models and warn, or refuse
+    models_mismatch: Literal["warn", "error"] = "warn"
 
     @field_validator("interval_level")
     @classmethod
@@ -187,23 +209,28 @@ class MonitoringConfig(_Section):
     psi_fail: confloat(gt=0) = 0.25
     unseen_warn: confloat(ge=0, le=1) = 0.01
     unseen_fail: confloat(ge=0, le=1) = 0.05
-    reference_rows: PositiveInt = 50_000
-    psi_bins: int = Field(default=10, ge=2)  # quantile bins of the reference per numeric feature
+    reference_rows: int = Field(default=50_000, ge=1, le=10_000_000)
+    psi_bins: int = Field(default=10, ge=2, le=1000)  # quantile bins of the reference per numeric feature
     prediction_psi_warn: confloat(gt=0) = 0.1  # CLTV / survival distribution vs the previous month
     prediction_psi_fail: confloat(gt=0) = 0.25
     prediction_columns: list[str] = Field(default_factory=list)  # empty = every numeric score column
-    prediction_drift_rows: PositiveInt = 200_000  # hash-chosen subscribers compared per month
-    backtest_max_horizon: int = Field(default=24, ge=1)  # score months T-1..T-k are backtested against T
+    # hash-chosen subscribers compared per month
+    prediction_drift_rows: int = Field(default=200_000, ge=1, le=100_000_000)
+    # score months T-1..T-k are backtested against T
+    backtest_max_horizon: int = Field(default=24, ge=1, le=MAX_HORIZON)
     backtest_dimensions: list[str] = Field(default_factory=lambda: ["segment", "region"])
     tenure_cohorts: list[int] = Field(default_factory=lambda: [0, 6, 12, 24, 48])  # cohort lower edges
     metric_horizons: list[int] = Field(default_factory=lambda: [1, 3, 6, 12, 24])  # logged to MLflow
-    report_shap_rows: PositiveInt = 2_000  # subscribers whose SHAP values the report explains
-    report_shap_horizon: PositiveInt = 12  # horizon at which the report explains the models
+    # subscribers whose SHAP values the report explains
+    report_shap_rows: int = Field(default=2_000, ge=1, le=1_000_000)
+    # horizon at which the report explains the models
+    report_shap_horizon: int = Field(default=12, ge=1, le=MAX_HORIZON)
     # interval coverage (share of subscribers whose realized cumulative value lies inside the interval)
     # further than this from the nominal level, at any horizon, per population: warn / fail
     coverage_warn: confloat(gt=0, lt=1) = 0.05
     coverage_fail: confloat(gt=0, lt=1) = 0.1
-    coverage_min_rows: PositiveInt = 500  # fewer subscribers at a horizon: coverage shown, not judged
+    # fewer subscribers at a horizon: coverage shown, not judged
+    coverage_min_rows: int = Field(default=500, ge=1, le=100_000_000)
 
     @model_validator(mode="after")
     def _thresholds_in_order(self) -> MonitoringConfig:
@@ -461,30 +488,102 @@ def default_conf_file() -> Traversable:
     return packaged_conf().joinpath("local.yaml")
 
 
-def _read_yaml(path: Traversable | Path) -> dict[str, Any]:
-    if isinstance(path, Path) and path.is_dir():
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (no Python tags) that refuses a key twice in one mapping: PyYAML keeps the
+    last and drops the first without a word (`mlflow:` twice loses a whole section)."""
+
+    source = "config"
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` merges; later keys win by design
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, dict | list):
+                raise ConfigError(f"{self.source}: line {line}: a mapping or list used as a key")
+            if key in seen:
+                raise ConfigError(
+                    f"{self.source}: key {key!r} appears twice in one mapping (lines {seen[key]} and {line});"
+                    " YAML would silently drop the first — merge the two"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """`text` as data: safe tags only, no duplicate keys, aliases expanded within MAX_CONFIG_VALUES values
+    and MAX_CONFIG_DEPTH levels (a self-referencing alias is an error, not a RecursionError)."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: {len(text):,} characters; a config holds at most {MAX_CONFIG_BYTES:,}")
+    loader = _StrictLoader(text)
+    loader.source = source
+    try:
+        data = loader.get_single_data()
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    finally:
+        loader.dispose()
+    return _unshared(data, source, [MAX_CONFIG_VALUES], ())
+
+
+def _read_text(path: Traversable | Path) -> str:
+    """A config file's text: a regular file (never a FIFO or a device, which would block or never end) of
+    at most MAX_CONFIG_BYTES. Opened without blocking and checked on the open descriptor."""
+    if not isinstance(path, Path):  # packaged defaults inside the wheel or zip
+        return path.read_text()
+    if path.is_dir():
         raise ConfigError(f"config file {path} is a directory; pass a YAML file such as {path}/local.yaml")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except PermissionError:
+        raise ConfigError(f"config file {path}: permission denied") from None
+    with os.fdopen(fd, "rb") as stream:
+        info = os.fstat(stream.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"config file {path} is not a regular file (a pipe, a device?): pass a file")
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {path}: {info.st_size:,} bytes; a config holds at most "
+                              f"{MAX_CONFIG_BYTES:,}")  # fmt: skip
+        raw = stream.read(MAX_CONFIG_BYTES + 1)
+    try:
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not a text file ({exc.reason})") from None
+
+
+def read_config_file(path: Traversable | Path) -> dict[str, Any]:
+    data = parse_yaml(_read_text(path), str(path))
+    if data is None:
+        return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
-    return _unshared(data)
+    return data
 
 
-def _unshared(node: Any) -> Any:
+def _unshared(node: Any, source: str, budget: list[int], path: tuple[int, ...]) -> Any:
     """YAML aliases (`*features`) load as one shared object; copy them, so that overriding one model's
-    value in a later layer does not change every model that shared it."""
+    value in a later layer does not change every model that shared it — within the limits of
+    `parse_yaml` (`budget` counts the values left; `path` the containers being copied, for cycles)."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise ConfigError(
+            f"{source}: more than {MAX_CONFIG_VALUES:,} values once YAML aliases are expanded "
+            "(aliases of aliases multiply: an alias bomb?)"
+        )
+    if not isinstance(node, dict | list):
+        return node
+    if id(node) in path:
+        raise ConfigError(f"{source}: a YAML alias refers to itself (a recursive structure)")
+    if len(path) >= MAX_CONFIG_DEPTH:
+        raise ConfigError(f"{source}: nested deeper than {MAX_CONFIG_DEPTH} levels")
+    inner = (*path, id(node))
     if isinstance(node, dict):
-        return {k: _unshared(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_unshared(v) for v in node]
-    return node
+        return {k: _unshared(v, source, budget, inner) for k, v in node.items()}
+    return [_unshared(v, source, budget, inner) for v in node]
 
 
 def base_layers(conf_path: Path | None) -> list[Traversable | Path]:
@@ -525,9 +624,11 @@ def _env_layer(environ: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]
                 f"{name}: unknown config section {keys[0]!r} (known: {sorted(Settings.model_fields)})"
             )
         try:
-            value = yaml.safe_load(raw) if raw.strip() else raw
-        except yaml.YAMLError:
-            value = raw
+            value = parse_yaml(raw, f"env {name}") if raw.strip() else raw
+        except ConfigError as exc:
+            if "not valid YAML" not in str(exc):
+                raise
+            value = raw  # not YAML: the string itself
         node = layer
         for key in keys[:-1]:
             node = node.setdefault(key, {})
@@ -574,7 +675,7 @@ def load_settings(
     if conf_path is None or conf_path.name not in BASE_FILES:
         layers.append(env_file)
     for layer in layers:
-        _merge(merged, _read_yaml(layer), origin, str(layer))
+        _merge(merged, read_config_file(layer), origin, str(layer))
     log.debug("config layers: %s", ", ".join(str(layer) for layer in layers))
     if overrides:
         _merge(merged, overrides, origin, "command-line overrides")
@@ -590,6 +691,8 @@ def load_settings(
             key = ".".join(str(p) for p in loc)
             problems.append(f"  {key}: {err['msg']} (from {_origin_of(loc, origin)})")
         raise ConfigError("invalid configuration:\n" + "\n".join(problems)) from None
+    for secret in secret_values(settings.model_dump(mode="json")):
+        register_secret(secret)  # masked in every log line from now on
     log.info("config: %s", " <- ".join([*(str(layer) for layer in layers), *sorted(env_names.values())]))
     return settings
 

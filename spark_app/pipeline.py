@@ -22,6 +22,7 @@ from spark_app.config import (
     default_conf_file,
     load_settings,
     packaged_conf,
+    read_config_file,
 )
 from spark_app.dataset import build_dataset
 from spark_app.generate import PanelSpec, generate_panel
@@ -71,7 +72,7 @@ def write_demo_conf(workdir: Path, conf: Path | None, env_file: Traversable | No
     for layer in base_layers(conf):
         (conf_dir / layer.name).write_text(layer.read_text())
     source = conf if conf is not None else env_file or default_conf_file()
-    env = (yaml.safe_load(source.read_text()) or {}) if source.name not in BASE_FILES else {}
+    env = read_config_file(source) if source.name not in BASE_FILES else {}
     root = workdir.resolve()
     layers = workdir_layers(root, root / "panel")
     env["paths"] = layers["paths"]

@@ -1,10 +1,12 @@
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import ALL_MODELS
 
 from spark_app.cli import main
-from spark_app.config import ConfigError, load_settings
+from spark_app.config import ConfigError, dump_yaml, load_settings
+from spark_app.redact import is_secret_key, redact
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -229,3 +231,54 @@ def test_catboost_basics_are_checked_at_start(tmp_path):
         ConfigError, match=r"models\.profiles\.sac\.params.*iterations must be an integer >= 1"
     ):
         load_settings(env_file, environ={})
+
+
+@pytest.mark.parametrize(
+    ("key", "secret"),
+    [
+        ("spark.hadoop.fs.s3a.secret.key", True), ("spark.hadoop.fs.s3a.access.key", True),
+        ("spark.hadoop.fs.s3a.session.token", True), ("spark.ssl.keyPassword", True),
+        ("fs.azure.account.key.acct.blob.core.windows.net", True), ("fs.azure.sas.c.acct.blob", True),
+        ("spark.kerberos.keytab", True), ("db_password", True), ("api_key", True), ("apiKey", True),
+        ("credentials", True), ("SASToken", True), ("MLFLOW_TRACKING_TOKEN", True),
+        ("ranking_key", False), ("tenure_column", False), ("holdout_salt", False), ("kerberos", False),
+        ("webhdfs_user", False), ("tokenizer", False), ("spark.authenticate.enableSaslEncryption", False),
+        ("primary_key", False), ("max_tokens", False),
+    ],
+)  # fmt: skip
+def test_the_secret_key_pattern_masks_secrets_and_leaves_other_keys_visible(key, secret):
+    assert is_secret_key(key) is secret
+
+
+def test_secret_values_are_masked_in_resolved_config_and_in_every_log_line():
+    settings = load_settings(
+        None,
+        environ={"CLTV_SPARK__CONF": "{spark.hadoop.fs.s3a.secret.key: AbCdSecret9, spark.x: 4}"},
+    )
+    conf = settings.resolved()["spark"]["conf"]
+    assert conf == {"spark.hadoop.fs.s3a.secret.key": "***", "spark.x": 4}
+    assert "AbCdSecret9" not in dump_yaml(settings) and "AbCdSecret9" not in settings.config_hash()
+    assert redact("conf {'spark.hadoop.fs.s3a.secret.key': 'AbCdSecret9'}") == (
+        "conf {'spark.hadoop.fs.s3a.secret.key': '***'}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("dataset.target_months", 121), ("dataset.horizons", [1, 61]), ("spark.shuffle_partitions", 10**9),
+     ("training.thread_count", 5000), ("scoring.arrow_batch_rows", 10**12),
+     ("monitoring.backtest_max_horizon", 100), ("promotion.lock_wait_seconds", -1)],
+)  # fmt: skip
+def test_numeric_settings_are_bounded(tmp_path, field, value):
+    section, key = field.split(".")
+    conf = tmp_path / "env.yaml"
+    conf.write_text(yaml.safe_dump({section: {key: value}}))
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_settings(conf, environ={})
+
+
+def test_a_key_twice_in_a_nested_mapping_is_named_with_its_lines(tmp_path):
+    conf = tmp_path / "env.yaml"
+    conf.write_text("spark:\n  app_name: a\n  app_name: b\n")
+    with pytest.raises(ConfigError, match=r"key 'app_name' appears twice .*lines 2 and 3"):
+        load_settings(conf, environ={})
