@@ -84,12 +84,33 @@ def kind_of(data_type: T.DataType) -> str:
     return data_type.simpleString()
 
 
-def read_table(spark: SparkSession, path: str, table: str, months: list[dt.date] | None = None) -> DataFrame:
+def read_table(
+    spark: SparkSession,
+    path: str,
+    table: str,
+    months: list[dt.date] | None = None,
+    *,
+    widen: dict[str, T.DataType] | None = None,
+) -> DataFrame:
     """Read a Hive-partitioned Parquet table (only the `months` directories when given); `report_month`
-    comes back as DATE."""
+    comes back as DATE. Columns whose numeric type differs between the files (an int32 month beside int64
+    ones, a restated month from another tool) are read as the common wider type (`widen`, found from the
+    files' footers when not given: `numeric_widening`); a mix Spark cannot read as one type is an
+    InputContractError naming the files."""
     paths = [path] if months is None else [f"{path.rstrip('/')}/{MONTH}={m:%Y-%m-%d}" for m in months]
+    if widen is None and months:
+        storage = Storage(spark)
+        dirs, _ = month_dirs(storage, path, table) if storage.exists(path) else ({}, [])
+        scan = scan_files(spark, path, TableSpec(table, {}), {m: dirs[m] for m in months if m in dirs})
+        widen, problems = numeric_widening(table, scan.types)
+        raise_problems(scan.problems + problems)
     try:
         df = spark.read.option("basePath", path).parquet(*paths)
+        if widen:
+            schema = T.StructType(
+                [T.StructField(f.name, widen.get(f.name, f.dataType), f.nullable) for f in df.schema.fields]
+            )
+            df = spark.read.schema(schema).option("basePath", path).parquet(*paths)
     except Exception as exc:  # AnalysisException: path missing or no Parquet under it
         raise InputContractError(f"{table}: cannot read {path}: {str(exc).splitlines()[0]}") from None
     if MONTH in df.columns and not isinstance(df.schema[MONTH].dataType, T.DateType):
@@ -131,11 +152,15 @@ def parquet_kind(primitive: str, annotation: str | None) -> str:
         return DATE
     if primitive in ("int32", "int64", "float", "double") or note.startswith("DECIMAL"):
         return NUMERIC
+    return physical_name(primitive, annotation)
+
+
+def physical_name(primitive: str, annotation: str | None) -> str:
     return f"{primitive} ({annotation})" if annotation else primitive
 
 
-def footer_kinds(jvm: Any, conf: Any, status: Any) -> dict[str, str]:
-    """Column → contract kind from one Parquet file's footer (one round trip for the schema's text)."""
+def footer_types(jvm: Any, conf: Any, status: Any) -> dict[str, tuple[str, str]]:
+    """Column → (contract kind, physical type) from one Parquet file's footer (one round trip)."""
     reader = jvm.org.apache.parquet.hadoop.ParquetFileReader.open(
         jvm.org.apache.parquet.hadoop.util.HadoopInputFile.fromStatus(status, conf)
     )
@@ -143,15 +168,28 @@ def footer_kinds(jvm: Any, conf: Any, status: Any) -> dict[str, str]:
         text = str(reader.getFooter().getFileMetaData().getSchema().toString())
     finally:
         reader.close()
-    kinds = {}
+    types = {}
     for line in text.splitlines()[1:]:
         m = _FIELD.match(line)
         if m:
-            kinds[m.group(3)] = parquet_kind(m.group(2), m.group(4))
-    return kinds
+            types[m.group(3)] = (parquet_kind(m.group(2), m.group(4)), physical_name(m.group(2), m.group(4)))
+    return types
 
 
-def file_problems(spark: SparkSession, path: str, spec: TableSpec, dirs: dict[dt.date, str]) -> list[str]:
+# where a physical type occurs: (month, file) of every file that has it
+Where = list[tuple[dt.date, str]]
+
+
+@dataclass
+class FileScan:
+    """What the footers of a table's files say: problems against the spec, and each column's physical
+    types with the files they occur in (for `numeric_widening`)."""
+
+    problems: list[str]
+    types: dict[str, dict[str, Where]]
+
+
+def scan_files(spark: SparkSession, path: str, spec: TableSpec, dirs: dict[dt.date, str]) -> FileScan:
     """Every data file of the months read against the contract: readable as Parquet, every column the
     contract needs present with its kind. Spark reads one file's schema and would score a column missing
     from one month's files as nulls, or crash on a type that differs; this names the month and the file."""
@@ -169,31 +207,35 @@ def file_problems(spark: SparkSession, path: str, spec: TableSpec, dirs: dict[dt
             if status.isFile() and not file.startswith(("_", ".")):
                 jobs.append((month, file, status))
 
-    def check(job: tuple[dt.date, str, Any]) -> list[tuple[str, dt.date, str]]:
-        """(problem, month, file) for one file."""
+    def check(job: tuple[dt.date, str, Any]) -> tuple[list[tuple[str, dt.date, str]], dict[str, str]]:
+        """(problem, month, file) for one file, and its columns' physical types."""
         month, file, status = job
         try:
-            kinds = footer_kinds(jvm, conf, status)
+            types = footer_types(jvm, conf, status)
         except Exception as exc:
             reason = str(getattr(exc, "java_exception", exc)).splitlines()[0][:200]
             hint = " (a stale .crc beside it? remove it, or rewrite the file)" if "Checksum" in reason else ""
-            return [(f"not a readable Parquet file: {reason}{hint}", month, file)]
+            return [(f"not a readable Parquet file: {reason}{hint}", month, file)], {}
         problems = []
         for column, kind in wanted.items():
-            if column not in kinds:
+            if column not in types:
                 problems.append((f"column {column!r} is missing{spec.why(column)}", month, file))
-            elif kinds[column] != kind:
-                found = kinds[column]
+            elif types[column][0] != kind:
+                found = types[column][0]
                 problems.append(
                     (f"column {column!r} is {found}, expected {kind}{spec.why(column)}", month, file)
                 )
-        return problems
+        return problems, {c: physical for c, (kind, physical) in types.items() if kind == NUMERIC}
 
     with ThreadPoolExecutor(FOOTER_THREADS) as pool:
-        found = [p for problems in pool.map(check, jobs) for p in problems]
-    by_problem: dict[str, list[tuple[dt.date, str]]] = {}
-    for problem, month, file in found:
-        by_problem.setdefault(problem, []).append((month, file))
+        results = list(pool.map(check, jobs))
+    by_problem: dict[str, Where] = {}
+    types: dict[str, dict[str, Where]] = {}
+    for (problems, physical), (month, file, _) in zip(results, jobs, strict=True):
+        for problem, m, f in problems:
+            by_problem.setdefault(problem, []).append((m, f))
+        for column, name in physical.items():
+            types.setdefault(column, {}).setdefault(name, []).append((month, file))
     out = []
     for problem, where in by_problem.items():
         month, file = where[0]
@@ -205,21 +247,74 @@ def file_problems(spark: SparkSession, path: str, spec: TableSpec, dirs: dict[dt
                 f"{spec.name}: {problem}, in {len(where)} files of months {describe_months(months)} "
                 f"(e.g. {month:%Y-%m}/{file})"
             )
-    return out
+    return FileScan(out, types)
 
 
-def month_problems(spark: SparkSession, path: str, spec: TableSpec, months: list[dt.date]) -> list[str]:
+_INTEGERS = re.compile(r"int(32|64)( \(INTEGER\((8|16|32|64),true\)\))?")
+_SMALL_INTEGERS = re.compile(r"int32( \(INTEGER\((8|16|32),true\)\))?")
+
+
+def numeric_widening(
+    table: str, types: dict[str, dict[str, Where]]
+) -> tuple[dict[str, T.DataType], list[str]]:
+    """Numeric columns whose physical type differs between files, and how to read them as one.
+
+    Spark's Parquet reader widens what loses nothing — signed integers of any width to bigint; float,
+    double and integers of up to 32 bits to double — so those are read as that type (`read_table`).
+    What it cannot read as one type (int64 beside float/double: a double cannot hold every int64, and
+    Spark refuses; decimals beside anything else; unsigned int64) is a problem naming the table, a file
+    of each type, the column and both types: rewrite one side."""
+    widen: dict[str, T.DataType] = {}
+    problems: list[str] = []
+    for column, found in sorted(types.items()):
+        if len(found) < 2:
+            continue
+        names = sorted(found)
+        if all(_INTEGERS.fullmatch(n) for n in names):
+            widen[column] = T.LongType()
+        elif all(n in ("float", "double") or _SMALL_INTEGERS.fullmatch(n) for n in names):
+            widen[column] = T.DoubleType()
+        else:
+            examples = [
+                f"{n} in {len(found[n])} file{'s' if len(found[n]) > 1 else ''} "
+                f"(e.g. month {found[n][0][0]:%Y-%m}: file {found[n][0][1]})"
+                for n in sorted(names, key=lambda n: -len(found[n]))
+            ]
+            problems.append(
+                f"{table}: column {column!r} is " + " but ".join(examples) + ": Spark cannot read these "
+                "types as one column; rewrite the odd files with the type of the others"
+            )
+    if widen:
+        log.info(
+            "%s: numeric types differ between files; reading %s", table,
+            ", ".join(f"{c} as {t.simpleString()} ({', '.join(sorted(types[c]))})" for c, t in widen.items()),
+        )  # fmt: skip
+    return widen, problems
+
+
+@dataclass
+class MonthsRead:
+    """What the files alone tell about a table's months: problems, and the numeric columns to widen."""
+
+    problems: list[str]
+    widen: dict[str, T.DataType] = field(default_factory=dict)
+
+
+def month_problems(spark: SparkSession, path: str, spec: TableSpec, months: list[dt.date]) -> MonthsRead:
     """What the files alone tell about the table's `months`, before any job: every month's directory
-    present, every data file readable with the contract's columns and kinds."""
+    present, every data file readable with the contract's columns and kinds, numeric types that differ
+    between files readable as one."""
     storage = Storage(spark)
     if not storage.exists(path):
-        return [f"{spec.name}: cannot read {path}: no such directory"]
+        return MonthsRead([f"{spec.name}: cannot read {path}: no such directory"])
     dirs, strays = month_dirs(storage, path, spec.name)
     if strays:
         log.warning("%s: ignoring directories that are not %s=YYYY-MM-01: %s", spec.name, MONTH, strays[:10])
     missing = [m for m in months if m not in dirs]
     problems = [f"{spec.name}: months missing {describe_months(missing)}"] if missing else []
-    return problems + file_problems(spark, path, spec, {m: dirs[m] for m in months if m in dirs})
+    scan = scan_files(spark, path, spec, {m: dirs[m] for m in months if m in dirs})
+    widen, type_problems = numeric_widening(spec.name, scan.types)
+    return MonthsRead(problems + scan.problems + type_problems, widen)
 
 
 def raise_problems(problems: list[str], context: str = "") -> None:
@@ -235,9 +330,12 @@ def read_months(
     """Each (path, spec, months) table read for just those months, once `month_problems` found nothing in
     any of them (one error lists every problem of every table); other months' directories, stray ones
     included, are never read."""
-    problems = [p for path, spec, months in tables for p in month_problems(spark, path, spec, months)]
-    raise_problems(problems, context)
-    return [read_table(spark, path, spec.name, months) for path, spec, months in tables]
+    found = [month_problems(spark, path, spec, months) for path, spec, months in tables]
+    raise_problems([p for f in found for p in f.problems], context)
+    return [
+        read_table(spark, path, spec.name, months, widen=f.widen)
+        for (path, spec, months), f in zip(tables, found, strict=True)
+    ]
 
 
 def schema_problems(df: DataFrame, spec: TableSpec) -> list[str]:
