@@ -30,7 +30,7 @@ from spark_app.contract import (
     validate,
 )
 from spark_app.errors import UserError
-from spark_app.inputs_ready import filesystem_for
+from spark_app.files import filesystem_for
 from spark_app.layout import PUBLISHED, SUCCESS, scores_dir
 from spark_app.months import fmt
 from spark_app.storage import Storage

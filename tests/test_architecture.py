@@ -17,7 +17,7 @@ PACKAGE = ROOT / "spark_app"
 # docs/architecture.md draws these layers; a module imports only from its own layer or below
 LAYERS = {
     "ground": {"config", "catalog", "errors", "months", "redact", "progress", "__init__"},
-    "edges": {"contract", "layout", "storage", "session", "tracking"},
+    "edges": {"lease", "files", "contract", "layout", "storage", "session", "tracking"},
     "model maths": {"models", "calibration", "evaluation", "cltv", "intervals", "horizons", "batch"},
     "jobs": {
         "generate", "dataset", "training", "registry", "scoring", "monthly", "inputs_ready", "monitoring",

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import os
 import re
+import shutil
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,14 +16,8 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from spark_app.config import ConfigError, PathsConfig, Settings, load_settings
-from spark_app.inputs_ready import (
-    InputsNotReady,
-    WebHdfsFileSystem,
-    filesystem_for,
-    input_problems,
-    wait_for_inputs,
-    webhdfs_client,
-)
+from spark_app.files import WebHdfsFileSystem, filesystem_for, webhdfs_client
+from spark_app.inputs_ready import InputsNotReady, input_problems, wait_for_inputs
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 MONTH = dt.date(2026, 4, 1)
@@ -89,6 +84,14 @@ class WebHdfsStub(BaseHTTPRequestHandler):
         op = query["op"][0]
         if not local.exists():
             return self._not_found(hdfs_path)
+        if op == "OPEN":  # (a NameNode redirects to a DataNode; the bytes come back the same)
+            data = local.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return None
         if op == "GETFILESTATUS":
             return self._reply(200, {"FileStatus": self._status(local, "")})
         if op == "LISTSTATUS":
@@ -97,10 +100,37 @@ class WebHdfsStub(BaseHTTPRequestHandler):
             return self._reply(200, {"FileStatuses": {"FileStatus": statuses}})
         self._reply(400, {"RemoteException": {"exception": "IllegalArgumentException", "message": op}})
 
+    def do_DELETE(self) -> None:
+        local, _, _ = self._target()
+        if local.is_dir():
+            shutil.rmtree(local)
+        elif local.exists():
+            local.unlink()
+        self._reply(200, {"boolean": True})
+
     def do_PUT(self) -> None:
-        local, _, query = self._target()
+        local, hdfs_path, query = self._target()
         length = int(self.headers.get("Content-Length") or 0)
         data = self.rfile.read(length) if length else b""
+        op = query["op"][0]
+        if op == "MKDIRS":
+            local.mkdir(parents=True, exist_ok=True)
+            return self._reply(200, {"boolean": True})
+        if op == "RENAME":
+            destination = self.root / query["destination"][0].lstrip("/")
+            if destination.exists() or not local.exists():
+                return self._reply(200, {"boolean": False})
+            local.rename(destination)
+            return self._reply(200, {"boolean": True})
+        if op == "SETTIMES":
+            if not local.exists():
+                return self._not_found(hdfs_path)
+            ms = int(query["modificationtime"][0])
+            os.utime(local, (ms / 1000, ms / 1000))
+            return self._reply(200)
+        if op == "CREATE" and query.get("overwrite", ["false"])[0].lower() == "false" and local.exists():
+            exists = {"exception": "FileAlreadyExistsException", "message": f"{hdfs_path} already exists"}
+            return self._reply(403, {"RemoteException": {**exists, "javaClassName": "x"}})
         if query["op"][0] == "CREATE" and "datanode" not in query:  # NameNode step: redirect to a DataNode
             host, port = self.server.server_address[:2]
             location = (
@@ -276,3 +306,26 @@ def test_cli_wait_for_inputs_exit_codes(tmp_path):
     assert main([*args, "--poll", "0"]) == 3
     make_table(tmp_path / "facts", root_success=True)
     assert main(["wait-for-inputs", "--conf", str(conf), "--month", "2026-04", "--timeout", "0"]) == 0
+
+
+def test_the_lease_over_webhdfs_lets_one_run_in_and_cleans_up(webhdfs):
+    """`cltv promote` holds its lease without a JVM: on hdfs:// through WebHDFS (CREATE without
+    overwrite is the atomic step); a second run is Busy; the lock is gone afterwards."""
+    from spark_app.errors import Busy
+
+    url, root, _ = webhdfs
+    fs = WebHdfsFileSystem(webhdfs_client(PathsConfig(webhdfs_url=url, webhdfs_user="cltv")))
+    target = "hdfs:///dwh/cltv/datasets/promotion-cltv"
+    with fs.lock(target) as lease:
+        lock = root / "dwh/cltv/datasets/_lock-promotion-cltv"
+        assert json.loads(lock.read_text())["token"] == lease.token
+        with pytest.raises(Busy, match="being written by another run"), fs.lock(target):
+            pass
+        lease.check()
+    assert not lock.exists()
+    # a lock left by a run whose heartbeat stopped long ago is taken over
+    lock.write_text(json.dumps({"token": "gone", "host": "elsewhere", "pid": 1}))
+    os.utime(lock, (time.time() - 3600, time.time() - 3600))
+    with fs.lock(target) as lease:
+        assert json.loads(lock.read_text())["token"] == lease.token
+    assert not lock.exists()
