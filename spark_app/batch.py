@@ -13,6 +13,7 @@ duplicates), so the job needs no extra pass over the month's inputs or outputs.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 from collections import Counter
 from collections.abc import Iterator
@@ -41,6 +42,7 @@ from spark_app.months import forecast_days, month_index
 log = logging.getLogger(__name__)
 
 HOLDOUT = "holdout"
+RELEASE_DIGEST = "release_digest"  # every score row names the verified bytes that scored it
 EPOCH = dt.date(1970, 1, 1)
 # CLTV histogram for the job's quantiles: bins of t = sign(x)·log1p(|x|), 0.005 wide over ±15 (values
 # up to ±3.3 million); a quantile read from it is within 0.5 % of the value
@@ -68,6 +70,8 @@ class BatchPlan:
     threads: int = 1  # CatBoost threads per Python worker: the cores of one Spark task
     intervals: IntervalTable | None = None  # None: a release without them (bounds NaN)
     interval_level: float = 0.8
+    release_digest: str = ""  # SHA-256 of the release's files as registered and verified (registry)
+    file_digests: dict[str, str] = field(default_factory=dict)  # what the worker checks its copy against
 
     @property
     def score_month_index(self) -> int:
@@ -85,6 +89,7 @@ def output_schema(plan: BatchPlan) -> T.StructType:
         T.StructField(ID, T.StringType(), False),
         T.StructField("score_month", T.DateType(), False),
         T.StructField("release_version", T.IntegerType(), False),
+        T.StructField(RELEASE_DIGEST, T.StringType(), False),
         T.StructField("cltv", T.DoubleType()),
         T.StructField(f"cltv_{min(24, total)}m", T.DoubleType()),
         *[T.StructField(name, T.DoubleType()) for name in interval_names(plan)],
@@ -319,8 +324,9 @@ def score_inputs(inputs: Inputs, learner: Learner, plan: BatchPlan) -> dict[str,
         ID: inputs.ids,
         "score_month": np.full(n, (plan.score_month - EPOCH).days, dtype=np.int32),
         "release_version": np.full(n, plan.release_version, dtype=np.int32),
+        RELEASE_DIGEST: constant_strings(plan.release_digest, n),
     }
-    for name in output_schema(plan).names[3:]:
+    for name in output_schema(plan).names[4:]:
         if name == HOLDOUT:
             out[name] = inputs.holdout
         elif name in VALUE_BOUNDS_H:
@@ -332,11 +338,20 @@ def score_inputs(inputs: Inputs, learner: Learner, plan: BatchPlan) -> dict[str,
     return out
 
 
-def to_arrow(columns: dict[str, np.ndarray], plan: BatchPlan) -> pa.RecordBatch:
+def constant_strings(value: str, n: int) -> pa.StringArray:
+    """n copies of one string as an Arrow column, built from two buffers (no Python object per row)."""
+    data = value.encode("utf-8")
+    offsets = np.arange(0, (n + 1) * len(data), len(data), dtype=np.int32)[: n + 1]
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data * n))
+
+
+def to_arrow(columns: dict[str, np.ndarray | pa.Array], plan: BatchPlan) -> pa.RecordBatch:
     arrays = []
     for f in output_schema(plan).fields:
         values = columns[f.name]
-        if isinstance(f.dataType, T.ArrayType):  # (n, H) matrix → list column over its flat buffer
+        if isinstance(values, pa.Array):
+            arrays.append(values)
+        elif isinstance(f.dataType, T.ArrayType):  # (n, H) matrix → list column over its flat buffer
             n, h = values.shape
             offsets = pa.array(np.arange(0, n * h + 1, h, dtype=np.int32))
             arrays.append(pa.ListArray.from_arrays(offsets, pa.array(values.ravel())))
@@ -354,6 +369,11 @@ def cached_learner(plan: BatchPlan, bundle: Any) -> Learner:
     learner = _LEARNERS.get(plan.release_key)
     if learner is None:
         files = bundle.value if hasattr(bundle, "value") else bundle
+        for name, data in files.items():  # this worker's copy is the bytes the driver verified
+            expected = plan.file_digests.get(name)
+            if plan.file_digests and hashlib.sha256(data).hexdigest() != expected:
+                raise RuntimeError(f"release {plan.release_key}: the worker's copy of {name} is not the "
+                                   "verified file (corrupted in transit?)")  # fmt: skip
         _LEARNERS.clear()  # one release at a time: a reused worker does not pile up old models
         learner = Learner.from_bundle_bytes(files, thread_count=plan.threads)
         _LEARNERS[plan.release_key] = learner

@@ -166,6 +166,26 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_release_seal(args: argparse.Namespace) -> int:
+    from spark_app.registry import seal_release
+
+    result = seal_release(_settings(args), version=args.version)
+    state = "was sealed already; its files match" if result.already else "sealed"
+    log.info("release v%d %s: %d files, digest %s", result.version, state, result.files, result.digest)
+    return 0
+
+
+def cmd_release_verify(args: argparse.Namespace) -> int:
+    from spark_app.registry import load_release
+
+    release = load_release(_settings(args), args.release)
+    log.info(
+        "release v%d: %d files match the digests recorded in the registry; release digest %s",
+        release.version, len(release.files), release.digest,
+    )  # fmt: skip
+    return 0
+
+
 # ------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cltv", description=__doc__)
@@ -240,6 +260,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("publish", cmd_publish, "write a month's _PUBLISHED marker and notify a webhook", "required")
     p.add_argument("--month", type=_month, required=True)
     p.add_argument("--webhook-url", default="", help="POST the published record here (empty: none)")
+
+    rel = sub.add_parser("release", help="check or seal a registered release's files")
+    rel_sub = rel.add_subparsers(dest="release_command", required=True)
+    seal = rel_sub.add_parser(
+        "seal",
+        help="record the SHA-256 of every file of a release registered before digests existed (after a "
+        "person checked it): jobs refuse an unsealed release",
+    )
+    _conf_arg(seal, required=True)
+    seal.add_argument("--version", type=int, required=True, help="registered model version")
+    seal.set_defaults(handler=cmd_release_seal)
+    verify = rel_sub.add_parser(
+        "verify", help="check a release's files against the digests the registry recorded (exit 2 if not)"
+    )
+    _conf_arg(verify, required=True)
+    verify.add_argument("--release", default="champion", help="champion, challenger or a version number")
+    verify.set_defaults(handler=cmd_release_verify)
 
     cfg = sub.add_parser("config", help="inspect the configuration")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)

@@ -390,6 +390,33 @@ def implausible_facts(
     return below
 
 
+class EmptyDatasetError(UserError):
+    """The build would leave a training set `train` cannot use; nothing is swapped in, `latest` stays."""
+
+
+def refuse_empty(stats: dict[str, dict[str, Any]], plan: DatasetPlan, dataset_id: str) -> None:
+    """An empty training set (or one without rows for the survival models or the regressors) never
+    becomes `latest`: name the setting that emptied it."""
+    empty = [name for name in ("train_surv", "train_reg") if not stats[name]["rows"]]
+    if not empty:
+        return
+    total = sum(s["rows"] for s in stats.values())
+    if plan.sample_rate < 1:
+        why = f"dataset.sample_rate={plan.sample_rate:g} keeps too few subscribers"
+    elif plan.population != "base":
+        why = f"dataset.population={plan.population!r}: too few subscribers are in that base at T - h"
+    elif not total:
+        why = f"no subscriber of the features is in the months {plan.describe()} reads"
+    elif stats["oot"]["rows"] == total:
+        why = f"every row is in the OOT month: dataset.target_months={len(plan.target_months)} leaves none"
+    else:
+        why = "dataset.val_share / test_share / train_reg_share leave no rows for them"
+    raise EmptyDatasetError(
+        f"dataset {dataset_id} ({plan.describe()}): {total:,} rows, none in split "
+        f"{' and '.join(empty)} — {why}; nothing was written and `latest` still names the previous set"
+    )
+
+
 def read_splits(spark: SparkSession, storage: Storage, path: str) -> DataFrame | None:
     """All split directories under `path` as one DataFrame with a `split` column (None: no rows at all)."""
     dirs = [f"{path}/{name}" for name in storage.list_dir(path) if name.startswith(f"{SPLIT}=")]
@@ -422,12 +449,11 @@ def build_dataset(spark: SparkSession, settings: Settings, target_end: dt.date) 
             rows.write.mode("overwrite").partitionBy(SPLIT).parquet(staging)
         with timer.stage("check and summarize splits", spark):
             written = read_splits(spark, storage, staging)
-            if written is None:
-                log.warning("dataset %s has no rows: nobody in the population at T - h", dataset_id)
-            elif plan.population == "base" and not settings.dataset.validate_all_rows:
+            if written is not None and plan.population == "base" and not settings.dataset.validate_all_rows:
                 check_rows_read(written, features, facts, plan=plan, settings=settings)
             floors = {e.target: e.fact_min for e in catalog if e.fact_min is not None}
             stats = split_stats(written, list(targets), floors)
+            refuse_empty(stats, plan, dataset_id)
             implausible = implausible_facts(
                 stats, catalog, settings.dataset.implausible_facts, f"needed by {plan.describe()}"
             )

@@ -20,6 +20,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from spark_app.batch import RELEASE_DIGEST
 from spark_app.catalog import NULL_CATEGORY
 from spark_app.checks import MonitoringError, status_of, worst
 from spark_app.config import MonitoringConfig, Settings
@@ -30,7 +31,7 @@ from spark_app.session import session_conf
 
 log = logging.getLogger(__name__)
 
-SCORE_NON_METRIC = {ID, "score_month", "release_version", "holdout", MONTH, "interval_level"}
+SCORE_NON_METRIC = {ID, "score_month", "release_version", RELEASE_DIGEST, "holdout", MONTH, "interval_level"}
 PSI_FLOOR = 1e-4  # share given to an empty bin, so PSI stays finite
 
 

@@ -80,6 +80,13 @@ def latest_file(paths: PathsConfig) -> str:
     return f"{datasets_root(paths)}/{LATEST}"
 
 
+def promotion_target(paths: PathsConfig, model_name: str) -> str:
+    """What `cltv promote` holds its lease on (`_lock-promotion-<model>` beside the training sets): one
+    promotion of a registered model at a time."""
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in model_name)
+    return f"{datasets_root(paths)}/promotion-{safe}"
+
+
 def read_scores(spark: SparkSession, paths: PathsConfig, month: dt.date) -> DataFrame | None:
     """Scores of one month, `score_month` from the path; None when the partition is absent or incomplete."""
     path = scores_dir(paths, month)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from catboost import CatBoost, CatBoostClassifier, CatBoostRegressor, Pool
+from catboost import CatBoost, CatBoostClassifier, CatBoostError, CatBoostRegressor, Pool
 
 from spark_app import calibration
 from spark_app.calibration import Calibration, CalibrationReport
@@ -449,7 +449,12 @@ class Learner:
             if name not in files:
                 raise BundleError(f"bundle: model {entry.model_id} file {name} missing")
             model = CatBoostClassifier() if entry.is_survival else CatBoostRegressor()
-            model.load_model(blob=bytes(files[name]), format="cbm")
+            try:
+                model.load_model(blob=bytes(files[name]), format="cbm")
+            except CatBoostError as exc:
+                first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                raise BundleError(f"bundle: model {entry.model_id} file {name} is not a readable CatBoost "
+                                  f"model ({first})") from None  # fmt: skip
             learner.models[entry.model_id] = model
         learner._check_stacking()
         return learner

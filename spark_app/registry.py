@@ -10,10 +10,15 @@ through an `MlflowClient` built from the settings: no process-global tracking UR
 from __future__ import annotations
 
 import datetime as dt
+import getpass
+import hashlib
+import io
 import json
 import logging
+import re
 import tempfile
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -46,8 +51,11 @@ from spark_app.evaluation import (
     monthly_values,
     relative_worsening,
 )
+from spark_app.files import filesystem_for
 from spark_app.horizons import horizon_frame
+from spark_app.layout import promotion_target
 from spark_app.models import RELEASE_JSON, Learner
+from spark_app.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +66,60 @@ MODEL_DIR = "release"  # run artifact path of the pyfunc model
 BUNDLE_KEY = "bundle"  # pyfunc artifact key of the bundle directory
 EVALUATION_DIR = "evaluation"
 OOT_SAMPLE = "oot.parquet"
+OOT_FILE = f"{EVALUATION_DIR}/{OOT_SAMPLE}"  # the promotion's evaluation data: digested with the bundle
+# Where a release's digests live: tags of its model version (the registry, reviewed and permissioned)
+# and of its run, never only beside the artifacts they vouch for
+DIGESTS_TAG = "sha256"  # model version tag: {file: SHA-256} of every file a job loads
+RELEASE_DIGEST_TAG = "release_digest"  # model version tag: the digest score rows carry
+RUN_DIGESTS_TAG = f"cltv.{DIGESTS_TAG}"  # the same on the run
+RUN_RELEASE_DIGEST_TAG = f"cltv.{RELEASE_DIGEST_TAG}"
+SEALED_BY_TAG = "sealed_by"  # set by `cltv release seal` on a release registered before digests
+SEALED_AT_TAG = "sealed_at"
+_VERSION_REF = re.compile(r"[1-9][0-9]{0,9}")
+_ALIAS_REF = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,254}")
+MAX_VERSION = 2**31 - 1  # the registry stores versions as 32-bit integers
 
 
 class ReleaseNotFoundError(UserError):
     """No registered version behind an alias or number; the message names the model and the reference."""
+
+
+class ReleaseIntegrityError(UserError):
+    """A release's files are not what was registered (edited, missing, added, unreadable) or it has no
+    recorded digests; nothing is scored, compared or reported with it (docs/failure_modes.md)."""
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_digests(files: Mapping[str, bytes]) -> dict[str, str]:
+    return {name: sha256(data) for name, data in sorted(files.items())}
+
+
+def release_digest(digests: Mapping[str, str]) -> str:
+    """One SHA-256 over the bundle's files (name and digest of each, sorted): what a score row carries."""
+    lines = "".join(f"{name}\t{digest}\n" for name, digest in sorted(digests.items()) if "/" not in name)
+    return sha256(lines.encode("utf-8"))
+
+
+def verify_files(files: Mapping[str, bytes], expected: Mapping[str, str], what: str) -> None:
+    """Raise ReleaseIntegrityError unless `files` are exactly the registered ones, byte for byte."""
+    wanted = {n: d for n, d in expected.items() if "/" not in n}
+    problems = []
+    for name in sorted(set(wanted) - set(files)):
+        problems.append(f"{name}: missing from the artifact store")
+    for name in sorted(set(files) - set(wanted)):
+        problems.append(f"{name}: in the artifact store but not registered")
+    for name in sorted(set(files) & set(wanted)):
+        found = sha256(files[name])
+        if found != wanted[name]:
+            problems.append(f"{name}: SHA-256 {found[:16]}… but {wanted[name][:16]}… was registered")
+    if problems:
+        raise ReleaseIntegrityError(
+            f"{what}: its files are not the ones registered — " + "; ".join(problems) + ". It was changed "
+            "after registration; nothing was scored, compared or reported with it (docs/failure_modes.md)"
+        )
 
 
 # ---------------------------------------------------------------- registry
@@ -247,6 +305,16 @@ def release_description(learner: Learner, evaluation: Evaluation, rows: dict[str
     )
 
 
+def local_digests(bundle_dir: Path, evaluation_dir: Path) -> dict[str, str]:
+    """SHA-256 of every file a job will load from the release: the bundle's, and the OOT sample promotion
+    compares on — computed before upload, so what the store holds later is checked against these."""
+    digests = file_digests({p.name: p.read_bytes() for p in Path(bundle_dir).iterdir() if p.is_file()})
+    oot = Path(evaluation_dir) / OOT_SAMPLE
+    if oot.is_file():
+        digests[OOT_FILE] = sha256(oot.read_bytes())
+    return digests
+
+
 @tracking.guarded
 def log_release(
     settings: Settings,
@@ -263,6 +331,7 @@ def log_release(
     client = tracking.client(cfg)
     exp = tracking.experiment_id(client, cfg.experiment, cfg.artifact_location)
     meta = learner.meta
+    digests = local_digests(bundle_dir, evaluation_dir)
     tags = {
         "cltv.job": "train",
         "cltv.dataset_id": str(meta.get("dataset_id")),
@@ -270,6 +339,8 @@ def log_release(
         "cltv.package_version": str(meta.get("package_version")),
         "cltv.models": ",".join(learner.models),
         "cltv.config_hash": settings.config_hash(),
+        RUN_DIGESTS_TAG: json.dumps(digests, sort_keys=True),
+        RUN_RELEASE_DIGEST_TAG: release_digest(digests),
     }
     run = client.create_run(exp, run_name=f"train {meta.get('dataset_id')}", tags=tags)
     run_id = run.info.run_id
@@ -327,7 +398,8 @@ def log_release(
 # ---------------------------------------------------------------- loading a release
 @dataclass
 class Release:
-    """A registered release, its bundle in memory (`files`: name → bytes) and its release.json."""
+    """A registered release, its bundle in memory (`files`: name → bytes, verified against the digests
+    recorded in the registry) and its release.json."""
 
     version: int
     run_id: str
@@ -335,53 +407,171 @@ class Release:
     manifest: dict[str, Any]
     model_name: str = ""
     aliases: list[str] = field(default_factory=list)
+    digests: dict[str, str] = field(default_factory=dict)  # file → SHA-256, as registered
+    digest: str = ""  # release_digest(digests): what score rows carry
 
     def learner(self) -> Learner:
         return Learner.from_bundle_bytes(self.files)
 
 
-def model_version(client: MlflowClient, name: str, release: str):
-    """The version behind "champion", "challenger" (any alias) or a version number."""
-    ref = str(release).strip()
+def available_releases(client: MlflowClient, name: str) -> str:
+    """`versions 1..3; aliases champion → v2, challenger → v3`: what a bad `--release` can choose from."""
     try:
-        if ref.isdigit():
+        registered = client.get_registered_model(name)
+    except MlflowException as exc:
+        if tracking.is_not_found(exc):
+            return f"no release is registered under {name!r} yet: run `cltv train` first"
+        raise
+    versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+    aliases = dict(getattr(registered, "aliases", {}) or {})
+    listed = ", ".join(str(v) for v in versions[-20:]) or "none"
+    more = f" (the latest 20 of {len(versions)})" if len(versions) > 20 else ""
+    named = ", ".join(f"{a} → v{v}" for a, v in sorted(aliases.items())) or "none"
+    return f"versions: {listed}{more}; aliases: {named}"
+
+
+def model_version(client: MlflowClient, name: str, release: str):
+    """The version behind "champion", "challenger" (any alias) or a version number; anything else (path
+    characters, a number the registry cannot hold, an unknown alias or version) is a ReleaseNotFoundError
+    listing the versions and aliases there are."""
+    ref = str(release).strip()
+    is_version = _VERSION_REF.fullmatch(ref) is not None and int(ref) <= MAX_VERSION
+    if not is_version and _ALIAS_REF.fullmatch(ref) is None:
+        raise ReleaseNotFoundError(
+            f"--release {ref[:80]!r} is neither an alias nor a version number of registered model "
+            f"{name!r} ({available_releases(client, name)})"
+        )
+    try:
+        if is_version:
             return client.get_model_version(name, ref)
         return client.get_model_version_by_alias(name, ref)
     except MlflowException as exc:
         if not tracking.is_not_found(exc):
             raise
-        what = f"version {ref}" if ref.isdigit() else f"alias {ref!r}"
-        hint = "run `cltv train` and `cltv promote` first" if ref == CHAMPION else exc.message.splitlines()[0]
-        raise ReleaseNotFoundError(f"registered model {name!r} has no {what} ({hint})") from None
+        what = f"version {ref}" if is_version else f"alias {ref!r}"
+        hint = " — run `cltv train` and `cltv promote` first" if ref == CHAMPION else ""
+        raise ReleaseNotFoundError(
+            f"registered model {name!r} has no {what} ({available_releases(client, name)}){hint}"
+        ) from None
+
+
+def recorded_digests(client: MlflowClient, name: str, mv: Any) -> dict[str, str]:
+    """The digests registered for a version, checked against its run's copy; an unsealed release (one
+    registered before digests existed) is refused, naming the command that records them."""
+    raw = (mv.tags or {}).get(DIGESTS_TAG)
+    if not raw:
+        raise ReleaseIntegrityError(
+            f"registered model {name!r} version {mv.version} has no recorded file digests (registered "
+            "before releases were sealed), so what would be loaded cannot be checked against what was "
+            f"reviewed. Check the release, then record them: `cltv release seal --version {mv.version}`"
+        )
+    digests = json.loads(raw)
+    run_raw = client.get_run(mv.run_id).data.tags.get(RUN_DIGESTS_TAG) if mv.run_id else None
+    if run_raw is not None and json.loads(run_raw) != digests:
+        raise ReleaseIntegrityError(
+            f"registered model {name!r} version {mv.version}: the digests on the model version and on its "
+            f"run {mv.run_id} differ (one was edited); not loaded"
+        )
+    return digests
+
+
+def download_bundle(cfg: Any, client: MlflowClient, mv: Any) -> dict[str, bytes]:
+    """The bytes of every file of the version's bundle, as the artifact store holds them now; a bundle
+    that is gone or unreadable is a ReleaseIntegrityError naming it (exit 2), a store that cannot be
+    reached stays Unreachable (exit 75)."""
+    source = client.get_model_version_download_uri(cfg.model_name, mv.version)
+    where = f"{source.rstrip('/')}/artifacts/{BUNDLE_KEY}"
+    with tempfile.TemporaryDirectory(prefix="cltv-load-") as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=where, dst_path=tmp, tracking_uri=cfg.tracking_uri
+            )
+            files = {p.name: p.read_bytes() for p in Path(local).iterdir() if p.is_file()}
+        except Exception as exc:
+            if tracking.is_unreachable(exc):
+                raise
+            raise ReleaseIntegrityError(
+                f"registered model {cfg.model_name!r} version {mv.version}: its bundle cannot be read from "
+                f"{redact(where)}: {tracking.first_line(exc)} (artifacts deleted or moved?)"
+            ) from None
+    if not files:
+        raise ReleaseIntegrityError(
+            f"registered model {cfg.model_name!r} version {mv.version}: no files at {redact(where)}"
+        )
+    return files
 
 
 @tracking.guarded
 def load_release(settings: Settings, release: str) -> Release:
-    """Download the bundle of `release` ("champion", "challenger" or a version number) into memory."""
+    """The bundle of `release` ("champion", "challenger" or a version number) in memory, every file
+    verified against the SHA-256 the registry recorded for it — before anything uses it."""
     cfg = settings.mlflow
     client = tracking.client(cfg)
     mv = model_version(client, cfg.model_name, release)
-    source = client.get_model_version_download_uri(cfg.model_name, mv.version)
-    with tempfile.TemporaryDirectory(prefix="cltv-load-") as tmp:
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"{source.rstrip('/')}/artifacts/{BUNDLE_KEY}",
-            dst_path=tmp,
-            tracking_uri=cfg.tracking_uri,
-        )
-        files = {p.name: p.read_bytes() for p in Path(local).iterdir() if p.is_file()}
-    if RELEASE_JSON not in files:
-        raise ReleaseNotFoundError(
-            f"registered model {cfg.model_name!r} version {mv.version}: no {RELEASE_JSON} in {source}"
-        )
-    log.info("loaded %s version %s (%s): %d files", cfg.model_name, mv.version, release, len(files))
+    digests = recorded_digests(client, cfg.model_name, mv)
+    files = download_bundle(cfg, client, mv)
+    verify_files(files, digests, f"registered model {cfg.model_name!r} version {mv.version}")
+    try:
+        manifest = json.loads(files[RELEASE_JSON])
+    except (KeyError, ValueError) as exc:
+        raise ReleaseIntegrityError(
+            f"registered model {cfg.model_name!r} version {mv.version}: {RELEASE_JSON} is unreadable ({exc})"
+        ) from None
+    digest = release_digest(digests)
+    log.info(
+        "loaded %s version %s (%s): %d files, SHA-256 verified (release digest %s)",
+        cfg.model_name, mv.version, release, len(files), digest[:16],
+    )  # fmt: skip
     return Release(
         version=int(mv.version),
         run_id=mv.run_id,
         files=files,
-        manifest=json.loads(files[RELEASE_JSON]),
+        manifest=manifest,
         model_name=cfg.model_name,
         aliases=list(getattr(mv, "aliases", []) or []),
+        digests=digests,
+        digest=digest,
     )
+
+
+@dataclass(frozen=True)
+class SealResult:
+    version: int
+    digest: str
+    files: int
+    already: bool  # the release was sealed before (its files match what was recorded)
+
+
+@tracking.guarded
+def seal_release(settings: Settings, version: int) -> SealResult:
+    """Record the digests of a release registered before digests existed, after a person checked it: the
+    files as the store holds them now become the reviewed ones. A sealed release is verified instead
+    (sealing again changes nothing; a sealed release whose files changed is refused)."""
+    cfg = settings.mlflow
+    client = tracking.client(cfg)
+    mv = model_version(client, cfg.model_name, str(version))
+    what = f"registered model {cfg.model_name!r} version {mv.version}"
+    files = download_bundle(cfg, client, mv)
+    if (mv.tags or {}).get(DIGESTS_TAG):
+        digests = recorded_digests(client, cfg.model_name, mv)
+        verify_files(files, digests, what)
+        log.info("%s is sealed already; its files match the recorded digests", what)
+        return SealResult(int(mv.version), release_digest(digests), len(files), already=True)
+    Learner.from_bundle_bytes(files)  # a release that cannot load is not sealed
+    digests = file_digests(files)
+    oot = download_run_file(client, mv.run_id, OOT_FILE)
+    if oot is not None:
+        digests[OOT_FILE] = sha256(oot)
+    digest = release_digest(digests)
+    stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    tags = {DIGESTS_TAG: json.dumps(digests, sort_keys=True), RELEASE_DIGEST_TAG: digest,
+            SEALED_BY_TAG: getpass.getuser(), SEALED_AT_TAG: stamp}  # fmt: skip
+    for key, value in tags.items():
+        client.set_model_version_tag(cfg.model_name, str(mv.version), key, value)
+        client.set_tag(mv.run_id, f"cltv.{key}", value)
+    log.info("sealed %s: %d files, release digest %s, by %s", what, len(digests), digest[:16],
+             tags[SEALED_BY_TAG])  # fmt: skip
+    return SealResult(int(mv.version), digest, len(digests), already=False)
 
 
 # ---------------------------------------------------------------- promotion
@@ -390,8 +580,41 @@ class PromotionDecision:
     promoted: bool
     reason: str
     challenger: int | None
-    champion: int | None  # the champion before the decision
+    champion: int | None  # the champion the challenger was compared with (before the decision)
     comparison: list[dict[str, Any]] = field(default_factory=list)
+    champion_after: int | None = None  # the champion as re-read after the decision was carried out
+    attempts: int = 1  # comparisons made: the champion moved (by hand) while one was running
+
+
+@dataclass(frozen=True)
+class AliasSwap:
+    """What compare-and-set found and did: `before` is the champion re-read just before setting it."""
+
+    done: bool
+    before: int | None
+    after: int | None
+
+
+def champion_version(client: MlflowClient, name: str) -> int | None:
+    try:
+        return int(client.get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException as exc:
+        if not tracking.is_not_found(exc):
+            raise
+        return None
+
+
+def compare_and_set_champion(
+    client: MlflowClient, name: str, version: int, expected: int | None
+) -> AliasSwap:
+    """Move alias champion to `version` only if it still points at `expected` (the release it was compared
+    with), then re-read it. MLflow has no conditional alias update: the promotion lease keeps other
+    promotions out, and the two reads catch a champion moved by hand in the UI meanwhile."""
+    before = champion_version(client, name)
+    if before != expected:
+        return AliasSwap(False, before, before)
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    return AliasSwap(True, before, champion_version(client, name))
 
 
 def compare_releases(
@@ -452,15 +675,37 @@ def compare_releases(
     return pd.DataFrame(rows)
 
 
-def evaluation_sample(client: MlflowClient, run_id: str) -> pd.DataFrame | None:
-    """The candidate's OOT sample (run artifact), or None when its run has none."""
-    with tempfile.TemporaryDirectory(prefix="cltv-oot-") as tmp:
+def download_run_file(client: MlflowClient, run_id: str, path: str) -> bytes | None:
+    """A run artifact's bytes, or None when the run has none (a store that cannot be reached raises)."""
+    with tempfile.TemporaryDirectory(prefix="cltv-run-file-") as tmp:
         try:
-            path = client.download_artifacts(run_id, f"{EVALUATION_DIR}/{OOT_SAMPLE}", tmp)
-        except (MlflowException, OSError) as exc:
-            log.warning("run %s: no %s/%s (%s)", run_id, EVALUATION_DIR, OOT_SAMPLE, exc)
+            local = client.download_artifacts(run_id, path, tmp)
+            return Path(local).read_bytes()
+        except Exception as exc:
+            if tracking.is_unreachable(exc):
+                raise
+            log.warning("run %s: no %s (%s)", run_id, path, tracking.first_line(exc))
             return None
-        return pd.read_parquet(path)
+
+
+def evaluation_sample(client: MlflowClient, release: Release) -> pd.DataFrame | None:
+    """The release's OOT sample (a run artifact), verified against its registered digest; None when the
+    release was registered without one."""
+    expected = release.digests.get(OOT_FILE)
+    data = download_run_file(client, release.run_id, OOT_FILE)
+    what = f"registered model {release.model_name!r} version {release.version}"
+    if data is None:
+        if expected is not None:
+            raise ReleaseIntegrityError(f"{what}: {OOT_FILE} is registered but gone from the artifact store")
+        return None
+    if expected is None:
+        raise ReleaseIntegrityError(f"{what}: {OOT_FILE} in the artifact store but not registered")
+    if sha256(data) != expected:
+        raise ReleaseIntegrityError(
+            f"{what}: {OOT_FILE}: SHA-256 {sha256(data)[:16]}… but {expected[:16]}… was registered — the "
+            "promotion's evaluation data was changed after registration; nothing was compared"
+        )
+    return pd.read_parquet(io.BytesIO(data))
 
 
 def record_decision(
@@ -478,6 +723,7 @@ def record_decision(
             "cltv.decision": verdict,
             "cltv.challenger_version": str(decision.challenger),
             "cltv.champion_version": str(decision.champion),
+            "cltv.champion_after": str(decision.champion_after),
             "mlflow.note.content": f"**{verdict}**: {decision.reason}\n\n"
             + (markdown_table(table) if table is not None and len(table) else ""),
         },
@@ -495,10 +741,58 @@ def record_decision(
             "promotion.decision": verdict,
             "promotion.reason": decision.reason[:5000],
             "promotion.compared_with": str(decision.champion),
+            "promotion.champion_after": str(decision.champion_after),
+            "promotion.attempts": str(decision.attempts),
             "promotion.run_id": run.info.run_id,
             "promotion.at": stamp,
         }.items():
             client.set_model_version_tag(cfg.model_name, str(decision.challenger), key, value)
+
+
+def judge(
+    settings: Settings, client: MlflowClient, candidate: Release, champ_v: int | None
+) -> tuple[PromotionDecision, pd.DataFrame | None]:
+    """The decision on `candidate` against the champion `champ_v` (both loaded verified, compared on the
+    candidate's OOT sample); nothing is changed here."""
+    cand_v = candidate.version
+    against = f"champion v{champ_v}" if champ_v is not None else "no champion (the first release)"
+    if champ_v == cand_v:
+        return PromotionDecision(True, f"version {cand_v} already is the champion", cand_v, champ_v), None
+    champion = load_release(settings, str(champ_v)).learner() if champ_v is not None else None
+    data = evaluation_sample(client, candidate)
+    if data is None or not len(data):
+        reason = f"version {cand_v}: no OOT sample in run {candidate.run_id} to check it on"
+        return PromotionDecision(champ_v is None, reason, cand_v, champ_v), None
+    try:
+        table = compare_releases(candidate.learner(), champion, data, settings)
+    except KeyError as exc:
+        reason = f"{against} cannot be evaluated on v{cand_v}'s OOT sample: {exc}"
+        return PromotionDecision(False, reason, cand_v, champ_v), None
+    worse = table[~table["ok"]]
+    rows = table.to_dict("records")
+    if len(worse) and champ_v is None:
+        # nothing to keep instead: promoted, with its bias problems on record and in the log
+        notes = "; ".join(f"{r.model_id}: {r.note}" for r in worse.itertuples(index=False))
+        log.warning("first release v%s: %s", cand_v, notes)
+        reason = f"no champion yet: the first release is promoted, despite {notes}"
+        return PromotionDecision(True, reason, cand_v, None, rows), table
+    if len(worse):
+        details = "; ".join(
+            (r.note and f"{r.model_id}: {r.note}")
+            or f"{r.model_id} {r.metric} {r.challenger:.4f} vs champion {r.champion:.4f} "
+            f"({r.worsening:+.2%} worse, tolerance {r.tolerance:.2%})"
+            for r in worse.itertuples(index=False)
+        )
+        reason = f"v{cand_v} refused against {against} on {len(data):,} OOT rows: {details}"
+        return PromotionDecision(False, reason, cand_v, champ_v, rows), table
+    reason = (
+        f"v{cand_v} passes against {against}: no model worse beyond tolerance, no aggregate "
+        f"bias beyond promotion.max_abs_bias ({len(data):,} OOT rows)"
+    )
+    return PromotionDecision(True, reason, cand_v, champ_v, rows), table
+
+
+PROMOTION_ATTEMPTS = 3  # comparisons before giving up on a champion that keeps moving
 
 
 @tracking.guarded
@@ -506,67 +800,55 @@ def promote(settings: Settings, version: int | None = None, auto: bool = False) 
     """Move alias champion to `version` (or to the challenger) if no model is worse than the champion's
     beyond its tolerance and no amount (nor the cumulative value) is biased beyond the limit.
 
-    Both releases are scored on the challenger's OOT sample (the newer month); the first release is
-    checked on its bias alone and promoted anyway (there is nothing to keep), its problems on record. A
-    refusal leaves the champion untouched; the reason is logged and recorded.
+    Compare-and-set under the promotion lease (one promotion at a time; a second waits up to
+    `promotion.lock_wait_seconds`, then compares with the champion the first left): the champion is read,
+    both releases are loaded (verified) and scored on the challenger's OOT sample (the newer month), and
+    the alias moves only if the champion is still the one compared with — a champion moved by hand
+    meanwhile is compared with in turn. The first release is checked on its bias alone and promoted
+    anyway (there is nothing to keep), its problems on record. A refusal leaves the champion untouched;
+    the reason, what was compared with and the champion afterwards are logged and recorded.
     """
     cfg = settings.mlflow
     client = tracking.client(cfg)
-    candidate = model_version(client, cfg.model_name, str(version) if version is not None else CHALLENGER)
-    cand_v = int(candidate.version)
-    try:
-        current = client.get_model_version_by_alias(cfg.model_name, CHAMPION)
-    except MlflowException as exc:
-        if not tracking.is_not_found(exc):
-            raise
-        current = None
-    champ_v = int(current.version) if current is not None else None
-    table: pd.DataFrame | None = None
-    against = f"champion v{champ_v}" if champ_v is not None else "no champion (the first release)"
-    if champ_v == cand_v:
-        decision = PromotionDecision(True, f"version {cand_v} already is the champion", cand_v, champ_v)
-    else:
-        challenger = load_release(settings, str(cand_v)).learner()
-        champion = load_release(settings, str(champ_v)).learner() if champ_v is not None else None
-        data = evaluation_sample(client, candidate.run_id)
-        if data is None or not len(data):
-            reason = f"version {cand_v}: no OOT sample in run {candidate.run_id} to check it on"
-            decision = PromotionDecision(champ_v is None, reason, cand_v, champ_v)
+    store = filesystem_for(settings.paths.datasets, settings.paths)
+    target = promotion_target(settings.paths, cfg.model_name)
+    with store.lock(target, wait=settings.promotion.lock_wait_seconds):
+        mv = model_version(client, cfg.model_name, str(version) if version is not None else CHALLENGER)
+        candidate = load_release(settings, str(mv.version))
+        cand_v = candidate.version
+        table: pd.DataFrame | None = None
+        for attempt in range(1, PROMOTION_ATTEMPTS + 1):
+            champ_v = champion_version(client, cfg.model_name)
+            decision, table = judge(settings, client, candidate, champ_v)
+            decision.attempts = attempt
+            if not decision.promoted or champ_v == cand_v:
+                decision.champion_after = champion_version(client, cfg.model_name)
+                break
+            swap = compare_and_set_champion(client, cfg.model_name, cand_v, champ_v)
+            decision.champion_after = swap.after
+            if swap.done:
+                if swap.after != cand_v:
+                    decision.reason += (
+                        f"; champion was set to v{cand_v}, but re-read it is v{swap.after}: moved by someone "
+                        "else right after"
+                    )
+                    log.warning("champion set to v%s, then moved to v%s by someone else", cand_v, swap.after)
+                break
+            log.warning(
+                "the champion moved from v%s to v%s while v%s was compared with it (by hand?); comparing "
+                "again", champ_v, swap.before, cand_v,
+            )  # fmt: skip
         else:
-            try:
-                table = compare_releases(challenger, champion, data, settings)
-            except KeyError as exc:
-                reason = f"{against} cannot be evaluated on v{cand_v}'s OOT sample: {exc}"
-                decision = PromotionDecision(False, reason, cand_v, champ_v)
-            else:
-                worse = table[~table["ok"]]
-                rows = table.to_dict("records")
-                if len(worse) and champ_v is None:
-                    # nothing to keep instead: promoted, with its bias problems on record and in the log
-                    notes = "; ".join(f"{r.model_id}: {r.note}" for r in worse.itertuples(index=False))
-                    reason = f"no champion yet: the first release is promoted, despite {notes}"
-                    decision = PromotionDecision(True, reason, cand_v, None, rows)
-                    log.warning("first release v%s: %s", cand_v, notes)
-                elif len(worse):
-                    details = "; ".join(
-                        (r.note and f"{r.model_id}: {r.note}")
-                        or f"{r.model_id} {r.metric} {r.challenger:.4f} vs champion {r.champion:.4f} "
-                        f"({r.worsening:+.2%} worse, tolerance {r.tolerance:.2%})"
-                        for r in worse.itertuples(index=False)
-                    )
-                    reason = f"v{cand_v} refused against {against} on {len(data):,} OOT rows: {details}"
-                    decision = PromotionDecision(False, reason, cand_v, champ_v, rows)
-                else:
-                    reason = (
-                        f"v{cand_v} passes against {against}: no model worse beyond tolerance, no aggregate "
-                        f"bias beyond promotion.max_abs_bias ({len(data):,} OOT rows)"
-                    )
-                    decision = PromotionDecision(True, reason, cand_v, champ_v, rows)
-    if decision.promoted and champ_v != cand_v:
-        client.set_registered_model_alias(cfg.model_name, CHAMPION, str(cand_v))
-    record_decision(client, settings, decision, table)
+            decision = PromotionDecision(
+                False,
+                f"v{cand_v} refused: the champion moved during each of {PROMOTION_ATTEMPTS} comparisons "
+                f"(last v{decision.champion_after}); promote again when nobody is changing it",
+                cand_v, decision.champion_after, decision.comparison, decision.champion_after,
+                PROMOTION_ATTEMPTS,
+            )  # fmt: skip
+        record_decision(client, settings, decision, table)
     if decision.promoted:
         log.info("promotion: %s is now %s — %s", f"v{cand_v}", CHAMPION, decision.reason)
     else:
-        log.error("promotion refused, champion stays v%s: %s", champ_v, decision.reason)
+        log.error("promotion refused, champion stays v%s: %s", decision.champion_after, decision.reason)
     return decision

@@ -11,7 +11,6 @@ the month's lease. docs/scoring.md describes the output and the method.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -40,7 +39,7 @@ from spark_app.contract import ID, InputContractError, features_spec, read_month
 from spark_app.errors import UserError
 from spark_app.intervals import IntervalTable
 from spark_app.layout import scores_dir
-from spark_app.models import RELEASE_JSON
+from spark_app.models import RELEASE_JSON, Learner
 from spark_app.months import fmt
 from spark_app.progress import StageTimer
 from spark_app.registry import load_release
@@ -73,6 +72,8 @@ class ScoreSummary:
     unseen_categorical: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     detail: bool = False
+    release_digest: str = ""  # SHA-256 of the release's files, verified before scoring
+    models: tuple[str, ...] = ()  # the release's models, which all enter CLTV
 
 
 # ---------------------------------------------------------------- release → plan
@@ -101,16 +102,14 @@ def release_horizons(manifest: dict[str, Any]) -> int:
     return len(horizons)
 
 
-def bundle_digest(files: dict[str, bytes]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(files):
-        h.update(name.encode())
-        h.update(hashlib.sha256(files[name]).digest())
-    return h.hexdigest()[:16]
-
-
 def make_plan(
-    settings: Settings, manifest: dict[str, Any], version: int, digest: str, month: dt.date, detail: bool
+    settings: Settings,
+    manifest: dict[str, Any],
+    version: int,
+    digest: str,
+    month: dt.date,
+    detail: bool,
+    file_digests: dict[str, str] | None = None,
 ) -> BatchPlan:
     catalog = release_catalog(manifest)
     model_inputs = [c for e in catalog for c in e.feature_cols if c in catalog.input_columns()]
@@ -118,6 +117,8 @@ def make_plan(
     return BatchPlan(
         release_key=f"{version}:{digest}",
         release_version=int(version),
+        release_digest=digest,
+        file_digests=dict(file_digests or {}),
         models=catalog.ids,
         amounts=frozenset(e.model_id for e in catalog.amounts),
         input_cols=cols,
@@ -241,6 +242,25 @@ def scoring_parallelism(spark: SparkSession, features: DataFrame) -> DataFrame:
     return features
 
 
+def check_enabled_models(release_models: tuple[str, ...], settings: Settings) -> None:
+    """A release scores with the models it was trained with; when they differ from `models.enabled` the
+    log says so with both lists (or, with `scoring.models_mismatch: error`, the job refuses)."""
+    enabled = tuple(settings.models.enabled)
+    if set(release_models) == set(enabled):
+        return
+    only_release = [m for m in release_models if m not in enabled]
+    only_config = [m for m in enabled if m not in release_models]
+    text = (
+        f"the release's models {list(release_models)} differ from models.enabled {list(enabled)}"
+        + (f"; in the release only: {only_release}" if only_release else "")
+        + (f"; enabled but not in the release: {only_config} (zero in CLTV)" if only_config else "")
+        + "; CLTV uses the release's models"
+    )
+    if settings.scoring.models_mismatch == "error":
+        raise ScoringError(text + " (scoring.models_mismatch: error)")
+    log.warning("%s (scoring.models_mismatch: warn)", text)
+
+
 @tracking.guarded
 def log_score_run(settings: Settings, summary: ScoreSummary) -> None:
     """Record the run in the MLflow experiment (params, counts, CLTV quantiles, stage times)."""
@@ -257,6 +277,8 @@ def log_score_run(settings: Settings, summary: ScoreSummary) -> None:
         "release_version": summary.release_version,
         "detail": summary.detail,
         "path": summary.path,
+        "release_digest": summary.release_digest,
+        "models": ",".join(summary.models),
     }
     metrics = {"rows": summary.rows, "holdout_rows": summary.holdout_rows, "cltv_mean": summary.cltv_mean}
     metrics.update({f"cltv_{k}": v for k, v in summary.cltv_quantiles.items()})
@@ -283,10 +305,15 @@ def score_month(
     # left is recovered before anything else
     with storage.lock(target) as lease:
         with timer.stage("load release"):
-            loaded = load_release(settings, str(release))
+            loaded = load_release(settings, str(release))  # every file verified against the registry
             files = model_files(dict(loaded.files))
-            plan = make_plan(settings, loaded.manifest, loaded.version, bundle_digest(files), month, detail)
+            Learner.from_bundle_bytes(files)  # an unreadable model fails here, before any task
+            plan = make_plan(
+                settings, loaded.manifest, loaded.version, loaded.digest, month, detail,
+                {name: loaded.digests[name] for name in files},
+            )  # fmt: skip
             plan = replace(plan, threads=int(spark.conf.get("spark.task.cpus", "1")))
+            check_enabled_models(plan.models, settings)
             if plan.intervals is None:
                 log.warning(
                     "release v%s has no interval table (trained before intervals): cltv_lower/upper and "
@@ -335,16 +362,20 @@ def score_month(
         unseen_categorical=dict(stats.unseen),
         seconds=dict(timer.seconds),
         detail=detail,
+        release_digest=plan.release_digest,
+        models=plan.models,
     )
     with timer.stage("log to mlflow"):
         log_score_run(settings, summary)
     log.info(
-        "scored %s: %s subscribers (%s holdout) with release v%s; CLTV mean %.1f, quantiles %s; "
-        "inputs: missing %s, non-finite %s, unseen categories %s; %s",
+        "scored %s: %s subscribers (%s holdout) with release v%s (SHA-256 %s, models %s); CLTV mean %.1f, "
+        "quantiles %s; inputs: missing %s, non-finite %s, unseen categories %s; %s",
         fmt(month),
         f"{summary.rows:,}",
         f"{summary.holdout_rows:,}",
         summary.release_version,
+        summary.release_digest[:16],
+        ",".join(summary.models),
         summary.cltv_mean,
         {k: round(v, 1) for k, v in summary.cltv_quantiles.items()},
         summary.missing_values or "none",

@@ -42,7 +42,17 @@ _TRANSIENT = {
 }
 
 
+# OSErrors that say a file is missing or unreadable (an artifact deleted, a permission), not that the
+# store is down: those are the user's to fix (exit 2), not retried
+_ABSENT = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
 _SET_BY_US: dict[str, str] = {}
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's first line, credentials masked, for a one-line error message."""
+    text = str(exc).strip()
+    return redact(text.splitlines()[0] if text else type(exc).__name__)[:limit]
 
 
 def client(cfg: MlflowConfig) -> MlflowClient:
@@ -93,6 +103,8 @@ def is_unreachable(exc: BaseException) -> bool:
     """Could not reach the tracking/registry store (refused, timeout, proxy error, database unavailable),
     as opposed to "the thing does not exist"."""
     for e in _chain(exc):
+        if isinstance(e, _ABSENT):  # a file that is not there or not readable: the store answered
+            continue
         if isinstance(e, OSError | urllib3.exceptions.HTTPError):
             return True
         kind = type(e)
@@ -135,7 +147,7 @@ def reaching(cfg: MlflowConfig, what: str = "MLflow") -> Iterator[None]:
         if not is_unreachable(exc):
             raise
         uri = redact(cfg.registry_uri or cfg.tracking_uri)
-        first = redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)[:300]
+        first = first_line(exc)
         raise Unreachable(
             f"cannot reach {what} at {uri}: {first} (retryable; check the tracking server and the network)"
         ) from None

@@ -52,6 +52,59 @@ def panel_dir(spark, panel_spec, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def env(spark, panel_dir, tmp_path_factory):
+    """For the fault tests: a copy of the panel we may damage, a registered release, the good scores of
+    faults_env.MONTH, and a conf file — one of each for the whole run (tests restore what they damage)."""
+    import json
+    import shutil
+
+    from faults_env import MONTH, M
+    from releases import register_release
+
+    from spark_app.cli import main
+
+    work = tmp_path_factory.mktemp("faults")
+    panel = work / "panel"
+    shutil.copytree(panel_dir / "features", panel / "features")
+    shutil.copytree(panel_dir / "facts", panel / "facts")
+    small = {"profiles": {m: {"params": {"iterations": 10, "depth": 3}} for m in ALL_MODELS}}
+    settings = make_settings(work, panel, models=small, scoring={"arrow_batch_rows": 2000})
+    register_release(spark, settings, panel, MONTH, work)
+    conf = work / "conf" / "faults.yaml"
+    conf.parent.mkdir()
+    conf.write_text(json.dumps(json.loads(json.dumps(settings.resolved()))))  # JSON is YAML
+    assert main(["score", "--conf", str(conf), "--month", M, "--release", "challenger"]) == 0
+    return settings, panel, conf, work
+
+
+@pytest.fixture
+def month_dir(env) -> Path:
+    from faults_env import MONTH
+
+    from spark_app.layout import scores_dir
+
+    return Path(scores_dir(env[0].paths, MONTH))
+
+
+@pytest.fixture
+def panel_copy(env, tmp_path):
+    """A fresh copy of the panel to damage, and a conf pointing at it (scores shared with `env`)."""
+    import json
+    import shutil
+
+    _settings, panel, conf, _ = env
+    copy = tmp_path / "panel"
+    shutil.copytree(panel / "features", copy / "features")
+    shutil.copytree(panel / "facts", copy / "facts")
+    data = json.loads(conf.read_text())
+    data["paths"]["features"] = str(copy / "features")
+    data["paths"]["facts"] = str(copy / "facts")
+    damaged = tmp_path / "damaged.yaml"
+    damaged.write_text(json.dumps(data))
+    return copy, damaged
+
+
 def make_settings(workdir: Path, panel: Path | None = None, **sections) -> Settings:
     """Settings for a test: the project's conf/, with every path inside `workdir`."""
     panel = panel or workdir / "panel"

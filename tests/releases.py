@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 from spark_app.config import Settings
 from spark_app.models import Learner
 from spark_app.months import days_in_month_index, month_index
-from spark_app.registry import log_release, model_input
+from spark_app.registry import OOT_SAMPLE, log_release, model_input
 from spark_app.training import Evaluation, categories_seen
 
 EVAL_COLUMNS = ["model_id", "kind", "split", "horizon", "rows", "metric", "value", "naive"]
@@ -58,6 +58,7 @@ def register_release(
     }
     bundle = learner.save_bundle(work / "bundle")
     (work / "evaluation").mkdir(exist_ok=True)
+    reg.head(2000).to_parquet(work / "evaluation" / OOT_SAMPLE, index=False)  # what promotion compares on
     evaluation = Evaluation(
         table=pd.DataFrame(columns=EVAL_COLUMNS),
         calibration={},

@@ -8,8 +8,6 @@ the month byte-identical; an outage or a busy month exits 75 (retryable).
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import json
 import os
 import shutil
@@ -27,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import ALL_MODELS, make_settings
+from faults_env import MONTH, M, fingerprint, first_file, rewrite_month, score
 from mlflow_server import mlflow_server
 from releases import register_release
 
@@ -40,63 +39,7 @@ from spark_app.storage import Storage
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-MONTH = dt.date(2025, 4, 1)
-M = "2025-04"
 SECRET = "s3cr3t-pw"
-
-
-def fingerprint(directory: Path) -> dict[str, str]:
-    """Every file under `directory` (a month's scores) by relative path → sha256: byte-identical or not."""
-    return {
-        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(directory.rglob("*"))
-        if p.is_file()
-    }
-
-
-@pytest.fixture(scope="module")
-def env(spark, panel_dir, tmp_path_factory):
-    """A copy of the panel we may damage, a registered release, the good scores of M, and a conf file."""
-    work = tmp_path_factory.mktemp("faults")
-    panel = work / "panel"
-    shutil.copytree(panel_dir / "features", panel / "features")
-    shutil.copytree(panel_dir / "facts", panel / "facts")
-    small = {"profiles": {m: {"params": {"iterations": 10, "depth": 3}} for m in ALL_MODELS}}
-    settings = make_settings(work, panel, models=small, scoring={"arrow_batch_rows": 2000})
-    register_release(spark, settings, panel, MONTH, work)
-    conf = work / "conf" / "faults.yaml"
-    conf.parent.mkdir()
-    conf.write_text(json.dumps(json.loads(json.dumps(settings.resolved()))))  # JSON is YAML
-    assert main(["score", "--conf", str(conf), "--month", M, "--release", "challenger"]) == 0
-    return settings, panel, conf, work
-
-
-@pytest.fixture
-def month_dir(env) -> Path:
-    return Path(scores_dir(env[0].paths, MONTH))
-
-
-@pytest.fixture
-def panel_copy(env, tmp_path):
-    """A fresh copy of the panel to damage, and a conf pointing at it (scores shared with `env`)."""
-    _settings, panel, conf, _ = env
-    copy = tmp_path / "panel"
-    shutil.copytree(panel / "features", copy / "features")
-    shutil.copytree(panel / "facts", copy / "facts")
-    data = json.loads(conf.read_text())
-    data["paths"]["features"] = str(copy / "features")
-    data["paths"]["facts"] = str(copy / "facts")
-    damaged = tmp_path / "damaged.yaml"
-    damaged.write_text(json.dumps(data))
-    return copy, damaged
-
-
-def score(conf: Path, *extra: str, month: str = M) -> int:
-    return main(["score", "--conf", str(conf), "--month", month, "--release", "challenger", *extra])
-
-
-def first_file(month_path: Path) -> Path:
-    return sorted(p for p in month_path.iterdir() if p.suffix == ".parquet")[0]
 
 
 # ------------------------------------------------------------------ 1-5: one writer per month
@@ -193,12 +136,6 @@ def test_05_a_kill_inside_the_swap_is_undone_when_the_next_run_of_the_month_star
 
 
 # ------------------------------------------------------------------ 6-7, 10-13: input files
-def rewrite_month(month_path: Path, frame: pd.DataFrame) -> None:
-    shutil.rmtree(month_path)
-    month_path.mkdir()
-    frame.to_parquet(month_path / "part-00000-rewritten.parquet", index=False)
-
-
 @pytest.mark.parametrize(
     ("case", "damage", "message"),
     [

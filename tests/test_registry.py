@@ -7,6 +7,9 @@ Three releases are trained from one small training set: v1 (first, promoted as t
 from __future__ import annotations
 
 import datetime as dt
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -14,11 +17,14 @@ import pytest
 from conftest import ALL_MODELS, make_settings
 from mlflow_server import mlflow_server
 
+from spark_app import registry
 from spark_app.dataset import build_dataset
 from spark_app.registry import (
     CHALLENGER,
     CHAMPION,
+    AliasSwap,
     ReleaseNotFoundError,
+    compare_and_set_champion,
     load_release,
     promote,
 )
@@ -169,3 +175,62 @@ def test_the_bias_gate_refuses_a_challenger_whose_oot_bias_exceeds_the_limit(
     assert rows["value"]["metric"] == "cum24_bias" and not rows["value"]["ok"]
     assert all(abs(r["worsening"]) < 1e-9 for m, r in rows.items() if m != "value")
     assert alias_version(strict, CHAMPION) == 2
+
+
+PROMOTER = """
+import sys
+from spark_app.cli import main
+sys.exit(main(["promote", "--conf", sys.argv[1], "--version", sys.argv[2]]))
+"""
+
+
+def test_two_promotions_at_once_each_compare_with_the_champion_they_replace(releases, tmp_path):
+    """Two real processes promote v1 and v2 against the starved v3: the lease serializes them, so the
+    second compares with the first's result — never both with v3 — and the records say so."""
+    settings, _ = releases
+    client = mlflow_client(settings.mlflow)
+    name = settings.mlflow.model_name
+    client.set_registered_model_alias(name, CHAMPION, "3")
+    conf = tmp_path / "promote.yaml"
+    conf.write_text(json.dumps(settings.resolved()))
+    runs = [
+        subprocess.Popen([sys.executable, "-c", PROMOTER, str(conf), v], cwd=tmp_path, stderr=subprocess.PIPE)
+        for v in ("1", "2")
+    ]
+    codes = [run.wait(timeout=600) for run in runs]
+    logs = [run.stderr.read().decode() for run in runs]
+    assert codes == [0, 0], logs
+    compared = {v: client.get_model_version(name, v).tags["promotion.compared_with"] for v in ("1", "2")}
+    first = next(v for v, c in compared.items() if c == "3")
+    second = next(v for v in compared if v != first)
+    assert compared[second] == first  # the second saw the first's promotion
+    assert alias_version(settings, CHAMPION) == int(second)
+    assert client.get_model_version(name, second).tags["promotion.champion_after"] == second
+    assert any("held by another run" in text for text in logs)  # one of them waited for the lease
+    client.set_registered_model_alias(name, CHAMPION, "2")
+
+
+def test_a_champion_moved_by_hand_during_a_comparison_is_compared_with_in_turn(releases, monkeypatch):
+    """Someone moves the alias in the UI while `promote` compares: the alias is not overwritten blindly;
+    the challenger is compared again with the champion that is there now, and the record says so."""
+    settings, _ = releases
+    client = mlflow_client(settings.mlflow)
+    name = settings.mlflow.model_name
+    client.set_registered_model_alias(name, CHAMPION, "3")
+    assert compare_and_set_champion(client, name, 1, expected=2) == AliasSwap(False, 3, 3)
+    real_judge = registry.judge
+    calls = []
+
+    def judge_while_someone_clicks(*args, **kwargs):
+        calls.append(args[3])
+        decision = real_judge(*args, **kwargs)
+        if len(calls) == 1:
+            client.set_registered_model_alias(name, CHAMPION, "2")  # by hand, in the UI
+        return decision
+
+    monkeypatch.setattr(registry, "judge", judge_while_someone_clicks)
+    decision = promote(settings, version=1)
+    assert calls == [3, 2] and decision.attempts == 2
+    assert decision.promoted and decision.champion == 2 and decision.champion_after == 1
+    assert client.get_model_version(name, "1").tags["promotion.compared_with"] == "2"
+    client.set_registered_model_alias(name, CHAMPION, "2")

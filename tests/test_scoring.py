@@ -152,7 +152,8 @@ def test_release_columns_come_from_the_manifest_and_workers_cache_one_learner(re
     plan = make_plan(settings, release.manifest, version, "digest-a", MONTH, detail=False)
     assert plan.models == ALL_MODELS and plan.horizons == 24
     names = output_schema(plan).names
-    assert names[:5] == ["subscriber_id", "score_month", "release_version", "cltv", "cltv_24m"]
+    assert names[:6] == ["subscriber_id", "score_month", "release_version", "release_digest", "cltv",
+                         "cltv_24m"]  # fmt: skip
     assert "overheads_60m" in names and "p_active_60m" in names and "paid_h" not in names
     assert "sac_h" in output_schema(replace(plan, detail=True)).names
     assert set(plan.categorical) == {"segment", "tariff", "region", "device_type"}
