@@ -95,6 +95,18 @@ def spark_submit_path() -> str:
     return str(Path(home) / "bin" / "spark-submit")
 
 
+COMMAND_GROUPS = ("campaign",)  # jobs/campaign_design.py runs `cltv campaign design`
+
+
+def job_command(stem: str) -> list[str]:
+    """The `cltv` subcommand a jobs/<stem>.py runs: build_dataset → build-dataset, campaign_design →
+    campaign design."""
+    group, _, verb = stem.partition("_")
+    if group in COMMAND_GROUPS and verb:
+        return [group, verb.replace("_", "-")]
+    return [stem.replace("_", "-")]
+
+
 def local_command(args: list[str], python: str = sys.executable, image_root: Path | None = None) -> list[str]:
     """The command a step runs on this machine.
 
@@ -112,8 +124,7 @@ def local_command(args: list[str], python: str = sys.executable, image_root: Pat
         script = next((i for i, a in enumerate(args) if a.endswith(".py")), None)
         if script is None:
             raise ArgoError(f"spark-submit without a jobs/*.py script: {args}")
-        sub = Path(args[script]).stem.replace("_", "-")
-        return [python, "-m", "spark_app", sub, *args[script + 1 :]]
+        return [python, "-m", "spark_app", *job_command(Path(args[script]).stem), *args[script + 1 :]]
     if Path(args[0]).name == "cltv":
         return [python, "-m", "spark_app", *args[1:]]
     return list(args)

@@ -29,9 +29,11 @@ from pyspark.sql import types as T
 
 from spark_app.cltv import (
     SURVIVAL_POINTS,
+    VALUE_AT_RISK,
     Extrapolation,
     ValueFormula,
     cltv_columns,
+    value_at_risk,
 )
 from spark_app.contract import ID
 from spark_app.horizons import horizon_columns
@@ -93,6 +95,7 @@ def output_schema(plan: BatchPlan) -> T.StructType:
         T.StructField("cltv", T.DoubleType()),
         T.StructField(f"cltv_{min(24, total)}m", T.DoubleType()),
         *[T.StructField(name, T.DoubleType()) for name in interval_names(plan)],
+        T.StructField(VALUE_AT_RISK, T.DoubleType()),
         *[T.StructField(f"{c}_{total}m", T.DoubleType()) for c in plan.formula.components],
         *[
             T.StructField(f"p_{base}_{p}m", T.DoubleType())
@@ -320,6 +323,7 @@ def score_inputs(inputs: Inputs, learner: Learner, plan: BatchPlan) -> dict[str,
     forecasts = monthly_forecasts(learner.predict(horizon_rows(inputs, plan)), n, plan)
     cols = cltv_columns(forecasts, plan.score_month_index, plan.formula, plan.extrapolation)
     cols.update(interval_columns(forecasts, cols["cltv"], plan))
+    cols[VALUE_AT_RISK] = value_at_risk(forecasts, plan.formula)
     out: dict[str, np.ndarray] = {
         ID: inputs.ids,
         "score_month": np.full(n, (plan.score_month - EPOCH).days, dtype=np.int32),

@@ -186,6 +186,49 @@ def cmd_release_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _campaign_name(text: str) -> str:
+    import re
+
+    from spark_app.config import NAME_PATTERN
+
+    if not re.fullmatch(NAME_PATTERN, text):
+        raise argparse.ArgumentTypeError(f"not a campaign name: {text[:60]!r} (expected {NAME_PATTERN})")
+    return text
+
+
+def _date(text: str):
+    import datetime as dt
+
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date: {text!r} (expected YYYY-MM-DD)") from None
+
+
+def cmd_campaign_design(args: argparse.Namespace) -> int:
+    from spark_app.campaigns.design import design_campaign
+
+    settings = _settings(args)
+    result = design_campaign(_spark(settings), settings, args.campaign, args.month, launch_date=args.date)
+    return EXIT_VERDICT if result.refused else 0
+
+
+def cmd_campaign_publish(args: argparse.Namespace) -> int:
+    from spark_app.campaigns.publish import publish_campaign
+
+    settings = _settings(args)
+    publish_campaign(_spark(settings), settings, args.campaign, args.month, launch_date=args.date)
+    return 0
+
+
+def cmd_campaign_evaluate(args: argparse.Namespace) -> int:
+    from spark_app.campaigns.evaluate import evaluate_campaign
+
+    settings = _settings(args)
+    result = evaluate_campaign(_spark(settings), settings, args.campaign, args.month)
+    return EXIT_VERDICT if result.failed else 0
+
+
 # ------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cltv", description=__doc__)
@@ -260,6 +303,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("publish", cmd_publish, "write a month's _PUBLISHED marker and notify a webhook", "required")
     p.add_argument("--month", type=_month, required=True)
     p.add_argument("--webhook-url", default="", help="POST the published record here (empty: none)")
+
+    camp = sub.add_parser("campaign", help="retention campaigns: design, publish, evaluate")
+    camp_sub = camp.add_subparsers(dest="campaign_command", required=True)
+    for verb, handler, text, month_help in (
+        ("design", cmd_campaign_design, "target list, control group, A/A proof and MDE of a campaign",
+         "campaign month M (scored, with --detail)"),
+        ("publish", cmd_campaign_publish, "record a design's contacts in the contact history",
+         "campaign month M of the design"),
+        ("evaluate", cmd_campaign_evaluate, "Retention_N and value by group, with CIs, at the outcome month",
+         "outcome month E = M + outcome_months"),
+    ):  # fmt: skip
+        p = camp_sub.add_parser(verb, help=text, description=text)
+        _conf_arg(p, required=True)
+        p.add_argument("--campaign", type=_campaign_name, required=True, help="a key of campaigns in config")
+        p.add_argument("--month", type=_month, required=True, help=month_help)
+        if verb != "evaluate":
+            p.add_argument("--date", type=_date, default=None, help="launch date (default: the day after M)")
+        else:
+            p.set_defaults(date=None)
+        p.set_defaults(handler=handler)
 
     rel = sub.add_parser("release", help="check or seal a registered release's files")
     rel_sub = rel.add_subparsers(dest="release_command", required=True)

@@ -19,11 +19,13 @@ from typing import Any, TypeVar
 import numpy as np
 
 from spark_app.catalog import ModelCatalog
-from spark_app.config import CostsConfig
+from spark_app.config import VALUE_AT_RISK, CostsConfig
 from spark_app.months import forecast_days
 
+__all__ = ["VALUE_AT_RISK"]  # re-exported: the score column of value_at_risk
 SURVIVAL_POINTS = (12, 24, 60)
 OVERHEADS = "overheads"
+VAR_SURVIVAL_FLOOR = 0.05  # a survival curve this low no longer divides an amount: its amount is ~0 too
 
 _LOG_MIN, _LOG_MAX = -3.0, 12.0  # bounds of log(alpha + beta): polarised base .. geometric limit
 _X_MAX = 25.0  # bound of |log(beta / alpha)|
@@ -368,3 +370,24 @@ def cltv_columns(
             if point <= total:
                 out[f"p_{base}_{point}m"] = curve[:, point - 1]
     return out
+
+
+def value_at_risk(forecasts: dict[str, np.ndarray], formula: ValueFormula) -> np.ndarray:
+    """The expected value of the forecast months that churn takes away (docs/campaigns.md): what the
+    subscriber would bring if it stayed in its bases throughout, minus what it is expected to bring.
+
+    An amount forecast a_h is P(in its carrier base at h) × a survivor's amount, so churn takes
+    a_h (1/S_h − 1) of it; overheads are paid by survivors too, so retention costs overhead × (1 − P_h).
+    Undiscounted over the forecast months (24), S_h floored at VAR_SURVIVAL_FLOOR. `forecasts` as in
+    `cltv_columns`: (n, H) probabilities and monthly amounts; absent models count as zero.
+    """
+    first = next(iter(forecasts.values()))
+    total = np.zeros(first.shape[0])
+    for t in formula.terms:
+        if t.model_id in forecasts and t.carrier in forecasts:
+            lost = forecasts[t.model_id] * (1.0 / np.maximum(forecasts[t.carrier], VAR_SURVIVAL_FLOOR) - 1.0)
+            total += t.sign * t.unit_cost * lost.sum(axis=1)
+    base = formula.overhead_base
+    if base and formula.overhead_per_month and base in forecasts:
+        total -= formula.overhead_per_month * (1.0 - forecasts[base]).sum(axis=1)
+    return total

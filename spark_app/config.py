@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import stat
 from importlib import resources
 from pathlib import Path
@@ -78,6 +79,10 @@ class PathsConfig(_Section):
     datasets: str = Field(default="work/datasets", min_length=1)
     scores: str = Field(default="work/scores", min_length=1)
     monitoring: str = Field(default="work/monitoring", min_length=1)
+    campaigns: str = Field(default="work/campaigns", min_length=1)  # designs and evaluations
+    # the contact history (optional input; campaign publish writes its own partitions into it): a path
+    # that does not exist yet is an empty history
+    contacts: str = Field(default="work/contacts", min_length=1)
     # `cltv wait-for-inputs` (inputs_ready.py) checks hdfs:// inputs over WebHDFS, without a JVM
     webhdfs_url: str | None = None  # e.g. http://namenode:9870; None = hdfs:// inputs cannot be checked
     webhdfs_user: str | None = None  # user name for simple auth (ignored with kerberos)
@@ -89,6 +94,7 @@ class MlflowConfig(_Section):
     registry_uri: str | None = None
     experiment: str = "cltv"
     monitoring_experiment: str = "cltv-monitoring"
+    campaign_experiment: str = "cltv-campaigns"  # one run per campaign design and per evaluation
     model_name: str = "cltv"
     artifact_location: str | None = "work/mlartifacts"
     # MLflow's HTTP client retries ~4 minutes by default before a job learns the server is down; Argo
@@ -240,6 +246,75 @@ class MonitoringConfig(_Section):
         wrong = [f"{name}_fail ({fail}) < {name}_warn ({warn})" for name, warn, fail in pairs if fail < warn]
         if wrong:
             raise ValueError("a fail threshold below its warn threshold: " + "; ".join(wrong))
+        return self
+
+
+RULE_OPS = ("==", "!=", "<", "<=", ">", ">=", "in", "not_in", "is_null", "not_null")
+NAME_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"  # campaign and channel names: they become paths and labels
+VALUE_AT_RISK = "value_at_risk"  # the default ranking key (spark_app.campaigns.rules defines it)
+
+
+class AudienceRule(_Section):
+    """One filter of a channel's audience over the month's score and feature columns: column op value."""
+
+    column: str = Field(min_length=1)
+    op: Literal[RULE_OPS] = "=="  # type: ignore[valid-type]
+    value: str | int | float | bool | list[str | int | float | bool] | None = None
+
+    @model_validator(mode="after")
+    def _value_fits_op(self) -> AudienceRule:
+        listed = isinstance(self.value, list)
+        if self.op in ("in", "not_in") and not listed:
+            raise ValueError(f"op {self.op!r} takes a list of values")
+        if self.op in ("is_null", "not_null") and self.value is not None:
+            raise ValueError(f"op {self.op!r} takes no value")
+        if self.op not in ("in", "not_in", "is_null", "not_null") and (listed or self.value is None):
+            raise ValueError(f"op {self.op!r} takes one value")
+        return self
+
+
+class ChannelConfig(_Section):
+    """A contact channel of a campaign: who it may reach, whom it reaches first, how many, at what cost."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    audience: list[AudienceRule] = Field(default_factory=list)  # all must hold
+    ranking_key: str = VALUE_AT_RISK  # a numeric score or feature column, or value_at_risk
+    top_share: confloat(gt=0, le=1) | None = None  # of the channel's eligible audience, by ranking key
+    capacity: int | None = Field(default=None, ge=1, le=1_000_000_000)  # treated subscribers at most
+    control_share: confloat(gt=0, lt=1) = 0.1
+    contact_cost: confloat(ge=0) = 0.0  # per treated subscriber, in the operator's currency
+
+
+class CampaignConfig(_Section):
+    """A retention campaign: channels in priority order and the design's statistics (docs/campaigns.md)."""
+
+    description: str = ""
+    channels: conlist(ChannelConfig, min_length=1)
+    outcome_months: int = Field(default=2, ge=1, le=24)  # N of Retention_N; history month H = M − N
+    retention_model: str = "active"  # Retention_N = in this survival model's base (its fact flag) at M + N
+    freeze_days: int = Field(default=90, ge=0, le=3650)  # no contact on any channel this long before
+    alpha: confloat(gt=0, lt=0.5) = 0.05
+    power: confloat(gt=0.5, lt=1) = 0.8
+    aa_splits: int = Field(default=1000, ge=1000, le=100_000)
+    aa_rows: int = Field(default=200_000, ge=1000, le=10_000_000)  # hash-chosen subscribers the A/A uses
+    balance_alpha: confloat(gt=0, lt=0.5) = 0.01  # a covariate's balance this far in its re-split tail
+    strata_column: str | None = "segment"  # strata = value-at-risk decile × this column
+    consent_column: str | None = "marketing_consent"  # 1/true = may be contacted
+    consent_waived: bool = False  # no consent column: contact everyone (a deliberate choice)
+    batch_days: int = Field(default=10, ge=1, le=366)  # daily lists, each with the same value distribution
+    value_bins: int = Field(default=300, ge=1, le=100_000)  # bins of the ranking key the days share evenly
+
+    @model_validator(mode="after")
+    def _channels(self) -> CampaignConfig:
+        names = [c.name for c in self.channels]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"channels listed twice (overlapping channels): {twice}")
+        if self.consent_column is None and not self.consent_waived:
+            raise ValueError("consent_column is not set: name it, or set consent_waived: true")
+        for c in self.channels:
+            if c.top_share is None and c.capacity is None:
+                raise ValueError(f"channel {c.name!r}: set top_share and/or capacity")
         return self
 
 
@@ -413,6 +488,15 @@ class Settings(BaseSettings):
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
+    campaigns: dict[str, CampaignConfig] = Field(default_factory=dict)
+
+    @field_validator("campaigns")
+    @classmethod
+    def _campaign_names(cls, campaigns: dict[str, CampaignConfig]) -> dict[str, CampaignConfig]:
+        bad = [n for n in campaigns if not re.fullmatch(NAME_PATTERN, n)]
+        if bad:
+            raise ValueError(f"campaign names must match {NAME_PATTERN} (they become paths): {bad}")
+        return campaigns
 
     @model_validator(mode="after")
     def _cross_sections(self) -> Settings:
@@ -432,6 +516,12 @@ class Settings(BaseSettings):
                 problems.append(
                     f"models.profiles.{entry.model_id}.cltv.unit_cost: {cost!r} is neither a number nor a "
                     f"costs key ({numeric_costs})"
+                )
+        for name, campaign in self.campaigns.items():
+            if catalog.ids and campaign.retention_model not in survival:
+                problems.append(
+                    f"campaigns.{name}.retention_model: {campaign.retention_model!r} is not an enabled "
+                    f"classification model ({sorted(survival)})"
                 )
         if self.dataset.population != "base" and self.dataset.population not in survival:
             problems.append(

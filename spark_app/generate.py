@@ -3,23 +3,26 @@
 Every random draw is a counter-based hash of (seed, subscriber, month, stream), so a subscriber's history
 is the same whatever partition or batch simulates it. Spark splits the id range; each Arrow batch of ids
 is simulated month by month with numpy over all its subscribers at once. docs/synthetic_panel.md
-describes the generating process and the signal a model should find.
+describes the generating process and the signal a model should find. `replay_with_effect` replays the
+months after a campaign with a planted effect on churn, the same draws otherwise, and reports its size.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from spark_app.contract import ID, MONTH
-from spark_app.months import days_in_month_index, fmt, month_index
+from spark_app.contract import ID, MONTH, month_dirs, read_table
+from spark_app.months import add_months, days_in_month_index, fmt, month_index, month_range, months_between
 from spark_app.progress import StageTimer
 from spark_app.storage import Storage, write_parquet_staged
 
@@ -42,6 +45,10 @@ DEVICES = ("android_low", "android_mid", "android_high", "ios", "feature_phone",
 DEVICE_SHARE = (0.25, 0.3, 0.15, 0.2, 0.1)
 DEVICE_CHURN = np.array([0.25, 0.0, -0.1, -0.25, 0.35, 0.0])
 MARGIN_RATE = 0.62
+# What retention campaigns select on (static, observable). Drawn from streams of their own (40+, 140+), so
+# adding them changed no other column of a panel of the same seed.
+CONSENT_BY_DEVICE = np.array([0.78, 0.82, 0.84, 0.84, 0.60, 0.82])  # feature-phone owners opt in less
+MANAGER_BY_TARIFF = np.array([0.03, 0.03, 0.15, 0.30, 0.50, 0.60, 0.37, 0.45])  # FMC, FTTB, dear mobile
 
 # Calendar effects by month of year (index 0 = January).
 DATA_SEASON = np.array([0.95, 0.93, 0.97, 0.98, 1.0, 1.06, 1.14, 1.15, 1.02, 0.98, 0.96, 1.02])
@@ -76,6 +83,7 @@ CHANNEL_GHOST = np.array([0.08, 0.15, 0.01, 0.04, 0.01])  # activated for the co
 CHANNEL_QUIT = np.array([0.15, 0.35, -0.3, 0.05, -0.2])
 CHANNEL_FEE = np.array([4.0, 3.0, 1.0, 2.5, 0.5])  # dealer commission in the activation month
 CHANNEL_BONUS = np.array([3.0, 2.0, 0.0, 1.5, 0.0])  # paid in month 1 only if the SIM topped up then
+CONSENT_BY_TIER = np.array([0.50, 0.72, 0.76, 0.78])  # marketing consent: basic handsets opt in less
 DENOMINATIONS = np.array([1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0])  # vouchers on sale
 STARTER_CREDIT = 2.0  # credit a new SIM comes with
 SPEND_SEASON = np.array([0.92, 0.9, 0.97, 0.98, 1.0, 1.02, 1.08, 1.08, 1.0, 0.98, 0.98, 1.2])
@@ -138,11 +146,13 @@ CONVERGENT = ProfileColumns(
         "is_paid",
         "is_active",
         "sac_6m",
+        "marketing_consent",
+        "has_personal_manager",
     ),
     categorical={"segment": SEGMENTS, "tariff": TARIFFS, "region": REGIONS, "device_type": DEVICES},
     int_numeric=frozenset(
         {"tenure_months", "n_services", "complaints_3m", "months_since_active", "paid_months_6m"}
-        | {"is_paid", "is_active"}
+        | {"is_paid", "is_active", "marketing_consent", "has_personal_manager"}
     ),
     paid_flag="in_paid_base",
     active_flag="in_active_base",
@@ -176,6 +186,7 @@ PREPAID = ProfileColumns(
         "is_revenue_month",
         "is_usage_month",
         "dealer_fee_6m",
+        "marketing_consent",
     ),
     categorical={
         "plan_code": PLANS,
@@ -185,7 +196,7 @@ PREPAID = ProfileColumns(
     },
     int_numeric=frozenset(
         {"sim_age_months", "topups_1m", "topups_3m", "days_since_topup", "months_since_last_topup"}
-        | {"inactive_months_6m", "is_revenue_month", "is_usage_month"}
+        | {"inactive_months_6m", "is_revenue_month", "is_usage_month", "marketing_consent"}
     ),
     paid_flag="is_paying",
     active_flag="is_live",
@@ -300,12 +311,32 @@ def _acquisition(
     return initial, np.where(initial, -1 - tenure_at_burn_in, acq_new)
 
 
-def simulate_convergent(ids: np.ndarray, spec: PanelSpec) -> Sim:
-    """Simulate the subscribers `ids` over burn-in + panel months; arrays are (subscribers, months)."""
+def _churn_factors(churn_factor: np.ndarray | None, n: int, total: int) -> np.ndarray | None:
+    """`churn_factor` as a (subscribers, months) view, or None: checked once, not in the monthly loop."""
+    if churn_factor is None:
+        return None
+    try:
+        return np.broadcast_to(np.asarray(churn_factor, dtype=np.float64), (n, total))
+    except ValueError:
+        raise ValueError(
+            f"churn_factor of shape {np.shape(churn_factor)} does not broadcast to (subscribers, burn-in + "
+            f"panel months) = {(n, total)}"
+        ) from None
+
+
+def simulate_convergent(ids: np.ndarray, spec: PanelSpec, churn_factor: np.ndarray | None = None) -> Sim:
+    """Simulate the subscribers `ids` over burn-in + panel months; arrays are (subscribers, months).
+
+    `churn_factor` (broadcast to (subscribers, months), simulation month columns as in the returned arrays)
+    multiplies the probability of every move to OUT — from paid, dormant and idle — in its month; the other
+    moves keep their bands of the same draw, so a churner it saves stays where it was. None (or 1.0) gives
+    the unchanged simulation, bit for bit.
+    """
     n, total = len(ids), BURN_IN + spec.months
     seed = spec.seed
     first = spec.first_index - BURN_IN
     static = -1  # month key of draws made once per subscriber
+    factors = _churn_factors(churn_factor, n, total)
 
     # --- who, when, what
     _, acq = _acquisition(ids, spec, (1, 2, 3), initial_share=0.35, mean_tenure=28.0, season=ACQ_SEASON)
@@ -324,6 +355,8 @@ def simulate_convergent(ids: np.ndarray, spec: PanelSpec) -> Sim:
     data_level = np.where(segment == 2, 0.0, data_level)
     voice_level = np.where(segment == 2, 0.0, 9.0 * np.exp(0.6 * normal(seed, ids, static, 11)))
     price0 = TARIFF_PRICE[tariff] * (1 + 0.05 * normal(seed, ids, static, 12))
+    consent = uniform(seed, ids, static, 40) < CONSENT_BY_DEVICE[device]
+    manager = uniform(seed, ids, static, 41) < MANAGER_BY_TARIFF[tariff]
 
     shape = (n, total)
     status = np.zeros(shape, dtype=np.int8)
@@ -387,17 +420,20 @@ def simulate_convergent(ids: np.ndarray, spec: PanelSpec) -> Sim:
         u = uniform(seed, ids, key, 24)
         p_churn = _sigmoid(churn_logit)
         p_doze = _sigmoid(-4.8 + 2.5 * (1.0 - engagement) + 0.3 * frailty)
+        f = 1.0 if factors is None else factors[:, m]  # x 1.0 is exact: no factor changes no draw
         new_state = state.copy()
         paid_now = in_base & (state == PAID)
-        new_state[paid_now & (u < p_churn)] = OUT
-        new_state[paid_now & (u >= p_churn) & (u < p_churn + p_doze)] = DORMANT
+        paid_out = paid_now & (u < f * p_churn)
+        new_state[paid_out] = OUT
+        new_state[paid_now & ~paid_out & (u >= p_churn) & (u < p_churn + p_doze)] = DORMANT
         dormant = in_base & (state == DORMANT)
         p_back = 0.22 * engagement + 0.05
-        new_state[dormant & (u < 0.18 + p_churn)] = OUT
-        new_state[dormant & (u >= 0.18 + p_churn) & (u < 0.40 + p_churn)] = IDLE
+        dormant_out = dormant & (u < f * (0.18 + p_churn))
+        new_state[dormant_out] = OUT
+        new_state[dormant & ~dormant_out & (u >= 0.18 + p_churn) & (u < 0.40 + p_churn)] = IDLE
         new_state[dormant & (u >= 1 - p_back)] = PAID
         idle = in_base & (state == IDLE)
-        new_state[idle & (u < 0.30 + p_churn)] = OUT
+        new_state[idle & (u < f * (0.30 + p_churn))] = OUT
         reactivated = idle & (u >= 1 - 0.5 * p_back)
         new_state[reactivated] = PAID
         engagement = np.where(reactivated | joining, np.maximum(engagement, 0.8), engagement)
@@ -452,6 +488,8 @@ def simulate_convergent(ids: np.ndarray, spec: PanelSpec) -> Sim:
         "region": region,
         "device": device,
         "n_services": n_services,
+        "consent": consent,
+        "manager": manager,
     }
 
 
@@ -543,20 +581,26 @@ def convergent_features(sim: Sim, cells: Cells) -> dict[str, np.ndarray]:
         "is_paid": at(paid).astype(np.int32),
         "is_active": at(active).astype(np.int32),
         "sac_6m": at(_trailing(sim["sac"], 6)),
+        "marketing_consent": cells.of(sim["consent"]).astype(np.int32),
+        "has_personal_manager": cells.of(sim["manager"]).astype(np.int32),
     }
 
 
-def simulate_prepaid(ids: np.ndarray, spec: PanelSpec) -> Sim:
+def simulate_prepaid(ids: np.ndarray, spec: PanelSpec, churn_factor: np.ndarray | None = None) -> Sim:
     """Simulate prepaid SIMs `ids` over burn-in + panel months; arrays are (subscribers, months).
 
     Revenue is booked when a subscriber tops up, so months without a top-up bring no revenue; credit is
     then used up within the month or the next. Churn is mostly silent: an abandoned SIM stays in the base
     without revenue until the operator disconnects it DISCONNECT_AFTER months after its last top-up.
+    `churn_factor` (as in `simulate_convergent`) multiplies the quitting hazard — porting out, abandoning a
+    SIM in use or at rest — in its month; the disconnection of a SIM without top-ups is the operator's rule
+    and stays.
     """
     n, total = len(ids), BURN_IN + spec.months
     seed = spec.seed
     first = spec.first_index - BURN_IN
     static = -1  # month key of draws made once per subscriber; streams 100+ are the prepaid profile's
+    factors = _churn_factors(churn_factor, n, total)
 
     # --- who, when, what
     initial, acq = _acquisition(
@@ -583,6 +627,7 @@ def simulate_prepaid(ids: np.ndarray, spec: PanelSpec) -> Sim:
         HANDSET_DATA_SHARE[tier] + PLAN_DATA_SHARE[plan] + 0.1 * normal(seed, ids, static, 114), 0.0, 0.95
     )
     incoming_level = 20.0 * np.exp(0.8 * normal(seed, ids, static, 115) - 0.32)  # minutes a month
+    consent = uniform(seed, ids, static, 140) < CONSENT_BY_TIER[tier]
 
     shape = (n, total)
     status = np.zeros(shape, dtype=np.int8)
@@ -649,13 +694,15 @@ def simulate_prepaid(ids: np.ndarray, spec: PanelSpec) -> Sim:
         p_port = 0.1 * p_quit  # the number is ported out: gone at once, not silently
         p_rest = _sigmoid(-3.4 + 2.2 * (1.0 - engagement) + 0.4 * frailty + 0.3 * (moy == 0))
         u = uniform(seed, ids, key, 122)
+        f = 1.0 if factors is None else factors[:, m]  # x 1.0 is exact: no factor changes no draw
         new_state = state.copy()
         using = in_base & (state == USING)
-        new_state[using & (u < p_port)] = OUT
-        new_state[using & (u >= p_port) & (u < p_quit)] = ABANDONED
-        new_state[using & (u >= p_quit) & (u < p_quit + p_rest)] = RESTING
+        quits = using & (u < f * p_quit)
+        new_state[using & (u < f * p_port)] = OUT
+        new_state[using & (u >= f * p_port) & (u < f * p_quit)] = ABANDONED
+        new_state[using & ~quits & (u >= p_quit) & (u < p_quit + p_rest)] = RESTING
         resting = in_base & (state == RESTING)
-        new_state[resting & (u < 0.05 + p_quit)] = ABANDONED
+        new_state[resting & (u < f * (0.05 + p_quit))] = ABANDONED
         woke = resting & (u >= 0.92 - 0.25 * engagement)
         new_state[woke] = USING
         engagement = np.where(woke, np.maximum(engagement, 0.7), engagement)
@@ -756,6 +803,7 @@ def simulate_prepaid(ids: np.ndarray, spec: PanelSpec) -> Sim:
         "province": province,
         "tier": tier,
         "channel": channel,
+        "consent": consent,
     }
 
 
@@ -812,14 +860,19 @@ def prepaid_features(sim: Sim, cells: Cells) -> dict[str, np.ndarray]:
         "is_revenue_month": at(revenue).astype(np.int32),
         "is_usage_month": at(usage).astype(np.int32),
         "dealer_fee_6m": at(_trailing(sim["commission"], 6)),
+        "marketing_consent": cells.of(sim["consent"]).astype(np.int32),
     }
+
+
+class Simulate(Protocol):
+    def __call__(self, ids: np.ndarray, spec: PanelSpec, churn_factor: np.ndarray | None = None) -> Sim: ...
 
 
 @dataclass(frozen=True)
 class Simulator:
     """How a profile simulates subscribers and turns the simulation into features and facts columns."""
 
-    simulate: Callable[[np.ndarray, PanelSpec], Sim]
+    simulate: Simulate
     features: Callable[[Sim, Cells], dict[str, np.ndarray]]
     facts: Callable[[Sim, Cells], dict[str, np.ndarray]]
 
@@ -860,17 +913,25 @@ def _label(codes: str, names: tuple[str, ...]):
 
 def panel_table(spark: SparkSession, spec: PanelSpec, table: str, partitions: int) -> DataFrame:
     """The `table` of the panel as a lazy DataFrame in the input contract."""
+    return _simulated_table(spark.range(0, spec.subscribers, numPartitions=partitions), spec, table)
+
+
+def _simulated_table(
+    ids: DataFrame, spec: PanelSpec, table: str, churn_factor: np.ndarray | None = None
+) -> DataFrame:
+    """`table` rows of the subscribers in `ids` (a long column `id`), simulated where their batch lands.
+
+    `churn_factor` is one row over the simulation months, the same for every subscriber of `ids`.
+    """
     simulate = SIMULATORS[spec.profile].simulate
     columns = spec.columns
 
     def simulate_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
-            ids = batch["id"].to_numpy(dtype=np.int64)
-            yield panel_rows(simulate(ids, spec), spec, table)
+            sids = batch["id"].to_numpy(dtype=np.int64)
+            yield panel_rows(simulate(sids, spec, churn_factor), spec, table)
 
-    raw = spark.range(0, spec.subscribers, numPartitions=partitions).mapInPandas(
-        simulate_batches, _spark_schema(columns, table)
-    )
+    raw = ids.mapInPandas(simulate_batches, _spark_schema(columns, table))
     keyed = raw.select(
         F.format_string("S%09d", F.col("sid")).alias(ID),
         F.add_months(F.lit(spec.start), F.col("month_offset")).alias(MONTH),
@@ -889,6 +950,7 @@ def generate_panel(
     # ~50k subscribers a task: progress in the log stays fine-grained and a task's memory stays small
     partitions = partitions or max(spark.sparkContext.defaultParallelism * 2, -(-spec.subscribers // 50_000))
     storage = Storage(spark)
+    storage.delete(f"{out.rstrip('/')}/{EFFECT_FILE}")  # a replay's truth does not hold for a new panel
     timer = StageTimer()
     log.info(
         "generating %s: %d subscribers x %d months from %s (seed %d) in %d partitions into %s",
@@ -959,6 +1021,190 @@ def panel_summary(facts: DataFrame, columns: ProfileColumns = CONVERGENT) -> dic
         "zero_margin_share": sum(r["zero_margin"] for r in per_month) / max(rows, 1),
         "monthly_churn": (gone["gone"] or 0) / max(gone["base"] or 0, 1),
     }
+
+
+# ---------------------------------------------------------------- a campaign with a known effect
+EFFECT_FILE = "_effect.json"  # beside the tables: the underscore keeps Spark's readers off it
+TABLES = ("features", "facts")
+
+
+@dataclass(frozen=True)
+class EffectTruth:
+    """What `replay_with_effect` planted, measured on the treated subscribers without and with it.
+
+    `facts_*` hold the treated subscribers' facts rows of the window months (subscriber_id, report_month as
+    a date, every facts column), so the true effect on any value formula is the difference of two sums.
+    """
+
+    treated: int  # distinct treated subscribers, whether in the base or not
+    first_month: dt.date
+    months: int
+    churn_factor: float
+    retained_without: int  # treated in the active base in the window's last month, as generated
+    retained_with: int  # the same with the effect
+    retention_effect: float  # (retained_with - retained_without) / treated: the true effect on Retention_N
+    facts_without: pd.DataFrame = field(repr=False, compare=False)
+    facts_with: pd.DataFrame = field(repr=False, compare=False)
+
+    @property
+    def last_month(self) -> dt.date:
+        return add_months(self.first_month, self.months - 1)
+
+    def summary(self) -> dict[str, object]:
+        """Everything but the frames, JSON-ready: what `{out}/_effect.json` holds."""
+        return {
+            "treated": self.treated,
+            "first_month": self.first_month.isoformat(),
+            "last_month": self.last_month.isoformat(),
+            "months": self.months,
+            "churn_factor": self.churn_factor,
+            "retained_without": self.retained_without,
+            "retained_with": self.retained_with,
+            "retention_effect": self.retention_effect,
+        }
+
+
+def _treated_sids(treated_ids: list[str] | pd.Series, spec: PanelSpec) -> np.ndarray:
+    """The simulation's int ids of panel ids `S%09d`, distinct and sorted; any other id is refused."""
+    text = pd.Series(treated_ids, dtype="string")
+    valid = text.str.fullmatch(r"S[0-9]{9}").fillna(False).astype(bool)
+    if not valid.all():
+        raise ValueError(f"treated_ids: not panel subscriber ids (S%09d): {list(text[~valid].head(5))}")
+    sids = np.unique(text.str.slice(1).astype("int64").to_numpy())
+    if len(sids) == 0:
+        raise ValueError("treated_ids: no subscriber to treat")
+    if sids[-1] >= spec.subscribers:
+        raise ValueError(f"treated_ids: S{sids[-1]:09d} is beyond the panel's {spec.subscribers} subscribers")
+    return sids
+
+
+def _check_panel_months(storage: Storage, base: str, spec: PanelSpec) -> None:
+    """Refuse a panel whose month partitions are not the spec's: its replay would not be the panel's."""
+    expected = month_range(spec.start, add_months(spec.start, spec.months - 1))
+    for table in TABLES:
+        found, _ = month_dirs(storage, f"{base}/{table}", table)
+        if sorted(found) != expected:
+            held = f"{fmt(min(found))}..{fmt(max(found))} ({len(found)} months)" if found else "no months"
+            raise ValueError(
+                f"{base}/{table} holds {held}, not the spec's {fmt(expected[0])}..{fmt(expected[-1])}: "
+                "replay with the PanelSpec that generated the panel"
+            )
+
+
+def _flag_counts(facts: DataFrame, columns: ProfileColumns) -> tuple[int, int, int]:
+    row = facts.agg(F.count(F.lit(1)), *[F.sum(c) for c in columns.fact_flags]).first()
+    return int(row[0]), int(row[1] or 0), int(row[2] or 0)
+
+
+def _facts_frame(facts: DataFrame, columns: ProfileColumns) -> pd.DataFrame:
+    frame = facts.select(ID, MONTH, *columns.facts).toPandas()
+    return frame.sort_values([ID, MONTH], ignore_index=True)
+
+
+def _retained(facts: pd.DataFrame, columns: ProfileColumns, month: dt.date) -> int:
+    return int(((facts[MONTH] == month) & (facts[columns.active_flag] == 1)).sum())
+
+
+def replay_with_effect(
+    spark: SparkSession,
+    out: str,
+    spec: PanelSpec,
+    treated_ids: list[str] | pd.Series,
+    first_month: dt.date,
+    months: int,
+    churn_factor: float,
+) -> EffectTruth:
+    """Replay the months after a campaign with a planted effect on churn, and return its true size.
+
+    The treated subscribers are simulated again with their churn hazard (the profile's: see
+    `simulate_convergent`, `simulate_prepaid`) times `churn_factor` in the months [first_month,
+    first_month + months), every draw otherwise the same (common random numbers): the difference between
+    the panel and the replay is the effect and nothing else. From `first_month` to the panel's end the
+    treated subscribers' rows of `{out}/features` and `{out}/facts` are replaced by their replayed ones (a
+    subscriber may appear or disappear in a month); every other row is kept. Both tables are rewritten
+    whole (one file a month), staged and swapped in only once both are written, so a failure leaves the old
+    panel; simpler than swapping partitions, and fast enough: 15-25 s for 20k subscribers x 40 months on two
+    busy cores (generating that panel takes ~45 s).
+
+    The truth compares the replay with the simulation without any effect, i.e. the panel as generated.
+    `spec` must be the one that generated it (its months are checked, and the treated rows before the
+    window must be reproduced). Replays do not compose: a treated subscriber is replayed from the original
+    draws, and `{out}/_effect.json` describes the last replay only.
+    """
+    base = out.rstrip("/")
+    columns = spec.columns
+    offset = months_between(spec.start, first_month)
+    if first_month.day != 1 or months < 1 or offset < 0 or offset + months > spec.months:
+        panel_end = add_months(spec.start, spec.months - 1)
+        raise ValueError(
+            f"effect window {first_month.isoformat()} + {months} months is not inside the panel "
+            f"{fmt(spec.start)}..{fmt(panel_end)}"
+        )
+    if not (math.isfinite(churn_factor) and churn_factor >= 0):
+        raise ValueError(f"churn_factor must be finite and >= 0, got {churn_factor}")
+    sids = _treated_sids(treated_ids, spec)
+    storage = Storage(spark)
+    _check_panel_months(storage, base, spec)
+    last_month = add_months(first_month, months - 1)
+
+    factor = np.ones((1, BURN_IN + spec.months))
+    factor[:, BURN_IN + offset : BURN_IN + offset + months] = churn_factor
+    treated = spark.createDataFrame(pd.DataFrame({"id": sids}))
+    keys = F.broadcast(treated.select(F.format_string("S%09d", "id").alias(ID), F.lit(True).alias("_t")))
+    replayed = {table: _simulated_table(treated, spec, table, factor) for table in TABLES}
+    old = {table: read_table(spark, f"{base}/{table}", table) for table in TABLES}
+    since = F.col(MONTH) >= F.lit(first_month)
+    window = since & (F.col(MONTH) <= F.lit(last_month))
+    replayed_facts = replayed["facts"].cache()
+    try:
+        old_treated = old["facts"].join(keys, ID).drop("_t")
+        before = _flag_counts(old_treated.where(~since), columns)
+        if before != _flag_counts(replayed_facts.where(~since), columns):
+            raise ValueError(
+                f"{base}: the treated subscribers' rows before {fmt(first_month)} are not what {spec} "
+                f"simulates (rows, {', '.join(columns.fact_flags)}: {before} in the panel): the panel was "
+                "generated with another spec, or replayed before"
+            )
+        facts_without = _facts_frame(_simulated_table(treated, spec, "facts").where(window), columns)
+        facts_with = _facts_frame(replayed_facts.where(window), columns)
+
+        storage.delete(f"{base}/{EFFECT_FILE}")  # the tables are about to change: an older truth is void
+        with storage.staged(f"{base}/features") as features_at, storage.staged(f"{base}/facts") as facts_at:
+            for table, staging in (("features", features_at), ("facts", facts_at)):
+                new = replayed_facts if table == "facts" else replayed[table]
+                kept = old[table].join(keys, ID, "left").where(F.col("_t").isNull() | ~since).drop("_t")
+                rows = kept.unionByName(new.where(since)).select(*new.columns)
+                rows.repartition(MONTH).write.mode("overwrite").partitionBy(MONTH).parquet(staging)
+    finally:
+        replayed_facts.unpersist()
+
+    retained_without = _retained(facts_without, columns, last_month)
+    retained_with = _retained(facts_with, columns, last_month)
+    truth = EffectTruth(
+        treated=len(sids),
+        first_month=first_month,
+        months=months,
+        churn_factor=float(churn_factor),
+        retained_without=retained_without,
+        retained_with=retained_with,
+        retention_effect=(retained_with - retained_without) / len(sids),
+        facts_without=facts_without,
+        facts_with=facts_with,
+    )
+    panel = {"profile": spec.profile, "seed": spec.seed, "subscribers": spec.subscribers}
+    storage.write_json(f"{base}/{EFFECT_FILE}", {**truth.summary(), "panel": panel})
+    log.info(
+        "replayed %d treated subscribers of %s, churn x %g in %s..%s: %d -> %d in the active base (%+.4f)",
+        truth.treated,
+        base,
+        truth.churn_factor,
+        fmt(first_month),
+        fmt(last_month),
+        retained_without,
+        retained_with,
+        truth.retention_effect,
+    )
+    return truth
 
 
 SIMULATORS: dict[str, Simulator] = {

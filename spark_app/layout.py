@@ -38,6 +38,8 @@ def workdir_layers(workdir: Path, panel: Path) -> dict[str, dict[str, str]]:
             "datasets": str(workdir / "datasets"),
             "scores": str(workdir / "scores"),
             "monitoring": str(workdir / "monitoring"),
+            "campaigns": str(workdir / "campaigns"),
+            "contacts": str(workdir / "contacts"),
         },
         "mlflow": {
             "tracking_uri": f"sqlite:///{workdir / 'mlflow.db'}",
@@ -78,6 +80,32 @@ def dataset_dir(paths: PathsConfig, dataset_id: str) -> str:
 
 def latest_file(paths: PathsConfig) -> str:
     return f"{datasets_root(paths)}/{LATEST}"
+
+
+CAMPAIGN = "campaign"  # partition column of campaign outputs and of the contact history
+CAMPAIGN_MONTH = "month"  # the campaign's month M (designs, contacts) or outcome month E (evaluations)
+DESIGN_JSON = "_design.json"  # beside a design's Parquet list: counts, MDE, A/A, balance, verdict
+EVALUATION_JSON = "_evaluation.json"
+PUBLISHED_CONTACTS = "_published.json"  # in a contact-history partition written by `campaign publish`
+
+
+def campaign_root(paths: PathsConfig, campaign: str) -> str:
+    return f"{paths.campaigns.rstrip('/')}/{CAMPAIGN}={campaign}"
+
+
+def design_dir(paths: PathsConfig, campaign: str, month: dt.date) -> str:
+    """The target list of `campaign` for month M (Parquet) with its _design.json."""
+    return partition(campaign_root(paths, campaign), CAMPAIGN_MONTH, month)
+
+
+def evaluation_dir(paths: PathsConfig, campaign: str, month: dt.date) -> str:
+    """The evaluation of `campaign` at its outcome month E (it records the design month M)."""
+    return partition(f"{campaign_root(paths, campaign)}/evaluation", CAMPAIGN_MONTH, month)
+
+
+def contacts_partition(paths: PathsConfig, campaign: str, month: dt.date) -> str:
+    """What `campaign publish` writes into the contact history: one partition per (campaign, month)."""
+    return partition(f"{paths.contacts.rstrip('/')}/{CAMPAIGN}={campaign}", CAMPAIGN_MONTH, month)
 
 
 def promotion_target(paths: PathsConfig, model_name: str) -> str:

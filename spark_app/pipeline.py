@@ -12,8 +12,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import yaml
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
+from spark_app.campaigns.design import DesignResult, design_campaign
+from spark_app.campaigns.evaluate import evaluate_campaign
+from spark_app.campaigns.publish import publish_campaign
 from spark_app.config import (
     BASE_FILES,
     Settings,
@@ -25,7 +31,7 @@ from spark_app.config import (
     read_config_file,
 )
 from spark_app.dataset import build_dataset
-from spark_app.generate import PanelSpec, generate_panel
+from spark_app.generate import EffectTruth, PanelSpec, generate_panel, replay_with_effect
 from spark_app.layout import workdir_layers
 from spark_app.monitoring import monitor_month
 from spark_app.months import add_months, fmt, months_between, parse_month
@@ -49,6 +55,8 @@ class DemoPlan:
     panel_months: int
     target_end: dt.date
     score_months: list[dt.date] = field(default_factory=list)
+    campaign: str | None = None  # the first configured campaign: designed at campaign_month, evaluated last
+    campaign_month: dt.date | None = None
 
     @classmethod
     def for_panel(cls, start: dt.date, months: int, settings: Settings) -> DemoPlan:
@@ -60,8 +68,15 @@ class DemoPlan:
                 f"demo: --months must be at least {need} for horizons up to {settings.dataset.max_horizon}"
             )
         n_scores = min(4, months_between(earliest_end, last) + 1)
+        campaign = next(iter(settings.campaigns), None)
+        outcome = settings.campaigns[campaign].outcome_months if campaign else 0
+        # a campaign needs its month M = last − N and its history month H = M − N scored (with detail)
+        n_scores = min(max(n_scores, 2 * outcome + 1), months - 1)
         scores = [add_months(last, -k) for k in reversed(range(n_scores))]
-        return cls(start, months, earliest_end, scores)
+        if campaign and 2 * outcome + 1 > n_scores:
+            campaign = None
+        month = add_months(last, -outcome) if campaign else None
+        return cls(start, months, earliest_end, scores, campaign, month)
 
 
 def write_demo_conf(workdir: Path, conf: Path | None, env_file: Traversable | None = None) -> Path:
@@ -119,12 +134,23 @@ def run_demo(
     with timer.stage("promote"):
         decision = promote(settings, version=None, auto=True)
     scores = []
-    for month in plan.score_months:
+    before = [m for m in plan.score_months if plan.campaign_month is None or m <= plan.campaign_month]
+    for month in before:
+        with timer.stage(f"score {fmt(month)}"):
+            scores.append(score_month(spark, settings, month=month, release="champion", detail=True))
+    effect = None
+    if plan.campaign is not None and plan.campaign_month is not None:
+        effect = run_campaign(spark, settings, plan, spec, workdir, timer)
+    for month in plan.score_months[len(before) :]:
         with timer.stage(f"score {fmt(month)}"):
             scores.append(score_month(spark, settings, month=month, release="champion", detail=True))
     last = plan.score_months[-1]
     with timer.stage("monitor"):
         monitor = monitor_month(spark, settings, month=last)
+    evaluation = None
+    if effect is not None:
+        with timer.stage("campaign evaluate"):
+            evaluation = evaluate_campaign(spark, settings, plan.campaign, last)
     with timer.stage("report"):
         report = build_report(spark, settings, month=last)
     summary = {
@@ -149,6 +175,22 @@ def run_demo(
         else "ok"
     )
     log.info("  monitor %s for %s; report: %s", verdict, fmt(last), report)
+    if evaluation is not None and effect is not None:
+        retention = evaluation.results[
+            (evaluation.results["metric"] == "retention") & (evaluation.results["estimator"] == "stratified")
+        ]
+        measured = ", ".join(
+            f"{r.channel} {r.diff:+.1%} (95 % CI {r.ci_low:+.1%}..{r.ci_high:+.1%})"
+            if np.isfinite(r.ci_low)
+            else f"{r.channel} n/a (too few subscribers per stratum and group)"
+            for r in retention.itertuples(index=False)
+        )
+        log.info(
+            "  campaign %s of %s: planted effect on Retention_%d of the treated %+.1f points (churn hazard "
+            "x %s); measured by channel: %s", plan.campaign, fmt(plan.campaign_month), len(effect.window),
+            100 * effect.truth.retention_effect, effect.truth.churn_factor, measured,
+        )  # fmt: skip
+        summary["campaign"] = {"design": effect.design.path, "evaluation": evaluation.path}
     log.info(
         "  rerun any stage with --conf %s, e.g. cltv score --conf %s --month %s",
         demo_conf,
@@ -156,3 +198,38 @@ def run_demo(
         fmt(last),
     )
     return summary
+
+
+DEMO_CHURN_FACTOR = 0.5  # the demo's planted campaign effect: the treated churn half as often for N months
+
+
+@dataclass(frozen=True)
+class CampaignDemo:
+    design: DesignResult
+    truth: EffectTruth
+    window: list[dt.date]
+
+
+def run_campaign(
+    spark: SparkSession, settings: Settings, plan: DemoPlan, spec: PanelSpec, workdir: Path, timer: StageTimer
+) -> CampaignDemo:
+    """Design and publish the campaign at month M, then replay the panel's months after M with a planted
+    effect on the treated (spark_app.generate.replay_with_effect), so the evaluation has one to find."""
+    name, month = plan.campaign, plan.campaign_month
+    assert name is not None and month is not None
+    with timer.stage("campaign design"):
+        design = design_campaign(spark, settings, name, month)
+    if design.refused:
+        log.warning("campaign %s %s refused: %s", name, fmt(month), "; ".join(design.reasons))
+    with timer.stage("campaign publish"):
+        publish_campaign(spark, settings, name, month)
+    outcome = settings.campaigns[name].outcome_months
+    window = [add_months(month, k) for k in range(1, outcome + 1)]
+    with timer.stage("replay with a planted effect"):
+        listed = spark.read.parquet(design.path)
+        treated = listed.where(F.col("group") == F.lit("treatment")).select("subscriber_id")
+        ids = [r[0] for r in treated.collect()]
+        truth = replay_with_effect(
+            spark, str(workdir.resolve() / "panel"), spec, ids, window[0], outcome, DEMO_CHURN_FACTOR
+        )
+    return CampaignDemo(design, truth, window)

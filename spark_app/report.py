@@ -30,6 +30,7 @@ from pyspark.sql import functions as F
 
 from spark_app import tracking
 from spark_app.backtest import VALUE_CUM
+from spark_app.campaigns.evaluate import review_tables
 from spark_app.catalog import ModelCatalog
 from spark_app.checks import FAIL, SKIPPED, WARN
 from spark_app.config import Settings
@@ -658,6 +659,9 @@ def build_report(
             section_intervals(settings, monitored["coverage"], monitored["backtest"], scores),
         ),
     ]
+    campaigns = [table(frame, title) for title, frame in review_tables(spark, settings, month)]
+    if campaigns:
+        sections.append(Section("Retention campaigns", campaigns))
     page = render(
         fmt(month), summary, info, sections, dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     )

@@ -73,6 +73,10 @@ def test_the_expected_manifests_exist():
         ("WorkflowTemplate", "cltv-monthly-scoring"),
         ("WorkflowTemplate", "cltv-release"),
         ("CronWorkflow", "cltv-monthly-scoring"),
+        ("WorkflowTemplate", "cltv-campaign"),
+        ("WorkflowTemplate", "cltv-campaign-evaluation"),
+        ("CronWorkflow", "cltv-campaign"),
+        ("CronWorkflow", "cltv-campaign-evaluation"),
     } <= kinds
 
 
@@ -435,6 +439,46 @@ def test_local_command_translates_spark_submit_and_cltv():
         "--m",
     ]
     assert local_command(["echo", "hi"], python="py") == ["echo", "hi"]
+    job = ["spark-submit", "--master", "yarn", "/opt/cltv/jobs/campaign_design.py", "--month", "2026-04"]
+    assert local_command(job, python="py") == [
+        "py",
+        "-m",
+        "spark_app",
+        "campaign",
+        "design",
+        "--month",
+        "2026-04",
+    ]
+
+
+def test_every_job_a_manifest_runs_exists_and_is_a_cli_command():
+    """jobs/<x>.py of every spark-submit step exists, and its local translation is a real subcommand."""
+    from spark_app.cli import build_parser
+
+    parser = build_parser()
+    for path in MANIFESTS:
+        for doc in load_documents(path):
+            for t in (doc.get("spec") or {}).get("templates") or []:
+                args = (t.get("container") or {}).get("args") or []
+                if args[:1] != ["spark-submit"]:
+                    continue
+                script = next(a for a in args if a.endswith(".py"))
+                assert (ROOT / "jobs" / Path(script).name).exists(), script
+                command = local_command(args, python="py")[3:]
+                words = [a for a in command if not a.startswith("--") and "{{" not in a][:2]
+                assert words[0] in parser._subparsers._group_actions[0].choices, (script, words)
+
+
+def test_the_campaign_is_designed_then_published_and_a_refusal_or_bad_input_is_not_retried():
+    campaign = load_documents(ARGO_DIR / "campaign.yaml")[0]
+    tasks = {t["name"]: t for t in template(campaign, "campaign")["dag"]["tasks"]}
+    assert tasks["publish"]["depends"] == "design"
+    for name in ("design", "publish"):
+        retry = template(campaign, name)["retryStrategy"]["expression"]
+        assert '!= "1"' in retry and '!= "2"' in retry
+        assert "--campaign" in template(campaign, name)["container"]["args"]
+    evaluation = load_documents(ARGO_DIR / "campaign-evaluation.yaml")[0]
+    assert '!= "1"' in template(evaluation, "evaluate")["retryStrategy"]["expression"]
 
 
 def test_evaluate_when():

@@ -210,3 +210,14 @@ def test_active_survival_never_falls_below_paid_survival():
     parts = cols["sm_mobile_60m"] + cols["sm_fmc_60m"] + cols["sm_fttb_60m"]
     parts -= cols["sac_60m"] + cols["data_cost_60m"] + cols["voice_cost_60m"] + cols["overheads_60m"]
     np.testing.assert_allclose(cols["cltv"], parts, rtol=1e-12)
+
+
+def test_value_at_risk_is_what_churn_takes_from_a_survivors_value():
+    """One subscriber, one amount carried by one base: a survivor's amount 10 a month, survival 0.8 then
+    0.5 — churn takes 10 × 0.2 + 10 × 0.5; overheads 1 a month are saved for the churned, so risk is less."""
+    from spark_app.cltv import ValueTerm, value_at_risk
+
+    formula = ValueFormula((ValueTerm("m", "m", 1.0, 1.0, "s"),), ("s",), (), "s", 1.0, 0.1)
+    forecasts = {"s": np.array([[0.8, 0.5]]), "m": np.array([[8.0, 5.0]])}
+    assert value_at_risk(forecasts, formula)[0] == pytest.approx(2.0 + 5.0 - (0.2 + 0.5))
+    assert value_at_risk({"s": np.array([[0.0]]), "m": np.array([[0.0]])}, formula)[0] == pytest.approx(-1.0)

@@ -1,7 +1,12 @@
 import dataclasses
 import datetime as dt
+import hashlib
+import json
+import shutil
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import CATALOG
 from pyspark.sql import Window
@@ -9,20 +14,25 @@ from pyspark.sql import functions as F
 
 from spark_app.contract import TableSpec, facts_spec, features_spec, read_table, validate
 from spark_app.generate import (
+    BURN_IN,
     CONVERGENT,
+    DISCONNECT_AFTER,
     FEATURE_CATEGORICAL,
     FEATURE_NUMERIC,
     PREPAID,
     PROFILES,
     SEGMENT_SHARE,
     SEGMENTS,
+    SIMULATORS,
     PanelSpec,
     ProfileColumns,
     generate_panel,
+    panel_rows,
     panel_table,
+    replay_with_effect,
     uniform,
 )
-from spark_app.months import month_range
+from spark_app.months import add_months, month_range
 
 FACTS_SPEC = facts_spec(CATALOG)
 
@@ -186,6 +196,7 @@ def test_generate_replaces_the_output_whole(spark, tmp_path):
 
     spec = PanelSpec(200, 3, dt.date(2024, 1, 1), seed=1)
     generate_panel(spark, str(tmp_path), spec, partitions=2)
+    (tmp_path / "_effect.json").write_text("{}")  # a replay's truth: void for the new panel
     generate_panel(spark, str(tmp_path), PanelSpec(100, 2, dt.date(2024, 1, 1), seed=1), partitions=2)
     months = spark.read.parquet(str(tmp_path / "facts")).select("report_month").distinct().count()
     assert months == 2
@@ -202,10 +213,16 @@ def all_columns(columns: ProfileColumns) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def prepaid(spark, tmp_path_factory):
-    """A 2,000-subscriber prepaid panel written by `generate_panel`: (summary, features, facts)."""
+def prepaid_dir(spark, tmp_path_factory):
+    """A 2,000-subscriber prepaid panel written by `generate_panel`: (its directory, its summary)."""
     out = tmp_path_factory.mktemp("prepaid")
-    summary = generate_panel(spark, str(out), PREPAID_SPEC, partitions=2)
+    return out, generate_panel(spark, str(out), PREPAID_SPEC, partitions=2)
+
+
+@pytest.fixture(scope="module")
+def prepaid(spark, prepaid_dir):
+    """The prepaid panel read back: (summary, features, facts)."""
+    out, summary = prepaid_dir
     features = read_table(spark, str(out / "features"), "features").cache()
     facts = read_table(spark, str(out / "facts"), "facts").cache()
     yield summary, features, facts
@@ -213,11 +230,11 @@ def prepaid(spark, tmp_path_factory):
     facts.unpersist()
 
 
-def test_prepaid_column_names_differ_from_the_convergent_ones_but_for_the_keys(prepaid):
+def test_prepaid_column_names_differ_from_the_convergent_ones_but_for_the_keys_and_consent(prepaid):
     _, features, facts = prepaid
-    assert not all_columns(PREPAID) & all_columns(CONVERGENT)
+    assert all_columns(PREPAID) & all_columns(CONVERGENT) == {"marketing_consent"}  # what campaigns select on
     convergent = {*CONVERGENT.numeric, *CONVERGENT.categorical, *CONVERGENT.facts, *KEYS}
-    assert (set(features.columns) | set(facts.columns)) & convergent == set(KEYS)
+    assert (set(features.columns) | set(facts.columns)) & convergent == {*KEYS, "marketing_consent"}
     # Hive partitioning moves report_month last when read back
     assert features.columns == ["subscriber_id", *PREPAID.categorical, *PREPAID.numeric, "report_month"]
     assert facts.columns == ["subscriber_id", *PREPAID.facts, "report_month"]
@@ -355,3 +372,222 @@ def test_profiles_are_the_cli_choices_and_unknown_ones_are_refused():
     assert args.profile == "convergent"
     with pytest.raises(ValueError, match="unknown panel profile 'postpaid'"):
         PanelSpec(10, 2, dt.date(2024, 1, 1), profile="postpaid")
+
+
+# ------------------------------------------------------------------ what retention campaigns need
+CAMPAIGN_COLUMNS = {
+    "convergent": ("marketing_consent", "has_personal_manager"),
+    "prepaid": ("marketing_consent",),
+}
+DIGEST_SPEC = PanelSpec(subscribers=300, months=14, start=dt.date(2023, 1, 1), seed=3)
+# existing_columns_digest(DIGEST_SPEC) as computed by running generate.py before the campaign columns were
+# added (2026-12, convergent and prepaid): those columns must keep their values for the same seed
+DIGEST_BEFORE_CAMPAIGN_COLUMNS = {"convergent": "76432485d36a9a36", "prepaid": "f2255a883f9a8036"}
+
+
+def existing_columns_digest(spec: PanelSpec) -> str:
+    """sha256 over both tables' rows of every column but the campaign ones (floats to 6 decimals)."""
+    sim = SIMULATORS[spec.profile].simulate(np.arange(spec.subscribers, dtype=np.int64), spec)
+    digest = hashlib.sha256()
+    for table in ("features", "facts"):
+        rows = panel_rows(sim, spec, table)
+        for name in rows.columns:
+            if name in CAMPAIGN_COLUMNS[spec.profile]:
+                continue
+            values = rows[name].to_numpy()
+            if values.dtype.kind == "f":
+                values = np.round(values, 6) + 0.0  # + 0.0: no -0.0
+            digest.update(name.encode())
+            digest.update(np.ascontiguousarray(values).tobytes())
+    return digest.hexdigest()[:16]
+
+
+@pytest.mark.parametrize("profile", list(PROFILES))
+def test_the_campaign_columns_left_every_other_column_as_it_was(profile):
+    spec = dataclasses.replace(DIGEST_SPEC, profile=profile)
+    assert existing_columns_digest(spec) == DIGEST_BEFORE_CAMPAIGN_COLUMNS[profile]
+
+
+@pytest.mark.parametrize("profile", list(PROFILES))
+def test_a_churn_factor_of_one_is_the_simulation_without_one(profile):
+    spec = dataclasses.replace(DIGEST_SPEC, profile=profile)
+    simulate = SIMULATORS[profile].simulate
+    ids = np.arange(spec.subscribers, dtype=np.int64)
+    plain = simulate(ids, spec)
+    ones = simulate(ids, spec, np.ones((len(ids), BURN_IN + spec.months)))
+    assert plain.keys() == ones.keys()
+    for name, values in plain.items():
+        np.testing.assert_array_equal(ones[name], values, err_msg=name)
+    with pytest.raises(ValueError, match="does not broadcast"):
+        simulate(ids, spec, np.ones(spec.months))
+
+
+def campaign_flags(features, profile: str, attributes: list[str]) -> pd.DataFrame:
+    """One row per subscriber with its campaign flags and `attributes`, each one value over all its rows."""
+    cols = [*CAMPAIGN_COLUMNS[profile], *attributes]
+    per_sub = (
+        features.groupBy("subscriber_id")
+        .agg(*[F.countDistinct(c).alias(f"n_{c}") for c in cols], *[F.first(c).alias(c) for c in cols])
+        .toPandas()
+    )
+    assert (per_sub[[f"n_{c}" for c in cols]] == 1).all().all(), "a campaign flag changed over time"
+    for c in CAMPAIGN_COLUMNS[profile]:
+        assert dict(features.dtypes)[c] == "int"
+        assert set(per_sub[c]) <= {0, 1}
+    return per_sub
+
+
+def test_convergent_consent_and_personal_manager_are_static_flags_in_their_shares(panel):
+    features, _ = panel
+    subs = campaign_flags(features, "convergent", ["segment", "tariff", "device_type"])
+    assert 0.76 < subs["marketing_consent"].mean() < 0.84
+    by_phone = subs.groupby(subs["device_type"] == "feature_phone")["marketing_consent"].mean()
+    assert by_phone[True] < by_phone[False] - 0.1
+    managed = subs[subs["has_personal_manager"] == 1]
+    assert 0.17 < len(managed) / len(subs) < 0.24
+    assert managed["segment"].isin(["fmc", "fttb"]).mean() > 0.6
+    assert (managed["segment"].isin(["fmc", "fttb"]) | managed["tariff"].isin(["M_L", "M_UNL"])).mean() > 0.85
+
+
+def test_prepaid_consent_is_a_static_flag_lower_on_basic_handsets(prepaid):
+    _, features, _ = prepaid
+    subs = campaign_flags(features, "prepaid", ["handset_tier"])
+    assert 0.66 < subs["marketing_consent"].mean() < 0.74
+    by_tier = subs.groupby(subs["handset_tier"] == "basic")["marketing_consent"].mean()
+    assert by_tier[True] < by_tier[False] - 0.1
+
+
+# replays: the treated are every other subscriber in the base the month before the window
+WINDOW = {"convergent": (dt.date(2023, 9, 1), 6), "prepaid": (dt.date(2024, 1, 1), 6)}
+
+
+def read_sorted(spark, out: Path, table: str) -> pd.DataFrame:
+    return read_table(spark, str(out / table), table).toPandas().sort_values(KEYS, ignore_index=True)
+
+
+def copy_panel(src: Path, dst: Path) -> Path:
+    for table in ("features", "facts"):
+        shutil.copytree(src / table, dst / table)
+    return dst
+
+
+def treated_ids(facts: pd.DataFrame, month: dt.date) -> list[str]:
+    return sorted(facts.loc[facts["report_month"] == add_months(month, -1), "subscriber_id"])[::2]
+
+
+def split(df: pd.DataFrame, treated: list[str], first_month: dt.date) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rows a replay keeps: untreated or before the window, the treated rows from the window on)."""
+    replayed = df["subscriber_id"].isin(treated) & (df["report_month"] >= first_month)
+    return df[~replayed].reset_index(drop=True), df[replayed].reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def convergent_replays(spark, panel_dir, panel_spec, tmp_path_factory):
+    """A copy of the shared panel replayed with churn x 1, then x 0: its tables before and after each."""
+    out = copy_panel(panel_dir, tmp_path_factory.mktemp("replay"))
+    first_month, months = WINDOW["convergent"]
+    original = {t: read_sorted(spark, out, t) for t in ("features", "facts")}
+    treated = treated_ids(original["facts"], first_month)
+    result = {"original": original, "treated": treated, "out": out}
+    for factor in (1.0, 0.0):
+        truth = replay_with_effect(spark, str(out), panel_spec, treated, first_month, months, factor)
+        result[factor] = truth, {t: read_sorted(spark, out, t) for t in ("features", "facts")}
+    return result
+
+
+def test_a_replay_with_churn_factor_one_rewrites_the_panel_as_it_was(spark, convergent_replays, panel_dir):
+    truth, after = convergent_replays[1.0]
+    for table, before in convergent_replays["original"].items():
+        pd.testing.assert_frame_equal(after[table], before, check_exact=True)
+        written = spark.read.parquet(str(convergent_replays["out"] / table)).dtypes
+        assert written == spark.read.parquet(str(panel_dir / table)).dtypes  # column order and types
+    assert truth.retained_with == truth.retained_without and truth.retention_effect == 0.0
+    pd.testing.assert_frame_equal(truth.facts_with, truth.facts_without, check_exact=True)
+
+
+def test_a_replay_without_churn_keeps_the_treated_in_the_base_and_every_other_row(convergent_replays):
+    original, treated = convergent_replays["original"], convergent_replays["treated"]
+    first_month, months = WINDOW["convergent"]
+    _, after = convergent_replays[0.0]
+    for table in ("features", "facts"):
+        kept, replayed = split(after[table], treated, first_month)
+        pd.testing.assert_frame_equal(kept, split(original[table], treated, first_month)[0], check_exact=True)
+        assert not replayed.equals(split(original[table], treated, first_month)[1])
+    window = month_range(first_month, add_months(first_month, months - 1))
+    facts = after["facts"]
+    in_base = facts[facts["subscriber_id"].isin(treated)].groupby("report_month")["subscriber_id"].nunique()
+    assert (in_base[window] == len(treated)).all()  # all in the base before the window: nobody left
+    keys = ["subscriber_id", "report_month"]
+    assert after["features"][keys].equals(facts[keys])
+
+
+def test_the_effect_truth_is_what_the_rewritten_facts_hold(convergent_replays):
+    truth, after = convergent_replays[0.0]
+    original, treated = convergent_replays["original"], convergent_replays["treated"]
+    first_month, months = WINDOW["convergent"]
+    last = add_months(first_month, months - 1)
+
+    def treated_window(facts: pd.DataFrame) -> pd.DataFrame:
+        rows = facts["subscriber_id"].isin(treated) & facts["report_month"].between(first_month, last)
+        return facts.loc[rows, ["subscriber_id", "report_month", *CONVERGENT.facts]].reset_index(drop=True)
+
+    def retained(facts: pd.DataFrame) -> int:
+        return int(((facts["report_month"] == last) & (facts[CONVERGENT.active_flag] == 1)).sum())
+
+    pd.testing.assert_frame_equal(truth.facts_with, treated_window(after["facts"]), check_exact=True)
+    pd.testing.assert_frame_equal(truth.facts_without, treated_window(original["facts"]), check_exact=True)
+    assert truth.treated == len(treated) and truth.last_month == last
+    assert truth.retained_with == retained(treated_window(after["facts"]))
+    assert truth.retained_without == retained(treated_window(original["facts"]))
+    assert truth.retention_effect == (truth.retained_with - truth.retained_without) / len(treated) > 0.05
+    written = json.loads((convergent_replays["out"] / "_effect.json").read_text())
+    assert written == {**truth.summary(), "panel": {"profile": "convergent", "seed": 11, "subscribers": 3000}}
+
+
+def test_a_prepaid_replay_without_churn_leaves_only_the_operators_disconnections(
+    spark, prepaid_dir, tmp_path
+):
+    """No treated SIM is abandoned or ported out in the window; those quiet for six months are still cut."""
+    out = copy_panel(prepaid_dir[0], tmp_path)
+    first_month, months = WINDOW["prepaid"]
+    before = {t: read_sorted(spark, out, t) for t in ("features", "facts")}
+    treated = treated_ids(before["facts"], first_month)
+    truth = replay_with_effect(spark, str(out), PREPAID_SPEC, pd.Series(treated), first_month, months, 0.0)
+    after = {t: read_sorted(spark, out, t) for t in ("features", "facts")}
+    for table in ("features", "facts"):
+        kept = split(after[table], treated, first_month)[0]
+        pd.testing.assert_frame_equal(kept, split(before[table], treated, first_month)[0], check_exact=True)
+
+    def exits(features: pd.DataFrame) -> pd.DataFrame:
+        """Treated rows of the month before the window up to its last but one, gone the month after."""
+        rows = features[features["subscriber_id"].isin(treated)]
+        rows = rows[
+            rows["report_month"].between(add_months(first_month, -1), add_months(first_month, months - 2))
+        ]
+        nxt = rows.assign(report_month=rows["report_month"].map(lambda m: add_months(m, 1)))[KEYS]
+        stays = nxt.merge(features[KEYS], on=KEYS, how="left", indicator=True)["_merge"].eq("both").to_numpy()
+        return rows[~stays]
+
+    gone = exits(after["features"])
+    assert (gone["months_since_last_topup"] == DISCONNECT_AFTER - 1).all()
+    assert len(gone) < len(exits(before["features"]))
+    assert truth.retention_effect > 0
+    last = add_months(first_month, months - 1)
+    facts = after["facts"]
+    live = (
+        facts["subscriber_id"].isin(treated)
+        & (facts["report_month"] == last)
+        & (facts[PREPAID.active_flag] == 1)
+    )
+    assert truth.retained_with == int(live.sum())
+
+
+def test_a_replay_refuses_what_it_cannot_replay(spark, panel_dir, panel_spec):
+    first = dt.date(2023, 9, 1)
+    with pytest.raises(ValueError, match="not panel subscriber ids"):
+        replay_with_effect(spark, str(panel_dir), panel_spec, ["42"], first, 3, 0.5)
+    with pytest.raises(ValueError, match="not inside the panel"):
+        replay_with_effect(spark, str(panel_dir), panel_spec, ["S000000001"], dt.date(2025, 3, 1), 3, 0.5)
+    with pytest.raises(ValueError, match="not the spec's"):
+        other = dataclasses.replace(panel_spec, months=panel_spec.months - 1)
+        replay_with_effect(spark, str(panel_dir), other, ["S000000001"], first, 3, 0.5)

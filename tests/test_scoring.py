@@ -15,7 +15,7 @@ from pyspark.sql import functions as F
 from releases import register_release
 
 from spark_app.batch import _LEARNERS, cached_learner, output_schema
-from spark_app.cltv import Extrapolation, ValueFormula, cltv_columns
+from spark_app.cltv import Extrapolation, ValueFormula, cltv_columns, value_at_risk
 from spark_app.contract import InputContractError
 from spark_app.layout import scores_dir
 from spark_app.months import add_months, days_in_month_index, month_index
@@ -105,6 +105,8 @@ def test_scores_equal_the_releases_own_predictions_and_cltv_recomputes_from_deta
     cols = cltv_columns(forecasts, month_index(MONTH), formula, ext)
     for name, values in cols.items():
         np.testing.assert_allclose(scores[name].to_numpy(), values, rtol=1e-9, atol=1e-9, err_msg=name)
+    np.testing.assert_allclose(scores["value_at_risk"], value_at_risk(forecasts, formula), rtol=1e-9)
+    assert (scores["value_at_risk"] > 0).mean() > 0.5  # churn takes value away from most subscribers
     parts = scores[["sm_mobile_60m", "sm_fmc_60m", "sm_fttb_60m"]].sum(axis=1) - scores[
         ["sac_60m", "data_cost_60m", "voice_cost_60m", "overheads_60m"]
     ].sum(axis=1)
