@@ -212,15 +212,19 @@ class CampaignDemo:
 
 def run_campaign(
     spark: SparkSession, settings: Settings, plan: DemoPlan, spec: PanelSpec, workdir: Path, timer: StageTimer
-) -> CampaignDemo:
+) -> CampaignDemo | None:
     """Design and publish the campaign at month M, then replay the panel's months after M with a planted
     effect on the treated (spark_app.generate.replay_with_effect), so the evaluation has one to find."""
     name, month = plan.campaign, plan.campaign_month
     assert name is not None and month is not None
     with timer.stage("campaign design"):
         design = design_campaign(spark, settings, name, month)
-    if design.refused:
-        log.warning("campaign %s %s refused: %s", name, fmt(month), "; ".join(design.reasons))
+    if design.refused:  # a verdict of the design's own checks: not published, nothing to evaluate
+        log.warning(
+            "campaign %s %s: the design was refused (%s); not published, not evaluated",
+            name, fmt(month), "; ".join(design.reasons),
+        )  # fmt: skip
+        return None
     with timer.stage("campaign publish"):
         publish_campaign(spark, settings, name, month)
     outcome = settings.campaigns[name].outcome_months

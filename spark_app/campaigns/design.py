@@ -69,6 +69,7 @@ BATCH = "batch"
 DECILE = "decile"
 ID_HASH = "_id_hash"
 UNIT = "_unit"
+MIN_STRATUM = 20  # subscribers per group a stratum needs of its own; smaller cells pool into their decile
 REFUSE_AA_P = 0.001  # an A/A rate above alpha with a one-sided binomial p-value below this refuses
 LIST_COLUMNS = (ID, CHANNEL, GROUP, STRATUM, VALUE_AT_RISK, RANK, BATCH)
 ARROW = {"spark.sql.execution.arrow.pyspark.enabled": "true"}
@@ -323,12 +324,27 @@ def with_strata_and_batches(
     # the days in turn over the group ordered by value bin, then hash within a bin: every day gets the
     # same share (±1) of every bin, and the turn does not restart at day 1 in each bin
     in_bin = Window.partitionBy(CHANNEL, GROUP).orderBy("_bin", UNIT)
+    labelled = selected.withColumn(DECILE, decile).withColumn("_label", label)
+    # a decile × label cell with fewer than MIN_STRATUM subscribers in a group would make the stratified
+    # variance a guess (the A/A would find the test too keen): such cells pool into their decile's "*"
+    cells = labelled.groupBy(CHANNEL, DECILE, "_label").agg(
+        F.sum((F.col(GROUP) == F.lit(TREATMENT)).cast("long")).alias("_t"),
+        F.sum((F.col(GROUP) == F.lit(CONTROL)).cast("long")).alias("_c"),
+    )
+    small = cells.where((F.col("_t") < MIN_STRATUM) | (F.col("_c") < MIN_STRATUM)).select(
+        CHANNEL, DECILE, "_label", F.lit(True).alias("_pooled")
+    )
     return (
-        selected.withColumn(DECILE, decile)
-        .withColumn(STRATUM, F.format_string("%02d|%s", F.col(DECILE), label))
+        labelled.join(F.broadcast(small), [CHANNEL, DECILE, "_label"], "left")
+        .withColumn(
+            STRATUM,
+            F.format_string(
+                "%02d|%s", F.col(DECILE), F.when(F.col("_pooled"), F.lit("*")).otherwise(F.col("_label"))
+            ),
+        )
         .withColumn("_bin", value_bin)
         .withColumn(BATCH, ((F.row_number().over(in_bin) - 1) % F.lit(cfg.batch_days) + 1).cast("int"))
-        .drop("_bin")
+        .drop("_bin", "_label", "_pooled")
     )
 
 
