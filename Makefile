@@ -19,7 +19,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=20
 
 lint: setup
 	$(BIN)/ruff check .

@@ -89,6 +89,13 @@ def main() -> None:
         f"{int(per_horizon.min()):,}..{int(per_horizon.max()):,}"
     )
     print("median relative width (upper − lower) / |forecast|:", {k: round(v, 3) for k, v in widths.items()})
+    backtest = result.tables["backtest"]
+    by_segment = backtest[(backtest["model_id"] == "value_cum") & (backtest["population"] == "all")
+                          & (backtest["dimension"] != "all") & (backtest["bounded"] > 0)]  # fmt: skip
+    if len(by_segment):
+        table = by_segment.pivot_table(index=["dimension", "value"], columns="horizon", values="coverage")
+        print("coverage by segment (all subscribers):")
+        print(markdown_table(table.add_prefix("h").reset_index(), ".3f"))
     out = args.out or Path("work/bench") / f"intervals-{args.conf.stem}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(

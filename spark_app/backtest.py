@@ -277,6 +277,30 @@ def coverage_checks(backtest: pd.DataFrame, cfg: MonitoringConfig) -> pd.DataFra
     return rows[columns].sort_values(["population", "horizon"], ignore_index=True)
 
 
+def survival_checks(backtest: pd.DataFrame, survival: list[str], cfg: MonitoringConfig) -> pd.DataFrame:
+    """Predicted against realized share in base of each survival model, per score month (horizon), over
+    all subscribers, with a status from `survival_warn` / `survival_fail` at that horizon: a curve that
+    drifts off what the base does is seen in the first months, long before CLTV would show it."""
+    columns = ["model_id", "score_month", "horizon", "n", "predicted", "realized", "gap", "warn", "fail",
+               "status"]  # fmt: skip
+    if backtest.empty:
+        return pd.DataFrame(columns=columns)
+    wanted = backtest["model_id"].isin(survival) & (backtest["dimension"] == "all")
+    rows = backtest[wanted & (backtest["population"] == "all")].copy()
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    rows["predicted"], rows["realized"] = rows["forecast_mean"], rows["actual_mean"]
+    rows["gap"] = rows["predicted"] - rows["realized"]
+    limits = [cfg.survival_thresholds(int(h)) for h in rows["horizon"]]
+    rows["warn"], rows["fail"] = [w for w, _ in limits], [f for _, f in limits]
+    judged = rows["n"] >= cfg.coverage_min_rows
+    rows["status"] = [
+        status_of(abs(g), w, f) if ok else SKIPPED
+        for g, w, f, ok in zip(rows["gap"], rows["warn"], rows["fail"], judged, strict=True)
+    ]
+    return rows[columns].sort_values(["model_id", "horizon"], ignore_index=True)
+
+
 # ---------------------------------------------------------------- the month's inputs and the job
 def present_months(spark: SparkSession, path: str, table: str, months: list[dt.date]) -> list[dt.date]:
     """Those of `months` whose partition directory exists."""

@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 from pyspark.accumulators import AccumulatorParam
 from pyspark.sql import types as T
 
+from spark_app.catalog import HORIZON, NULL_CATEGORY
 from spark_app.cltv import (
     SURVIVAL_POINTS,
     VALUE_AT_RISK,
@@ -72,6 +73,7 @@ class BatchPlan:
     threads: int = 1  # CatBoost threads per Python worker: the cores of one Spark task
     intervals: IntervalTable | None = None  # None: a release without them (bounds NaN)
     interval_level: float = 0.8
+    ranges: FeatureRanges | None = None  # numeric features' training ranges per horizon (None: not recorded)
     release_digest: str = ""  # SHA-256 of the release's files as registered and verified (registry)
     file_digests: dict[str, str] = field(default_factory=dict)  # what the worker checks its copy against
 
@@ -82,6 +84,69 @@ class BatchPlan:
     @property
     def total_months(self) -> int:
         return max(self.extrapolation.months, self.horizons)
+
+
+@dataclass(frozen=True)
+class FeatureRanges:
+    """Robust ranges of the numeric features in the release's training rows, per horizon: what the models
+    saw. A subscriber beyond them at a horizon (tenure longer than any the model saw that far ahead) is
+    scored by extrapolation; scoring counts those, per horizon and per feature."""
+
+    columns: tuple[str, ...]
+    low: np.ndarray  # (H, F)
+    high: np.ndarray
+
+    QUANTILES = (0.005, 0.995)
+
+    @classmethod
+    def fit(cls, frame: pd.DataFrame, columns: list[str], horizons: int) -> FeatureRanges:
+        low = np.full((horizons, len(columns)), -np.inf)
+        high = np.full((horizons, len(columns)), np.inf)
+        h = frame[HORIZON].to_numpy(np.int64)
+        for j, col in enumerate(columns):
+            values = pd.to_numeric(frame[col], errors="coerce").to_numpy(np.float64)
+            for k in range(horizons):
+                x = values[(h == k + 1) & np.isfinite(values)]
+                if len(x):
+                    low[k, j], high[k, j] = np.quantile(x, cls.QUANTILES)
+        return cls(tuple(columns), low, high)
+
+    def to_json(self) -> dict[str, Any]:
+        def clean(a: np.ndarray) -> list[list[float | None]]:
+            return [[None if not np.isfinite(v) else float(v) for v in row] for row in a]
+
+        return {"columns": list(self.columns), "quantiles": list(self.QUANTILES), "low": clean(self.low),
+                "high": clean(self.high)}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> FeatureRanges | None:
+        if not data:
+            return None
+
+        def arr(rows: list[list[float | None]], fill: float) -> np.ndarray:
+            return np.array([[fill if v is None else v for v in row] for row in rows], dtype=np.float64)
+
+        return cls(tuple(data["columns"]), arr(data["low"], -np.inf), arr(data["high"], np.inf))
+
+    def count_outside(self, numeric: dict[str, np.ndarray], stats: BatchStats) -> None:
+        cols = [c for c in self.columns if c in numeric]
+        if not cols:
+            return
+        index = [self.columns.index(c) for c in cols]
+        x = np.column_stack([numeric[c] for c in cols]).astype(np.float64)  # NaN compares False: not outside
+        horizons = len(self.low)
+        ever = np.zeros(x.shape, dtype=bool)
+        counts = np.zeros(horizons, dtype=np.int64)
+        for k in range(horizons):
+            out = (x < self.low[k, index]) | (x > self.high[k, index])
+            ever |= out
+            counts[k] = int(out.any(axis=1).sum())
+        before = stats.outside_by_horizon
+        stats.outside_by_horizon = counts if not len(before) else before + counts
+        for j, col in enumerate(cols):
+            n = int(ever[:, j].sum())
+            if n:
+                stats.outside_by_feature[col] += n
 
 
 def output_schema(plan: BatchPlan) -> T.StructType:
@@ -120,10 +185,11 @@ def interval_names(plan: BatchPlan) -> list[str]:
 
 
 def interval_columns(
-    forecasts: dict[str, np.ndarray], cltv: np.ndarray, plan: BatchPlan
+    forecasts: dict[str, np.ndarray], cltv: np.ndarray, plan: BatchPlan, segment: np.ndarray | None = None
 ) -> dict[str, np.ndarray]:
     """Cumulative value at 12 / 24 months and CLTV with their intervals at the plan's level (the release's
-    table, spark_app.intervals); with detail also the bounds at every horizon, for the backtest."""
+    table, spark_app.intervals, by each row's `segment` when the table has segments); with detail also the
+    bounds at every horizon, for the backtest."""
     value = cumulative_values(forecasts, plan.formula)
     n, horizons = value.shape
     table, level = plan.intervals, plan.interval_level
@@ -131,7 +197,7 @@ def interval_columns(
     def bounds(h: int) -> tuple[np.ndarray, np.ndarray]:
         if table is None:
             return np.full(n, np.nan), np.full(n, np.nan)
-        return table.bounds(h, value[:, h - 1], level)
+        return table.bounds(h, value[:, h - 1], level, segment)
 
     out: dict[str, np.ndarray] = {"interval_level": np.full(n, level if table else np.nan)}
     for k in (k for k in VALUE_POINTS if k <= horizons):
@@ -173,8 +239,18 @@ class BatchStats:
     unseen: Counter = field(default_factory=Counter)
     cltv_sum: float = 0.0
     cltv_histogram: np.ndarray = field(default_factory=lambda: np.zeros(HIST_BINS, dtype=np.int64))
+    # subscribers with a numeric feature outside the release's training range, per horizon / per feature
+    outside_by_horizon: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    outside_by_feature: Counter = field(default_factory=Counter)
 
     def merge(self, other: BatchStats) -> BatchStats:
+        if len(other.outside_by_horizon):
+            self.outside_by_horizon = (
+                other.outside_by_horizon.copy()
+                if not len(self.outside_by_horizon)
+                else self.outside_by_horizon + other.outside_by_horizon
+            )
+        self.outside_by_feature.update(other.outside_by_feature)
         self.rows += other.rows
         self.holdout += other.holdout
         self.null_ids += other.null_ids
@@ -317,12 +393,22 @@ def monthly_forecasts(predictions: dict[str, np.ndarray], n: int, plan: BatchPla
     return out
 
 
+def interval_segments(inputs: Inputs, plan: BatchPlan) -> np.ndarray | None:
+    """Each row's value of the interval table's segment column (a categorical input), or None."""
+    column = plan.intervals.segment_column if plan.intervals is not None else None
+    if column is None or column not in inputs.categorical:
+        return None
+    codes, values = inputs.categorical[column]
+    labels = np.asarray([*values, NULL_CATEGORY], dtype=object)
+    return labels[np.where(codes < 0, len(values), codes)]
+
+
 def score_inputs(inputs: Inputs, learner: Learner, plan: BatchPlan) -> dict[str, np.ndarray]:
     """The output columns of one batch (name → numpy array; detail columns (n, H) matrices)."""
     n = len(inputs)
     forecasts = monthly_forecasts(learner.predict(horizon_rows(inputs, plan)), n, plan)
     cols = cltv_columns(forecasts, plan.score_month_index, plan.formula, plan.extrapolation)
-    cols.update(interval_columns(forecasts, cols["cltv"], plan))
+    cols.update(interval_columns(forecasts, cols["cltv"], plan, interval_segments(inputs, plan)))
     cols[VALUE_AT_RISK] = value_at_risk(forecasts, plan.formula)
     out: dict[str, np.ndarray] = {
         ID: inputs.ids,
@@ -397,6 +483,8 @@ def score_arrow_batches(
     for batch in batches:
         if batch.num_rows:
             inputs = inputs_from_arrow(batch, plan, stats)
+            if plan.ranges is not None:
+                plan.ranges.count_outside(inputs.numeric, stats)
             columns = score_inputs(inputs, learner, plan)
             stats.rows += len(inputs)
             stats.holdout += int(inputs.holdout.sum())

@@ -186,8 +186,23 @@ def fit_logistic(
         theta = theta - step
         if np.abs(step).max() < 1e-8:
             break
-    intercepts = {int(v): float(theta[i]) for i, v in enumerate(levels)}
-    return LogisticRecalibration(intercepts, float(theta[-1]), float(theta[:k].mean()))
+    counts = np.bincount(index, minlength=k).astype(np.float64)
+    monotone = non_increasing(theta[:k], counts) if theta[-1] > 0 else theta[:k]
+    intercepts = {int(v): float(monotone[i]) for i, v in enumerate(levels)}
+    return LogisticRecalibration(intercepts, float(theta[-1]), float(monotone.mean()))
+
+
+def non_increasing(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The weighted least-squares non-increasing fit (pool adjacent violators): per-horizon intercepts of a
+    survival recalibration must not make a later month more likely in the base than an earlier one."""
+    blocks: list[list[float]] = []  # [mean, weight, count]
+    for v, w in zip(values, np.maximum(weights, 1e-9), strict=True):
+        blocks.append([float(v), float(w), 1])
+        while len(blocks) > 1 and blocks[-2][0] < blocks[-1][0]:
+            m2, w2, c2 = blocks.pop()
+            m1, w1, c1 = blocks.pop()
+            blocks.append([(m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2, c1 + c2])
+    return np.concatenate([np.full(c, m) for m, _, c in blocks])
 
 
 @dataclass

@@ -18,7 +18,11 @@ REGRESSION = "regression"
 STACKED_PREFIX = "p_"  # a survival model's prediction as a feature of the models that stack it
 HORIZON = "horizon"
 CALENDAR_MONTH = "target_calendar_month"
-DERIVED_FEATURES = (HORIZON, CALENDAR_MONTH)  # computed by the project, not read from the features table
+# month of year of the features' own month: a December full of seasonal top-ups forecasts a January
+# differently from an ordinary month's features (the prepaid profile's peak)
+FEATURE_CALENDAR_MONTH = "feature_calendar_month"
+# computed by the project, not read from the features table
+DERIVED_FEATURES = (HORIZON, CALENDAR_MONTH, FEATURE_CALENDAR_MONTH)
 NULL_CATEGORY = "<null>"  # a missing categorical value, as CatBoost sees it and as drift counts it
 
 

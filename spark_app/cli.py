@@ -72,6 +72,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         start=args.start,
         seed=args.seed,
         profile=args.profile,
+        acquisition_months=args.acquisition_months,
     )
     generate_panel(_spark(settings), args.out, spec, partitions=args.partitions)
     return 0
@@ -102,7 +103,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     from spark_app.registry import promote
 
     settings = _settings(args)
-    decision = promote(settings, version=args.version, auto=args.auto)
+    decision = promote(settings, version=args.version, auto=args.auto, override=args.override_gate)
     return 0 if decision.promoted else EXIT_VERDICT
 
 
@@ -252,6 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--partitions", type=int, default=None, help="Spark partitions (default 2 x cores)")
     p.add_argument(
+        "--acquisition-months",
+        type=int,
+        default=None,
+        help="months (from the panel's start) in which newcomers join; after them the base only ages "
+        "(default: every month)",
+    )
+    p.add_argument(
         "--profile",
         choices=PANEL_PROFILES,
         default="convergent",
@@ -268,6 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
     who = p.add_mutually_exclusive_group()
     who.add_argument("--version", type=int, default=None, help="registered model version to promote")
     who.add_argument("--auto", action="store_true", help="promote the current challenger if it passes")
+    p.add_argument(
+        "--override-gate",
+        action="store_true",
+        help="promote even if the gate refuses (worse than the champion, or biased): a deliberate choice, "
+        "recorded with everything it overrode",
+    )
 
     p = command("score", cmd_score, "score every subscriber of a month", "required")
     p.add_argument("--month", type=_month, required=True)

@@ -168,6 +168,10 @@ class TrainingConfig(_Section):
     interval_subscribers: int = Field(default=20_000, ge=1, le=100_000_000)
     # recent feature months pooled per horizon: a year of seasons
     interval_months: int = Field(default=12, ge=1, le=MAX_TARGET_MONTHS)
+    # intervals Mondrian by this categorical feature too (each value with enough residuals gets its own
+    # bands, the others the overall ones); null: by forecast decile only
+    interval_segment: str | None = "segment"
+    interval_min_segment_rows: int = Field(default=1000, ge=50, le=10_000_000)
 
 
 class PromotionConfig(_Section):
@@ -196,6 +200,9 @@ class ScoringConfig(_Section):
     extrapolation_months: int = Field(default=60, ge=1, le=MAX_EXTRAPOLATION_MONTHS)
     # bounds on the year-over-year trend of per-survivor amounts
     # carried into the extrapolated months (docs/scoring.md)
+    # how survival is carried past the forecast horizon: shifted-beta-geometric, or its generalization the
+    # beta-discrete-Weibull (retention rising or falling with tenure); docs/scoring.md, measured
+    extrapolation_method: Literal["sbg", "bdw"] = "sbg"
     trend_floor: confloat(gt=0, le=1) = 0.8
     trend_cap: confloat(ge=1) = 1.25
     interval_level: float = 0.8  # of cltv_lower/upper and value_<k>m_lower/upper; one of INTERVAL_LEVELS
@@ -237,6 +244,23 @@ class MonitoringConfig(_Section):
     coverage_fail: confloat(gt=0, lt=1) = 0.1
     # fewer subscribers at a horizon: coverage shown, not judged
     coverage_min_rows: int = Field(default=500, ge=1, le=100_000_000)
+    # survival calibration in the backtest: |predicted − realized share in base| of a survival model,
+    # per horizon — a key k applies from horizon k on (the error of a forecast grows with its horizon)
+    survival_warn: dict[int, confloat(gt=0, lt=1)] = Field(
+        default_factory=lambda: {1: 0.02, 6: 0.04, 12: 0.06}
+    )
+    survival_fail: dict[int, confloat(gt=0, lt=1)] = Field(
+        default_factory=lambda: {1: 0.05, 6: 0.08, 12: 0.12}
+    )
+
+    def survival_thresholds(self, horizon: int) -> tuple[float, float]:
+        """(warn, fail) of the survival check at `horizon`: the entry of the largest key ≤ horizon."""
+
+        def at(table: dict[int, float]) -> float:
+            keys = [k for k in sorted(table) if k <= horizon] or [min(table)]
+            return table[keys[-1]]
+
+        return at(self.survival_warn), at(self.survival_fail)
 
     @model_validator(mode="after")
     def _thresholds_in_order(self) -> MonitoringConfig:
@@ -244,6 +268,13 @@ class MonitoringConfig(_Section):
                  ("prediction_psi", self.prediction_psi_warn, self.prediction_psi_fail),
                  ("coverage", self.coverage_warn, self.coverage_fail)]  # fmt: skip
         wrong = [f"{name}_fail ({fail}) < {name}_warn ({warn})" for name, warn, fail in pairs if fail < warn]
+        if not self.survival_warn or not self.survival_fail:
+            wrong.append("survival_warn and survival_fail need at least one horizon each")
+        else:
+            for h in sorted({*self.survival_warn, *self.survival_fail}):
+                warn, fail = self.survival_thresholds(h)
+                if fail < warn:
+                    wrong.append(f"survival_fail ({fail}) < survival_warn ({warn}) from horizon {h}")
         if wrong:
             raise ValueError("a fail threshold below its warn threshold: " + "; ".join(wrong))
         return self

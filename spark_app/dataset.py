@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from spark_app import __version__
-from spark_app.catalog import CALENDAR_MONTH, DERIVED_FEATURES, HORIZON, ModelCatalog
+from spark_app.catalog import CALENDAR_MONTH, DERIVED_FEATURES, FEATURE_CALENDAR_MONTH, HORIZON, ModelCatalog
 from spark_app.config import DatasetConfig, Settings
 from spark_app.contract import (
     ID,
@@ -35,7 +35,7 @@ from spark_app.contract import (
     validate,
 )
 from spark_app.errors import UserError
-from spark_app.horizons import target_calendar_month
+from spark_app.horizons import feature_calendar_month, target_calendar_month
 from spark_app.layout import LATEST, MANIFEST, dataset_dir, datasets_root, latest_file
 from spark_app.months import add_months, fmt, month_range
 from spark_app.progress import StageTimer
@@ -246,9 +246,10 @@ def training_rows(
         joined = joined.where(F.col("_population") == 1)
     return (
         joined.withColumn(CALENDAR_MONTH, target_calendar_month(F.col(TARGET_MONTH)))
+        .withColumn(FEATURE_CALENDAR_MONTH, feature_calendar_month(F.col(FEATURE_MONTH)))
         .transform(with_targets, targets=targets, flags=catalog.flags())
         .transform(with_split, plan=plan)
-        .select(ID, FEATURE_MONTH, TARGET_MONTH, HORIZON, CALENDAR_MONTH, *feature_cols, *targets, SPLIT)
+        .select(ID, FEATURE_MONTH, TARGET_MONTH, *DERIVED_FEATURES, *feature_cols, *targets, SPLIT)
     )
 
 

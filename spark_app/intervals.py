@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,7 @@ from spark_app.config import INTERVAL_LEVELS
 MAX_BINS = 10  # forecast deciles
 MIN_BIN_ROWS = 50  # fewer residuals than this per bin → fewer bins
 METHOD = "split-conformal, Mondrian by forecast decile per cumulative horizon"
+SEGMENT_METHOD = "split-conformal, Mondrian by segment × forecast decile per cumulative horizon"
 
 
 def cumulative_values(forecasts: Mapping[str, np.ndarray], formula: ValueFormula) -> np.ndarray:
@@ -111,18 +112,37 @@ class IntervalTable:
     feature_month: str  # the feature months the residuals come from, e.g. "2023-08..2025-12"
     subscribers: int  # residuals of the horizon with the most
     method: str = METHOD
+    # Mondrian by segment too: each segment value with enough residuals at a horizon has its own bands
+    # (None: too few there, the segment falls back to the overall bands of that horizon)
+    segment_column: str | None = None
+    segments: Mapping[str, tuple[HorizonBands | None, ...]] = field(default_factory=dict)
 
     @property
     def fitted(self) -> int:
         return len(self.horizons)
 
-    def at(self, h: int) -> HorizonBands:
+    def at(self, h: int, segment: str | None = None) -> HorizonBands:
+        own = self.segments.get(segment) if segment is not None else None
+        if own is not None:
+            k = min(h, len(own))
+            if own[k - 1] is not None:
+                return own[k - 1] if h <= len(own) else own[k - 1].scaled(h / k)
         if h <= self.fitted:
             return self.horizons[h - 1]
         return self.horizons[-1].scaled(h / self.fitted)
 
-    def bounds(self, h: int, forecast: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
-        return self.at(h).bounds(forecast, level)
+    def bounds(
+        self, h: int, forecast: np.ndarray, level: float, segment: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Bounds of each row at horizon h: its segment's bands where there are some, else the overall."""
+        lower, upper = self.at(h).bounds(forecast, level)
+        if segment is None or not self.segments:
+            return lower, upper
+        for value in self.segments:
+            rows = segment == value
+            if rows.any():
+                lower[rows], upper[rows] = self.at(h, value).bounds(forecast[rows], level)
+        return lower, upper
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -130,15 +150,12 @@ class IntervalTable:
             "levels": list(self.levels),
             "feature_month": self.feature_month,
             "subscribers": self.subscribers,
-            "horizons": [
-                {
-                    "edges": list(b.edges),
-                    "rows": list(b.rows),
-                    "lower": {str(lv): list(v) for lv, v in b.lower.items()},
-                    "upper": {str(lv): list(v) for lv, v in b.upper.items()},
-                }
-                for b in self.horizons
-            ],
+            "horizons": [_bands_json(b) for b in self.horizons],
+            "segment_column": self.segment_column,
+            "segments": {
+                value: [None if b is None else _bands_json(b) for b in bands]
+                for value, bands in self.segments.items()
+            },
         }
 
     @classmethod
@@ -149,19 +166,37 @@ class IntervalTable:
         levels = tuple(float(lv) for lv in data["levels"])
         return cls(
             levels=levels,
-            horizons=tuple(
-                HorizonBands(
-                    edges=tuple(float(e) for e in h["edges"]),
-                    rows=tuple(int(r) for r in h["rows"]),
-                    lower={float(lv): tuple(float(o) for o in v) for lv, v in h["lower"].items()},
-                    upper={float(lv): tuple(float(o) for o in v) for lv, v in h["upper"].items()},
-                )
-                for h in data["horizons"]
-            ),
+            horizons=tuple(_bands_from_json(h) for h in data["horizons"]),
             feature_month=str(data.get("feature_month", "")),
             subscribers=int(data.get("subscribers", 0)),
             method=str(data.get("method", METHOD)),
+            segment_column=data.get("segment_column"),
+            segments={
+                str(value): tuple(None if b is None else _bands_from_json(b) for b in bands)
+                for value, bands in (data.get("segments") or {}).items()
+            },
         )
+
+
+def _bands_json(b: HorizonBands) -> dict[str, Any]:
+    return {
+        "edges": list(b.edges),
+        "rows": list(b.rows),
+        "lower": {str(lv): list(v) for lv, v in b.lower.items()},
+        "upper": {str(lv): list(v) for lv, v in b.upper.items()},
+    }
+
+
+def _bands_from_json(h: Mapping[str, Any]) -> HorizonBands:
+    return HorizonBands(
+        edges=tuple(float(e) for e in h["edges"]),
+        rows=tuple(int(r) for r in h["rows"]),
+        lower={float(lv): tuple(float(o) for o in v) for lv, v in h["lower"].items()},
+        upper={float(lv): tuple(float(o) for o in v) for lv, v in h["upper"].items()},
+    )
+
+
+MIN_SEGMENT_ROWS = 1000  # residuals a segment needs at a horizon for bands of its own
 
 
 def fit_intervals(
@@ -170,18 +205,39 @@ def fit_intervals(
     *,
     feature_month: str,
     levels: tuple[float, ...] = INTERVAL_LEVELS,
+    segments: Sequence[np.ndarray] | None = None,
+    segment_column: str | None = None,
+    min_segment_rows: int = MIN_SEGMENT_ROWS,
 ) -> IntervalTable:
     """The table from forecast and realized cumulative values of held-out subscribers: (n, H) matrices,
-    or per horizon h = 1..H one array each (pooled over several feature months, of different lengths)."""
+    or per horizon h = 1..H one array each (pooled over several feature months, of different lengths).
+    With `segments` (per horizon, each row's segment value) every segment with at least
+    `min_segment_rows` residuals at a horizon gets its own forecast-decile bands there: a segment whose
+    residuals differ (FMC, home internet) is covered at the level too, not only the base as a whole."""
     f = [np.asarray(x, dtype=np.float64) for x in _columns(forecast_cum)]
     a = [np.asarray(x, dtype=np.float64) for x in _columns(realized_cum)]
     if not f or len(f) != len(a) or any(len(x) != len(y) or not len(x) for x, y in zip(f, a, strict=True)):
         raise ValueError("forecast and realized values must pair up, non-empty, for every horizon 1..H")
+    by_segment: dict[str, list[HorizonBands | None]] = {}
+    if segments is not None:
+        labels = [np.asarray(x).astype(str) for x in segments]
+        values = sorted({v for x in labels for v in np.unique(x)})
+        for value in values:
+            bands: list[HorizonBands | None] = []
+            for x, y, lab in zip(f, a, labels, strict=True):
+                rows = lab == value
+                enough = rows.sum() >= min_segment_rows
+                bands.append(fit_bands(x[rows], y[rows], tuple(levels)) if enough else None)
+            if any(b is not None for b in bands):
+                by_segment[value] = bands
     return IntervalTable(
         levels=tuple(levels),
         horizons=tuple(fit_bands(x, y, tuple(levels)) for x, y in zip(f, a, strict=True)),
         feature_month=feature_month,
         subscribers=max(len(x) for x in f),
+        method=SEGMENT_METHOD if by_segment else METHOD,
+        segment_column=segment_column if by_segment else None,
+        segments={k: tuple(v) for k, v in by_segment.items()},
     )
 
 

@@ -23,6 +23,7 @@ REPORT_MONTH = "report_month"  # partition column of the input tables (features,
 SCORE_MONTH = "score_month"  # partition column of the scores
 MONITOR_MONTH = "month"  # partition column of the monitoring tables
 
+SCORE_SUMMARY = "_summary.json"  # in a month's scores: counts, release, ranges (Parquet readers skip it)
 PUBLISHED = "_PUBLISHED"  # a month's scores released downstream (`cltv publish`)
 LATEST = "latest"  # under paths.datasets: the id of the newest training set
 MANIFEST = "manifest.json"  # in a training set's directory: how it was built

@@ -152,6 +152,28 @@ def horizon_and_month(frame: pd.DataFrame | MatrixBuilder) -> tuple[np.ndarray, 
     return frame[HORIZON].to_numpy(np.int64), months
 
 
+def seen_calendar_months(frames: list[pd.DataFrame | None]) -> tuple[int, ...] | None:
+    """The target calendar months of the training rows, or None when all twelve occur."""
+    seen: set[int] = set()
+    for frame in frames:
+        if frame is not None and len(frame) and CALENDAR_MONTH in frame:
+            seen |= {int(m) for m in pd.unique(frame[CALENDAR_MONTH].dropna())}
+    return None if not seen or len(seen) >= 12 else tuple(sorted(seen))
+
+
+def neutral_share(seen: tuple[int, ...]) -> float:
+    """Rows fitted with an unknown calendar month: as if it were one more month among those seen."""
+    return 1.0 / (len(seen) + 1)
+
+
+def calendar_dropout(builder: MatrixBuilder, seen: tuple[int, ...], seed: int) -> np.ndarray:
+    """The calendar month column with a random `neutral_share` of the rows unknown (NaN), so the trees
+    learn what to forecast when the season is unknown: an average over the seasons seen."""
+    months = builder.numeric(CALENDAR_MONTH)
+    drop = np.random.default_rng(seed).random(len(months)) < neutral_share(seen)
+    return np.where(drop, np.float32(np.nan), months)
+
+
 def floored(entry: ModelEntry, raw: np.ndarray) -> np.ndarray:
     return raw if entry.fact_min is None else np.maximum(raw, entry.fact_min)
 
@@ -174,6 +196,8 @@ class Learner:
         self.fit_reports: dict[str, FitReport] = {}
         self.calibration_reports: dict[str, CalibrationReport] = {}
         self.meta: dict[str, Any] = {}
+        # target calendar months the training window had; None = all twelve (no neutralizing needed)
+        self.calendar_seen: tuple[int, ...] | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -228,6 +252,17 @@ class Learner:
         surv_m = MatrixBuilder(train_surv)
         reg_m = MatrixBuilder(train_reg)
         val_m = MatrixBuilder(val) if has_val else None
+        self.calendar_seen = seen_calendar_months([train_surv, train_reg, val])
+        if self.calendar_seen is not None:
+            log.warning(
+                "the training window's targets fall in %d calendar months only (%s): %.0f%% of the training "
+                "rows are fitted with an unknown calendar month, and forecasts for the other months are "
+                "scored with it unknown — the trees do not extrapolate a season they never saw",
+                len(self.calendar_seen), list(self.calendar_seen), 100 * neutral_share(self.calendar_seen),
+            )  # fmt: skip
+            for builder in (surv_m, reg_m):
+                masked = calendar_dropout(builder, self.calendar_seen, self.random_seed)
+                builder.add_column(CALENDAR_MONTH, masked)
         for entry in entries:
             train_m = surv_m if entry.is_survival else reg_m
             split = "train_surv" if entry.is_survival else "train_reg"
@@ -303,16 +338,52 @@ class Learner:
                 )  # fmt: skip
             else:
                 fitted = calibration.fit_amount_scale(y, floored(entry, raw_val[m]), h_val, m_val)
-                self.calibration[m] = fitted
                 raw = floored(entry, raw_check[m])
-                bias = float(raw.sum() / y_check.sum() - 1) if y_check.sum() else float("nan")
-                calibrated = fitted.apply(raw, h_check, m_check)
-                after = float(calibrated.sum() / y_check.sum() - 1) if y_check.sum() else float("nan")
+                total = y_check.sum()
+
+                def bias_of(pred: np.ndarray, total: float = total) -> float:
+                    return float(pred.sum() / total - 1) if total else float("nan")
+
+                # fitted on val; kept only as far as it lowers |bias| on test (a small base's val is noise)
+                candidates: dict[str, Calibration | None] = {
+                    "horizon x calendar month": fitted,
+                    "horizon": calibration.AmountScale(fitted.factors, fitted.overall),
+                    "overall": calibration.AmountScale({}, fitted.overall),
+                    "none": None,
+                }
+                if check is val:
+                    candidates = {"horizon x calendar month": fitted}
+                biases = {
+                    name: bias_of(raw if cal is None else cal.apply(raw, h_check, m_check))
+                    for name, cal in candidates.items()
+                }
+                best = min(biases, key=lambda k: abs(biases[k]) if np.isfinite(biases[k]) else np.inf)
+                chosen = candidates[best]
+                if chosen is not None:
+                    self.calibration[m] = chosen
                 reports[m] = CalibrationReport(
-                    len(y), "scale", True, f"overall factor {fitted.overall:.3f}",
-                    {"agg_bias": bias}, {"agg_bias": after},
+                    len(y), "scale", chosen is not None,
+                    f"kept: {best} (test bias without {biases.get('none', float('nan')):+.2%}, with the "
+                    f"full calibration {biases['horizon x calendar month']:+.2%}); overall factor "
+                    f"{fitted.overall:.3f}",
+                    {"agg_bias": bias_of(raw)}, {"agg_bias": biases[best]},
                 )  # fmt: skip
-            log.info("calibration %s: %s", m, reports[m])
+                log.info(
+                    "calibration %s: fitted on %s val rows; on the test rows its bias is %s without it and "
+                    "%s with it, so %s",
+                    m, f"{len(y):,}", f"{biases.get('none', float('nan')):+.2%}",
+                    f"{biases['horizon x calendar month']:+.2%}",
+                    "it is kept whole" if best == "horizon x calendar month"
+                    else "it is dropped" if best == "none"
+                    else f"only its {best} factor is kept ({biases[best]:+.2%})",
+                )  # fmt: skip
+            if entry.is_survival:
+                r = reports[m]
+                log.info(
+                    "calibration %s: per-horizon logistic recalibration %s (%s %.5f → %.5f)", m,
+                    "kept" if r.kept else "dropped: it does not lower", r.note, r.before["brier"],
+                    r.after["brier"],
+                )  # fmt: skip
         self.calibration_reports = reports
         return reports
 
@@ -357,6 +428,7 @@ class Learner:
         horizons, months = (
             horizon_and_month(builder) if calibrated and self.calibration else (np.zeros(0), None)
         )
+        self.neutralize_calendar(builder)
         out: dict[str, np.ndarray] = {}
         for entry in entries:
             raw = self._raw(entry, builder)
@@ -364,6 +436,16 @@ class Learner:
                 builder.add_column(stacked_feature(entry.model_id), raw)
             out[entry.model_id] = self.finish(entry, raw, horizons, months) if calibrated else raw
         return out
+
+    def neutralize_calendar(self, builder: MatrixBuilder) -> None:
+        """Target calendar months the training window never had become unknown (NaN), as a share of the
+        training rows were: a season the trees never saw is not extrapolated from the ones they did."""
+        if self.calendar_seen is None or CALENDAR_MONTH not in builder.columns:
+            return
+        months = builder.numeric(CALENDAR_MONTH)
+        unseen = ~np.isin(months, np.asarray(self.calendar_seen, dtype=np.float32)) & ~np.isnan(months)
+        if unseen.any():
+            builder.add_column(CALENDAR_MONTH, np.where(unseen, np.float32(np.nan), months))
 
     def shap_values(self, frame: pd.DataFrame) -> dict[str, tuple[list[str], np.ndarray]]:
         """Per model: feature names and SHAP values (rows × features) of what the release forecasts.
@@ -375,6 +457,7 @@ class Learner:
         """
         builder = MatrixBuilder(frame)
         horizons, months = horizon_and_month(frame)
+        self.neutralize_calendar(builder)
         out: dict[str, tuple[list[str], np.ndarray]] = {}
         for entry in self.entries:
             layout = self.catalog.layout(entry)
@@ -398,6 +481,7 @@ class Learner:
             **catalog.to_json(),
             "calibration": {m: c.to_json() for m, c in self.calibration.items()},
             "thread_count": self.thread_count,
+            "calendar_months_seen": None if self.calendar_seen is None else list(self.calendar_seen),
         }
 
     def save_bundle(self, directory: str | Path, reference: pd.DataFrame | None = None) -> Path:
@@ -439,11 +523,14 @@ class Learner:
             "tenure_column",
             "calibration",
             "thread_count",
+            "calendar_months_seen",
         )
         learner.meta = {k: v for k, v in manifest.items() if k not in skip}
         learner.calibration = {
             m: calibration.from_json(c) for m, c in (manifest.get("calibration") or {}).items()
         }
+        seen = manifest.get("calendar_months_seen")
+        learner.calendar_seen = None if seen is None else tuple(int(m) for m in seen)
         for entry in learner.catalog:
             name = manifest["models"][entry.model_id]["file"]
             if name not in files:

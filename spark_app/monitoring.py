@@ -16,7 +16,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from spark_app import tracking
-from spark_app.backtest import coverage_checks, run_backtest
+from spark_app.backtest import coverage_checks, run_backtest, survival_checks
 from spark_app.checks import FAIL, OK, WARN, MonitoringError
 from spark_app.config import MonitoringConfig, Settings
 from spark_app.contract import (
@@ -88,7 +88,7 @@ def read_monitoring(spark: SparkSession, settings: Settings, month: dt.date) -> 
             f"monitoring: no output for {fmt(month)} under {target}; run `cltv monitor` first"
         )
     out: dict[str, Any] = {"summary": storage.read_json(f"{target}/summary.json")}
-    for name in ("drift", "prediction_drift", "backtest", "coverage"):
+    for name in ("drift", "prediction_drift", "backtest", "coverage", "survival"):
         path = f"{target}/{name}"
         out[name] = spark.read.parquet(path).toPandas() if storage.exists(path) else pd.DataFrame()
     return out
@@ -226,6 +226,7 @@ def monitor_month(
         backtest, notes = run_backtest(spark, settings, month)
         warnings += notes
         coverage = coverage_checks(backtest, cfg)
+        survival = survival_checks(backtest, [e.model_id for e in settings.models.catalog().survival], cfg)
 
     for r in drift.itertuples():
         detail = f"psi {r.psi:.3f}" + (
@@ -246,6 +247,14 @@ def monitor_month(
                 f"{r.interval_level:.0%} interval ({r.gap:+.1%})"
             )
 
+    for r in survival.itertuples():
+        if r.status in (WARN, FAIL):
+            (failures if r.status == FAIL else warnings).append(
+                f"survival {r.model_id} at horizon {r.horizon} (scored {fmt(r.score_month)}): predicted "
+                f"{r.predicted:.1%} in base, realized {r.realized:.1%} ({100 * r.gap:+.1f} points; "
+                f"{r.status} beyond {100 * (r.fail if r.status == FAIL else r.warn):.0f})"
+            )
+
     status = FAIL if failures else WARN if warnings else OK
     target = monitoring_dir(settings.paths, month)
     summary = {
@@ -259,7 +268,8 @@ def monitor_month(
         "thresholds": cfg.model_dump(mode="json"),
         "backtest_score_months": sorted({str(m) for m in backtest.get("score_month", [])}),
     }
-    tables = {"drift": drift, "prediction_drift": pred, "backtest": backtest, "coverage": coverage}
+    tables = {"drift": drift, "prediction_drift": pred, "backtest": backtest, "coverage": coverage,
+              "survival": survival}  # fmt: skip
     with timer.stage("log to MLflow"):
         run_id = log_monitoring_run(settings, month, tables, summary)
     summary["run_id"] = run_id

@@ -31,6 +31,7 @@ from spark_app.config import (
     read_config_file,
 )
 from spark_app.dataset import build_dataset
+from spark_app.errors import EXIT_VERDICT, CltvError
 from spark_app.generate import EffectTruth, PanelSpec, generate_panel, replay_with_effect
 from spark_app.layout import workdir_layers
 from spark_app.monitoring import monitor_month
@@ -45,6 +46,12 @@ from spark_app.training import train_release
 log = logging.getLogger(__name__)
 
 DEMO_START = parse_month("2023-01")
+
+
+class PromotionRefused(CltvError):
+    """The demo's release failed the promotion gate: a verdict (exit 1), not a crash."""
+
+    exit_code = EXIT_VERDICT
 
 
 @dataclass(frozen=True)
@@ -133,6 +140,11 @@ def run_demo(
         release = train_release(spark, settings, dataset_id=dataset.dataset_id)
     with timer.stage("promote"):
         decision = promote(settings, version=None, auto=True)
+    if not decision.promoted:
+        raise PromotionRefused(
+            f"demo stopped: the release did not pass the promotion gate, so there is no champion to score "
+            f"with — {decision.reason}"
+        )
     scores = []
     before = [m for m in plan.score_months if plan.campaign_month is None or m <= plan.campaign_month]
     for month in before:
@@ -164,9 +176,8 @@ def run_demo(
         "seconds": round(time.perf_counter() - started, 1),
     }
     log.info("demo finished in %.0fs: %s", summary["seconds"], timer.summary())
-    log.info(
-        "  dataset %s, release %s, champion promoted: %s", dataset.dataset_id, release, decision.promoted
-    )
+    log.info("  dataset %s, release %s", dataset.dataset_id, release)
+    log.info("  promotion: %s", decision.reason)
     verdict = (
         f"FAILED thresholds ({len(monitor.failures)})"
         if monitor.failed

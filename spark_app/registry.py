@@ -280,6 +280,13 @@ def release_description(learner: Learner, evaluation: Evaluation, rows: dict[str
         if not len(evaluation.quality)
         else list(evaluation.quality.loc[~evaluation.quality["beats_naive"], "model_id"])
     )
+    seasons = (
+        ""
+        if learner.calendar_seen is None
+        else f" The training window's targets fall in calendar months {list(learner.calendar_seen)} only: "
+        "forecasts for the other months are made with the calendar feature unknown (fitted on a share of "
+        "the rows with it unknown), not extrapolated from the seasons the trees saw."
+    )
     verdict = (
         "Every model beats its naive baseline on OOT (main metric and |aggregate bias|)."
         if not failing
@@ -290,7 +297,7 @@ def release_description(learner: Learner, evaluation: Evaluation, rows: dict[str
             f"### CLTV release — dataset `{meta.get('dataset_id')}`, "
             f"target window {meta.get('target_window')}",
             f"Package {meta.get('package_version')}, trained {meta.get('trained_at')}. "
-            f"Rows per split: {', '.join(f'{k} {v:,}' for k, v in rows.items())}.",
+            f"Rows per split: {', '.join(f'{k} {v:,}' for k, v in rows.items())}.{seasons}",
             verdict,
             "#### OOT, all horizons: aggregate bias (Σ forecast / Σ actual − 1) and main metric vs naive",
             "`value` is the month's value by the CLTV formula; `cum_bias` its bias summed over horizons "
@@ -584,6 +591,7 @@ class PromotionDecision:
     comparison: list[dict[str, Any]] = field(default_factory=list)
     champion_after: int | None = None  # the champion as re-read after the decision was carried out
     attempts: int = 1  # comparisons made: the champion moved (by hand) while one was running
+    overridden: bool = False  # promoted past a failed gate by `promote --override-gate` (on record)
 
 
 @dataclass(frozen=True)
@@ -743,6 +751,7 @@ def record_decision(
             "promotion.compared_with": str(decision.champion),
             "promotion.champion_after": str(decision.champion_after),
             "promotion.attempts": str(decision.attempts),
+            "promotion.overridden": str(decision.overridden).lower(),
             "promotion.run_id": run.info.run_id,
             "promotion.at": stamp,
         }.items():
@@ -750,7 +759,7 @@ def record_decision(
 
 
 def judge(
-    settings: Settings, client: MlflowClient, candidate: Release, champ_v: int | None
+    settings: Settings, client: MlflowClient, candidate: Release, champ_v: int | None, override: bool = False
 ) -> tuple[PromotionDecision, pd.DataFrame | None]:
     """The decision on `candidate` against the champion `champ_v` (both loaded verified, compared on the
     candidate's OOT sample); nothing is changed here."""
@@ -770,12 +779,6 @@ def judge(
         return PromotionDecision(False, reason, cand_v, champ_v), None
     worse = table[~table["ok"]]
     rows = table.to_dict("records")
-    if len(worse) and champ_v is None:
-        # nothing to keep instead: promoted, with its bias problems on record and in the log
-        notes = "; ".join(f"{r.model_id}: {r.note}" for r in worse.itertuples(index=False))
-        log.warning("first release v%s: %s", cand_v, notes)
-        reason = f"no champion yet: the first release is promoted, despite {notes}"
-        return PromotionDecision(True, reason, cand_v, None, rows), table
     if len(worse):
         details = "; ".join(
             (r.note and f"{r.model_id}: {r.note}")
@@ -783,6 +786,13 @@ def judge(
             f"({r.worsening:+.2%} worse, tolerance {r.tolerance:.2%})"
             for r in worse.itertuples(index=False)
         )
+        if override:
+            reason = (
+                f"v{cand_v} PROMOTED PAST THE GATE by --override-gate against {against} on {len(data):,} OOT "
+                f"rows, overriding: {details}"
+            )
+            log.warning("%s", reason)
+            return PromotionDecision(True, reason, cand_v, champ_v, rows, overridden=True), table
         reason = f"v{cand_v} refused against {against} on {len(data):,} OOT rows: {details}"
         return PromotionDecision(False, reason, cand_v, champ_v, rows), table
     reason = (
@@ -796,7 +806,9 @@ PROMOTION_ATTEMPTS = 3  # comparisons before giving up on a champion that keeps 
 
 
 @tracking.guarded
-def promote(settings: Settings, version: int | None = None, auto: bool = False) -> PromotionDecision:
+def promote(
+    settings: Settings, version: int | None = None, auto: bool = False, override: bool = False
+) -> PromotionDecision:
     """Move alias champion to `version` (or to the challenger) if no model is worse than the champion's
     beyond its tolerance and no amount (nor the cumulative value) is biased beyond the limit.
 
@@ -804,8 +816,9 @@ def promote(settings: Settings, version: int | None = None, auto: bool = False) 
     `promotion.lock_wait_seconds`, then compares with the champion the first left): the champion is read,
     both releases are loaded (verified) and scored on the challenger's OOT sample (the newer month), and
     the alias moves only if the champion is still the one compared with — a champion moved by hand
-    meanwhile is compared with in turn. The first release is checked on its bias alone and promoted
-    anyway (there is nothing to keep), its problems on record. A refusal leaves the champion untouched;
+    meanwhile is compared with in turn. The first release goes through the same gate (its bias, with no
+    champion to compare with); `override` promotes past a failed gate, deliberately and on record. A
+    refusal leaves the champion untouched;
     the reason, what was compared with and the champion afterwards are logged and recorded.
     """
     cfg = settings.mlflow
@@ -819,7 +832,7 @@ def promote(settings: Settings, version: int | None = None, auto: bool = False) 
         table: pd.DataFrame | None = None
         for attempt in range(1, PROMOTION_ATTEMPTS + 1):
             champ_v = champion_version(client, cfg.model_name)
-            decision, table = judge(settings, client, candidate, champ_v)
+            decision, table = judge(settings, client, candidate, champ_v, override)
             decision.attempts = attempt
             if not decision.promoted or champ_v == cand_v:
                 decision.champion_after = champion_version(client, cfg.model_name)

@@ -530,7 +530,9 @@ def section_drift(settings: Settings, drift: pd.DataFrame, pred: pd.DataFrame) -
     return blocks
 
 
-def section_backtest(settings: Settings, backtest: pd.DataFrame) -> list[Any]:
+def section_backtest(
+    settings: Settings, backtest: pd.DataFrame, survival: pd.DataFrame | None = None
+) -> list[Any]:
     catalog = settings.models.catalog()
     if backtest.empty:
         return [
@@ -552,6 +554,20 @@ def section_backtest(settings: Settings, backtest: pd.DataFrame) -> list[Any]:
         *image(wape_figure(backtest, catalog), "wape"),
         *image(value_figure(backtest), "value"),
     ]
+    if survival is not None and not survival.empty:
+        shown = survival[
+            ["model_id", "horizon", "score_month", "n", "predicted", "realized", "gap", "status"]
+        ]
+        blocks.append(
+            table(
+                shown,
+                "Survival calibration: predicted vs realized share in base, with its status",
+                status_col="status",
+                note="gap = predicted − realized share; warn / fail thresholds by horizon: "
+                f"monitoring.survival_warn {settings.monitoring.survival_warn}, "
+                f"survival_fail {settings.monitoring.survival_fail}",
+            )
+        )
     for title, t in backtest_tables(backtest, settings.monitoring.metric_horizons, catalog).items():
         blocks.append(table(t, title, max_rows=300))
     return blocks
@@ -652,7 +668,7 @@ def build_report(
         Section("Drift", section_drift(settings, monitored["drift"], monitored["prediction_drift"])),
         Section(
             "Backtest: earlier forecasts against this month",
-            section_backtest(settings, monitored["backtest"]),
+            section_backtest(settings, monitored["backtest"], monitored.get("survival")),
         ),
         Section(
             "Intervals: coverage and width",

@@ -24,6 +24,7 @@ from spark_app.batch import (
     HOLDOUT,
     BatchPlan,
     BatchStats,
+    FeatureRanges,
     StatsAccumulator,
     merged,
     output_schema,
@@ -37,8 +38,9 @@ from spark_app.cltv import (
 from spark_app.config import Settings
 from spark_app.contract import ID, InputContractError, features_spec, read_months, schema_problems
 from spark_app.errors import UserError
+from spark_app.horizons import target_calendar_months
 from spark_app.intervals import IntervalTable
-from spark_app.layout import scores_dir
+from spark_app.layout import SCORE_SUMMARY, scores_dir
 from spark_app.models import RELEASE_JSON, Learner
 from spark_app.months import fmt
 from spark_app.progress import StageTimer
@@ -74,6 +76,9 @@ class ScoreSummary:
     detail: bool = False
     release_digest: str = ""  # SHA-256 of the release's files, verified before scoring
     models: tuple[str, ...] = ()  # the release's models, which all enter CLTV
+    # share of the month's subscribers with a numeric feature outside what the release saw at a horizon
+    outside_range_by_horizon: dict[int, float] = field(default_factory=dict)
+    outside_range_by_feature: dict[str, float] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- release → plan
@@ -130,10 +135,12 @@ def make_plan(
             months=settings.scoring.extrapolation_months,
             trend_floor=settings.scoring.trend_floor,
             trend_cap=settings.scoring.trend_cap,
+            method=settings.scoring.extrapolation_method,
         ),
         detail=detail,
         seen={c: frozenset(v) for c, v in seen_categories(manifest).items() if c in cols},
         intervals=IntervalTable.from_json(manifest.get("intervals")),
+        ranges=FeatureRanges.from_json(manifest.get("feature_ranges")),
         interval_level=settings.scoring.interval_level,
     )
 
@@ -242,6 +249,38 @@ def scoring_parallelism(spark: SparkSession, features: DataFrame) -> DataFrame:
     return features
 
 
+def month_summary(stats: BatchStats, plan: BatchPlan) -> dict[str, Any]:
+    """What the review page reads about the scoring of the month without scanning it again."""
+    rows = max(stats.rows, 1)
+    return {
+        "rows": stats.rows,
+        "holdout_rows": stats.holdout,
+        "cltv_sum": stats.cltv_sum,
+        "release_version": plan.release_version,
+        "release_digest": plan.release_digest,
+        "models": list(plan.models),
+        "outside_range_by_horizon": {
+            str(h + 1): int(n) / rows for h, n in enumerate(stats.outside_by_horizon)
+        },
+        "outside_range_by_feature": {c: n / rows for c, n in stats.outside_by_feature.most_common()},
+    }
+
+
+def report_ranges(summary: ScoreSummary) -> None:
+    """Subscribers beyond what the release learned, said in the log (and the summary, MLflow, the page)."""
+    by_h = summary.outside_range_by_horizon
+    if not by_h:
+        return
+    shown = ", ".join(f"h{h} {v:.1%}" for h, v in by_h.items() if h in (1, 6, 12, 24) or h == max(by_h))
+    worst = ", ".join(f"{c} {v:.1%}" for c, v in list(summary.outside_range_by_feature.items())[:3])
+    level = logging.WARNING if max(by_h.values()) > 0.05 else logging.INFO
+    log.log(
+        level,
+        "subscribers with a feature outside the release's training range (0.5..99.5 %% per horizon): %s%s",
+        shown, f"; most often {worst}" if worst else "",
+    )  # fmt: skip
+
+
 def check_enabled_models(release_models: tuple[str, ...], settings: Settings) -> None:
     """A release scores with the models it was trained with; when they differ from `models.enabled` the
     log says so with both lists (or, with `scoring.models_mismatch: error`, the job refuses)."""
@@ -286,6 +325,8 @@ def log_score_run(settings: Settings, summary: ScoreSummary) -> None:
     metrics.update({f"non_finite_{k}": v for k, v in summary.non_finite_values.items()})
     metrics.update({f"unseen_{k}": v for k, v in summary.unseen_categorical.items()})
     metrics.update({f"seconds_{k.replace(' ', '_')}": v for k, v in summary.seconds.items()})
+    metrics.update({f"outside_range_h{h}": v for h, v in summary.outside_range_by_horizon.items()})
+    metrics.update({f"outside_range_{c}": v for c, v in summary.outside_range_by_feature.items()})
     tracking.log_values(mlflow, run.info.run_id, params=params, metrics=metrics)
     mlflow.set_terminated(run.info.run_id)
 
@@ -314,6 +355,17 @@ def score_month(
             )  # fmt: skip
             plan = replace(plan, threads=int(spark.conf.get("spark.task.cpus", "1")))
             check_enabled_models(plan.models, settings)
+            seen = loaded.manifest.get("calendar_months_seen")
+            if seen:
+                ahead = target_calendar_months(plan.score_month_index, plan.horizons)
+                ahead = sorted({int(m) for m in ahead})
+                unseen = [m for m in ahead if m not in seen]
+                if unseen:
+                    log.warning(
+                        "target calendar months %s never occur in release v%s's training window (it saw %s): "
+                        "their forecasts are made with the calendar feature unknown, not extrapolated",
+                        unseen, plan.release_version, seen,
+                    )  # fmt: skip
             if plan.intervals is None:
                 log.warning(
                     "release v%s has no interval table (trained before intervals): cltv_lower/upper and "
@@ -346,6 +398,7 @@ def score_month(
                     scores.write.mode("overwrite").parquet(staging)
                     stats = merged(accumulator.value)
                     check_keys(stats, features, month)
+                    storage.write_json(f"{staging}/{SCORE_SUMMARY}", month_summary(stats, plan))
         finally:
             bundle.unpersist()
     report_inputs(stats, month)
@@ -364,7 +417,14 @@ def score_month(
         detail=detail,
         release_digest=plan.release_digest,
         models=plan.models,
+        outside_range_by_horizon={
+            h + 1: int(n) / stats.rows for h, n in enumerate(stats.outside_by_horizon) if stats.rows
+        },
+        outside_range_by_feature={
+            c: n / stats.rows for c, n in stats.outside_by_feature.most_common() if stats.rows
+        },
     )
+    report_ranges(summary)
     with timer.stage("log to mlflow"):
         log_score_run(settings, summary)
     log.info(

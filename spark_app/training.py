@@ -24,8 +24,14 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from spark_app import __version__
-from spark_app.batch import horizon_rows, inputs_from_pandas, monthly_forecasts
-from spark_app.catalog import CALENDAR_MONTH, HORIZON, REGRESSION, ModelCatalog
+from spark_app.batch import FeatureRanges, horizon_rows, inputs_from_pandas, monthly_forecasts
+from spark_app.catalog import (
+    DERIVED_FEATURES,
+    HORIZON,
+    NULL_CATEGORY,
+    REGRESSION,
+    ModelCatalog,
+)
 from spark_app.cltv import ValueFormula
 from spark_app.config import Settings
 from spark_app.contract import ID, MONTH, month_dirs, read_table
@@ -64,7 +70,7 @@ from spark_app.storage import Storage
 
 log = logging.getLogger(__name__)
 
-KEY_COLUMNS = (ID, "feature_month", "target_month", HORIZON, CALENDAR_MONTH)
+KEY_COLUMNS = (ID, "feature_month", "target_month", *DERIVED_FEATURES)
 ARROW_CONF = "spark.sql.execution.arrow.pyspark.enabled"
 
 
@@ -344,6 +350,11 @@ def fit_release_intervals(
     grid[row[known], col[known]] = realized["value"].to_numpy()[known]
     pooled_f: list[list[np.ndarray]] = [[] for _ in range(horizons)]
     pooled_a: list[list[np.ndarray]] = [[] for _ in range(horizons)]
+    pooled_s: list[list[np.ndarray]] = [[] for _ in range(horizons)]
+    segment = settings.training.interval_segment
+    if segment is not None and segment not in plan.categorical:
+        log.warning("intervals: training.interval_segment %r is not a categorical input: by decile", segment)
+        segment = None
     for month, rows in sample.groupby(MONTH, sort=True):
         month = month if isinstance(month, dt.date) else pd.Timestamp(month).date()
         ahead = months_between(month, last_target)  # facts after F up to the last target
@@ -356,9 +367,15 @@ def fit_release_intervals(
         forecast_cum = cumulative_values(forecasts, plan.formula)
         start = month_index(month) + 1 - base
         realized_cum = np.cumsum(grid[ids.get_indexer(rows[ID]), start : start + max(usable)], axis=1)
+        labels = None
+        if segment:
+            values = rows[segment].astype(object)
+            labels = values.where(values.notna(), NULL_CATEGORY).astype(str).to_numpy()
         for h in usable:
             pooled_f[h - 1].append(forecast_cum[:, h - 1])
             pooled_a[h - 1].append(realized_cum[:, h - 1])
+            if labels is not None:
+                pooled_s[h - 1].append(labels)
     fitted = next((h for h in range(horizons) if not pooled_f[h]), horizons)
     if not fitted:
         return None
@@ -366,7 +383,12 @@ def fit_release_intervals(
         [np.concatenate(x) for x in pooled_f[:fitted]],
         [np.concatenate(x) for x in pooled_a[:fitted]],
         feature_month=f"{fmt(months[0])}..{fmt(months[-1])}",
+        segments=[np.concatenate(x) for x in pooled_s[:fitted]] if segment else None,
+        segment_column=segment,
+        min_segment_rows=settings.training.interval_min_segment_rows,
     )
+    if table.segments:
+        log.info("intervals by %s too: own bands for %s", segment, ", ".join(sorted(table.segments)))
     fewest = min(sum(len(x) for x in pooled) for pooled in pooled_f[:fitted])
     log.info(
         "intervals: %s held-out subscribers at %d feature months %s; %s..%s residuals per horizon, "
@@ -409,6 +431,12 @@ def train_release(spark: SparkSession, settings: Settings, dataset_id: str | Non
         "input_feature_cols": inputs,
         "categories": categories_seen(train_frames, learner.catalog.input_categorical()),
         "fit": {m: asdict(r) for m, r in learner.fit_reports.items()},
+        # what the models saw, per horizon: scoring counts the subscribers beyond it
+        "feature_ranges": FeatureRanges.fit(
+            pd.concat(train_frames, ignore_index=True),
+            [c for c in inputs if c not in learner.catalog.categorical],
+            max(manifest.get("horizons") or settings.dataset.horizons),
+        ).to_json(),
     }
     with timer.stage("fit intervals", spark):
         intervals = fit_release_intervals(

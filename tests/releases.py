@@ -32,6 +32,7 @@ def training_frames(features: pd.DataFrame, facts: pd.DataFrame) -> tuple[pd.Dat
     fm = rows["report_month"].map(month_index).to_numpy()
     target = fm + rows["horizon"].to_numpy()
     rows["target_calendar_month"] = target % 12 + 1
+    rows["feature_calendar_month"] = fm % 12 + 1
     rows["target_month"] = [dt.date(int(t // 12), int(t % 12) + 1, 1) for t in target]
     facts = facts.rename(columns={"report_month": "target_month"})
     joined = rows.merge(facts, on=["subscriber_id", "target_month"], how="left")

@@ -3,9 +3,11 @@ month must agree with a direct computation."""
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 
@@ -73,3 +75,22 @@ def test_inputs_count_missing_non_finite_and_unseen_values():
     assert np.isnan(inputs.numeric["arpu"][1:]).all()
     codes, values = inputs.categorical["region"]
     assert [values[c] if c >= 0 else None for c in codes] == ["north", "south", None, "south"]
+
+
+def test_subscribers_beyond_the_training_ranges_are_counted_per_horizon_and_feature():
+    """Ranges are the 0.5..99.5 % quantiles per horizon; a tenure longer than any seen at h is counted."""
+    from spark_app.batch import BatchStats, FeatureRanges
+
+    rng = np.random.default_rng(0)
+    train = pd.DataFrame({"horizon": np.repeat([1, 2], 1000), "tenure": np.concatenate(
+        [rng.uniform(0, 10, 1000), rng.uniform(0, 20, 1000)]), "price": rng.uniform(5, 6, 2000)})  # fmt: skip
+    ranges = FeatureRanges.fit(train, ["tenure", "price"], 2)
+    again = FeatureRanges.from_json(json.loads(json.dumps(ranges.to_json())))
+    stats = BatchStats()
+    numeric = {"tenure": np.array([5.0, 15.0, 30.0, np.nan]), "price": np.array([5.5, 5.5, 5.5, 9.0])}
+    again.count_outside(numeric, stats)
+    # h1: 15 and 30 beyond tenure, the 4th row's price; h2: 30, and the price
+    assert list(stats.outside_by_horizon) == [3, 2]
+    assert stats.outside_by_feature == {"tenure": 2, "price": 1}
+    merged = BatchStats().merge(stats).merge(stats)
+    assert list(merged.outside_by_horizon) == [6, 4]

@@ -3,6 +3,8 @@ logistic shifts, and the round trip through release.json."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -49,11 +51,13 @@ def test_logistic_recalibration_recovers_a_known_shift_per_horizon():
     n = 60_000
     h = rng.integers(1, 4, n)
     p = rng.uniform(0.05, 0.95, n)
-    shift = np.array([0.0, -0.5, 0.0, 0.7])[h]  # the model is off by these log-odds per horizon
+    # the model is off by these log-odds per horizon (falling: a recalibration never makes a later month
+    # more likely in the base, test_survival_intercepts_never_make_a_later_month_more_likely)
+    shift = np.array([0.0, 0.7, 0.0, -0.5])[h]
     y = (rng.uniform(size=n) < 1 / (1 + np.exp(-(np.log(p / (1 - p)) + shift)))).astype(float)
     fitted = fit_logistic(y, p, h, ridge=0.0)
     assert fitted.slope == pytest.approx(1.0, abs=0.05)
-    assert [fitted.intercepts[k] for k in (1, 2, 3)] == pytest.approx([-0.5, 0.0, 0.7], abs=0.06)
+    assert [fitted.intercepts[k] for k in (1, 2, 3)] == pytest.approx([0.7, 0.0, -0.5], abs=0.06)
     brier = lambda q: np.mean((q - y) ** 2)  # noqa: E731
     assert brier(fitted.apply(p, h)) < brier(p)
 
@@ -85,3 +89,19 @@ def test_a_season_the_model_under_learnt_gets_its_calendar_month_factor():
     for m in (1, 2, 7):
         assert calibrated[month == m].sum() == pytest.approx(y[month == m].sum(), rel=0.01)
     assert calibration.from_json(scale.to_json()).month_factors == scale.month_factors
+
+
+def test_survival_intercepts_never_make_a_later_month_more_likely():
+    from spark_app.calibration import non_increasing
+
+    np.testing.assert_allclose(non_increasing(np.array([1.0, 2.0, 0.5, 0.7, 0.1]), np.ones(5)),
+                               [1.5, 1.5, 0.6, 0.6, 0.1])  # fmt: skip
+    rng = np.random.default_rng(0)
+    h = rng.integers(1, 7, 20_000)
+    logit_p = rng.normal(1.0, 1.0, 20_000)
+    # true intercepts rise at horizon 4 (noise a free fit would follow): the fit keeps them non-increasing
+    shift = np.array([0, 0.3, 0.2, 0.1, 0.25, 0.0, -0.1])[h]
+    y = (rng.random(20_000) < 1 / (1 + np.exp(-(logit_p + shift)))).astype(float)
+    fitted = calibration.fit_logistic(y, 1 / (1 + np.exp(-logit_p)), h)
+    intercepts = [fitted.intercepts[k] for k in sorted(fitted.intercepts)]
+    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(intercepts))

@@ -258,6 +258,13 @@ def true_retention_effect(truth, listed: pd.DataFrame, flag: str) -> dict[str, f
     return out
 
 
+def _within_noise(row: object, truth: float) -> bool:
+    """The 95 % CI misses the truth one run in twenty by design (its rate is proven by the A/A test);
+    one run is judged on the same centre and standard error at 99.9 %, so a miss here is a bias."""
+    centre, half = (row.ci_high + row.ci_low) / 2, (row.ci_high - row.ci_low) / 2
+    return abs(truth - centre) <= half * 3.2905 / 1.96
+
+
 def test_a_zero_effect_is_not_detected_and_a_planted_one_is_with_its_true_value_covered(
     spark, campaign_env, designed, panel_spec
 ):
@@ -267,7 +274,7 @@ def test_a_zero_effect_is_not_detected_and_a_planted_one_is_with_its_true_value_
     results = pd.read_parquet(Path(evaluation_dir(settings.paths, "test", E)) / "results")
     retention = results[(results["metric"] == "retention") & (results["estimator"] == "stratified")]
     retention = retention.dropna(subset=["ci_low"])  # a channel of a handful: no estimate
-    assert len(retention) and (retention["ci_low"] <= 0).all() and (retention["ci_high"] >= 0).all()
+    assert len(retention) and all(_within_noise(r, 0.0) for r in retention.itertuples(index=False))
     treated = listed.loc[listed["group"] == TREATMENT, "subscriber_id"].tolist()
     truth = replay_with_effect(spark, str(panel), panel_spec, treated, add_months(M, 1), 4, 0.0)
     expected = true_retention_effect(truth, listed, "in_active_base")
@@ -283,7 +290,7 @@ def test_a_zero_effect_is_not_detected_and_a_planted_one_is_with_its_true_value_
     above = [c for c in expected if c in mde and expected[c] > mde[c]]
     assert above, (expected, mde)  # the planted effect is above the design's MDE somewhere...
     for r in found.dropna(subset=["ci_low"]).itertuples(index=False):
-        assert r.ci_low <= expected[r.channel] <= r.ci_high, (r.channel, expected, r)  # ...its CI covers it
+        assert _within_noise(r, expected[r.channel]), (r.channel, expected, r)  # ...its CI covers it
         if r.channel in above:
             assert r.p_holm < 0.05, (r.channel, expected, mde, r)  # ...and it is detected
     value = results[(results["metric"] == "value") & (results["channel"] == "active")]

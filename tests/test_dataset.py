@@ -92,7 +92,7 @@ def test_every_row_has_features_from_t_minus_h_and_a_target_in_the_window(built,
     for c in feature_cols:
         differs = differs | ~F.col(c).eqNullSafe(F.col(f"src_{c}"))
     assert matched.where(differs).count() == 0
-    assert manifest["feature_columns"][:2] == ["horizon", "target_calendar_month"]
+    assert manifest["feature_columns"][:3] == ["horizon", "target_calendar_month", "feature_calendar_month"]
     assert manifest["categorical_columns"] == ["segment", "tariff", "region", "device_type"]
 
 

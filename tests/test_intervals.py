@@ -156,3 +156,27 @@ def test_coverage_checks_judge_the_gap_to_the_level():
     assert got["gap"].round(2).tolist() == [-0.01, -0.07, 0.15, -0.6]
     with pytest.raises(ValueError, match="coverage_fail"):
         MonitoringConfig(coverage_warn=0.1, coverage_fail=0.05)
+
+
+def test_a_segment_with_its_own_residuals_gets_its_own_bands_and_a_small_one_falls_back():
+    """Mondrian by segment: 'fmc' deviates ten times more than 'mobile'; with one pooled table its interval
+    would under-cover it and over-cover mobile. 'tiny' has too few residuals and uses the overall bands."""
+    rng = np.random.default_rng(3)
+    n = 4000
+    segment = np.array(["mobile"] * 3000 + ["fmc"] * 950 + ["tiny"] * 50)
+    forecast = rng.uniform(10, 20, n)
+    realized = forecast + rng.normal(0, np.where(segment == "fmc", 10.0, 1.0))
+    table = fit_intervals(forecast[:, None], realized[:, None], feature_month="2025-01",
+                          segments=[segment], segment_column="segment", min_segment_rows=500)  # fmt: skip
+    assert table.segment_column == "segment" and set(table.segments) == {"mobile", "fmc"}
+    lower, upper = table.bounds(1, forecast, 0.8, segment)
+    inside = (realized >= lower) & (realized <= upper)
+    for value in ("mobile", "fmc"):
+        assert abs(inside[segment == value].mean() - 0.8) < 0.04, value
+    overall_l, _overall_u = table.bounds(1, forecast, 0.8)
+    tiny = segment == "tiny"
+    np.testing.assert_array_equal(lower[tiny], overall_l[tiny])
+    again = IntervalTable.from_json(table.to_json())
+    np.testing.assert_array_equal(again.bounds(1, forecast, 0.8, segment)[0], lower)
+    # a horizon beyond the fitted ones scales the segment's own bands
+    np.testing.assert_allclose(table.at(2, "fmc").upper[0.8], np.asarray(table.at(1, "fmc").upper[0.8]) * 2)

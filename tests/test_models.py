@@ -41,6 +41,7 @@ def frame(n: int, seed: int) -> pd.DataFrame:
     df["feature_month"] = pd.Timestamp("2025-01-01").date()
     df["horizon"] = rng.integers(1, 25, n)
     df["target_calendar_month"] = (df["horizon"] % 12) + 1
+    df["feature_calendar_month"] = 1
     logit = 2.0 * df["is_active"] - 0.05 * df["horizon"] + 0.5 * (df["segment"] == "fmc") - 0.3
     p = 1 / (1 + np.exp(-logit))
     df["paid_fact"] = (rng.random(n) < p).astype(int)
@@ -238,3 +239,49 @@ def test_bias_first_metrics_on_hand_made_numbers():
     h = np.array([1, 1, 2, 2])
     bias, se = cumulative_bias(h, np.array([2.0, 2.0, 1.0, 3.0]), np.array([1.0, 3.0, 2.0, 2.0]), up_to=24)
     assert bias == pytest.approx((2 + 2) / (2 + 2) - 1) and se > 0
+
+
+def test_calendar_months_the_window_never_had_are_scored_unknown_not_extrapolated(frames, tmp_path):
+    """A window whose targets fall in months 1..4 only: the learner records them, fits a share of rows with
+    the month unknown, and forecasts a never-seen month exactly as it forecasts an unknown one."""
+    short = {k: v.assign(target_calendar_month=(v["horizon"] % 4) + 1) for k, v in frames.items()}
+    s = make_settings(tmp_path, models=fast(20))
+    learner = Learner.from_settings(s).fit(short["train_surv"], short["train_reg"], short["val"])
+    assert learner.calendar_seen == (1, 2, 3, 4)
+    rows = short["oot"].head(50)
+    july = learner.predict(rows.assign(target_calendar_month=7))
+    unknown = learner.predict(rows.assign(target_calendar_month=np.nan))
+    april = learner.predict(rows.assign(target_calendar_month=4))
+    for m in ALL_MODELS:
+        np.testing.assert_allclose(july[m], unknown[m], err_msg=m)
+    assert any(not np.allclose(july[m], april[m]) for m in ALL_MODELS)
+    again = Learner.from_bundle(learner.save_bundle(tmp_path / "b"))
+    assert again.calendar_seen == (1, 2, 3, 4)
+    np.testing.assert_allclose(again.predict(rows.assign(target_calendar_month=7))["paid"], july["paid"])
+    full = Learner.from_settings(s).fit(frames["train_surv"], frames["train_reg"], frames["val"])
+    assert full.calendar_seen is None  # twelve months seen: nothing neutralized
+
+
+def test_survival_forecasts_never_rise_with_the_horizon_for_the_same_subscriber(fitted, frames):
+    """monotone_constraints {horizon: -1} in conf/models.yaml: for one subscriber and one target season a
+    later month is never more likely in the base."""
+    rows = frames["oot"].head(40)
+    by_h = [fitted.predict(rows.assign(horizon=h, target_calendar_month=3)) for h in range(1, 25)]
+    for m in ("paid", "active"):
+        curve = np.stack([p[m] for p in by_h])
+        assert (np.diff(curve, axis=0) <= 1e-9).all(), m
+
+
+def test_an_amount_calibration_that_worsens_the_test_split_is_not_kept(fitted, frames):
+    """Calibrated on val; kept whole, in part or not at all — whichever has the smallest |bias| on test."""
+    val, test = frames["val"], frames["oot"]
+    skewed = val.assign(sm_mobile_fact=val["sm_mobile_fact"] * 1.8)  # val says 'scale up by 1.8': noise
+    learner = fitted
+    learner.calibrate(skewed, test)
+    report = learner.calibration_reports["sm_mobile"]
+    raw = learner.predict(test, calibrated=False)["sm_mobile"]
+    y = test["sm_mobile_fact"].to_numpy()
+    without = abs(raw.sum() / y.sum() - 1)
+    assert abs(report.after["agg_bias"]) <= without + 1e-12
+    assert "kept:" in report.note
+    learner.calibrate(val, test)  # back to the fixture's calibration

@@ -356,3 +356,23 @@ def test_monitor_month_writes_tables_logs_a_run_and_fails_on_drift(
     run = mlflow.MlflowClient(settings.mlflow.tracking_uri).get_run(result.run_id)
     assert run.data.metrics["drift.psi.price"] > CFG.psi_fail
     assert run.data.tags["status"] == FAIL
+
+
+def test_survival_calibration_gets_a_status_per_horizon():
+    """Predicted 88.1 % against 96.1 % realized at h = 1 fails (8 points beyond 5); 1 point at h = 6 is ok."""
+    from spark_app.backtest import survival_checks
+
+    rows = [
+        {"model_id": "active", "score_month": dt.date(2025, 3, 1), "horizon": 1, "population": "all",
+         "dimension": "all", "n": 5000, "forecast_mean": 0.881, "actual_mean": 0.961},
+        {"model_id": "active", "score_month": dt.date(2024, 10, 1), "horizon": 6, "population": "all",
+         "dimension": "all", "n": 5000, "forecast_mean": 0.81, "actual_mean": 0.80},
+        {"model_id": "paid", "score_month": dt.date(2025, 1, 1), "horizon": 3, "population": "all",
+         "dimension": "all", "n": 100, "forecast_mean": 0.5, "actual_mean": 0.9},
+        {"model_id": "sm_mobile", "score_month": dt.date(2025, 3, 1), "horizon": 1, "population": "all",
+         "dimension": "all", "n": 5000, "forecast_mean": 10.0, "actual_mean": 1.0},
+    ]  # fmt: skip
+    found = survival_checks(pd.DataFrame(rows), ["paid", "active"], MonitoringConfig())
+    status = {(r.model_id, r.horizon): r.status for r in found.itertuples()}
+    assert status == {("active", 1): "fail", ("active", 6): "ok", ("paid", 3): "skipped"}
+    assert found.loc[found["horizon"] == 1, "gap"].iloc[0] == pytest.approx(-0.08)

@@ -147,7 +147,7 @@ def test_registered_bundle_and_pyfunc_score_like_the_trained_models(spark, train
         tracking_uri=settings.mlflow.tracking_uri,
     )
     pyfunc = mlflow.pyfunc.load_model(local)
-    subscribers = oot.drop(columns=["horizon", "target_calendar_month"]).head(5)
+    subscribers = oot.drop(columns=["horizon", "target_calendar_month", "feature_calendar_month"]).head(5)
     out = pyfunc.predict(subscribers)
     assert len(out) == 5 * 24
     assert list(out.columns[-8:]) == list(ALL_MODELS)
