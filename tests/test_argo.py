@@ -847,7 +847,9 @@ def test_monthly_dag_runs_locally_end_to_end(spark, panel_dir, tmp_path):
         },
         "spark": {"master": "local[2]", "shuffle_partitions": 4},
         "dataset": {"sample_rate": 0.5},
-        "monitoring": {"reference_rows": 2000, "backtest_max_horizon": 3, "report_shap_rows": 200},
+        "monitoring": {"reference_rows": 2000, "backtest_max_horizon": 3, "report_shap_rows": 200,
+                       "survival_warn": {1: 0.5}, "survival_fail": {1: 0.9}},
+        "promotion": {"max_abs_bias": 10.0},  # a 3,000-subscriber panel: the gate would judge noise
         "models": {
             "profiles": {
                 m: {"params": fast}

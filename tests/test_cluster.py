@@ -64,7 +64,9 @@ def cluster_conf(tmp_path: Path, panel: Path) -> Path:
         "dataset": {"horizons": list(range(1, 7)), "target_months": 3},
         "spark": {"shuffle_partitions": 4},
         "monitoring": {"psi_fail": 50.0, "psi_warn": 40.0, "prediction_psi_fail": 50.0,
-                       "prediction_psi_warn": 40.0, "unseen_fail": 1.0, "unseen_warn": 1.0},
+                       "prediction_psi_warn": 40.0, "unseen_fail": 1.0, "unseen_warn": 1.0,
+                       "survival_warn": {1: 0.5}, "survival_fail": {1: 0.9}},
+        "promotion": {"max_abs_bias": 10.0},  # 2,000 subscribers: the gate would judge noise
         "models": {"profiles": {m: {"params": {"iterations": 30}} for m in
                                 ("paid", "active", "sm_mobile", "sm_fmc", "sm_fttb", "data_gb", "voice_min",
                                  "sac")}},

@@ -51,15 +51,18 @@ def workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("registry")
 
 
-def settings_for(workdir: Path, panel: Path, url: str, models: dict, max_abs_bias: float = 10.0):
+def settings_for(
+    workdir: Path, panel: Path, url: str, models: dict, max_abs_bias: float = 10.0, tolerance: float = 0.01
+):
     """The bias gate is opened wide: a 3,000-subscriber panel's OOT month has ~100 rows, whose
-    aggregate bias is mostly noise; `test_the_bias_gate_refuses_...` closes it."""
+    aggregate bias is mostly noise; `test_the_bias_gate_refuses_...` closes it. The lease tests open the
+    metric tolerance too: on ~90 rows a 2-tree release's AUC can beat a 30-tree one by chance."""
     return make_settings(
         workdir,
         panel,
         models=models,
         mlflow={"tracking_uri": url, "artifact_location": None},
-        promotion={"max_abs_bias": max_abs_bias},
+        promotion={"max_abs_bias": max_abs_bias, "tolerance": {m: tolerance for m in ALL_MODELS}},
     )
 
 
@@ -172,7 +175,8 @@ def test_the_bias_gate_refuses_a_challenger_whose_oot_bias_exceeds_the_limit(
     assert not decision.promoted and decision.champion == 2
     assert "aggregate bias" in decision.reason or "cumulative 24-month value bias" in decision.reason
     rows = {r["model_id"]: r for r in decision.comparison}
-    assert rows["value"]["metric"] == "cum24_bias" and not rows["value"]["ok"]
+    assert rows["value"]["metric"] == "cum24_bias"
+    assert any(not r["ok"] for r in rows.values())  # refused by bias alone: no metric is worse (below)
     assert all(abs(r["worsening"]) < 1e-9 for m, r in rows.items() if m != "value")
     assert alias_version(strict, CHAMPION) == 2
 
@@ -184,10 +188,12 @@ sys.exit(main(["promote", "--conf", sys.argv[1], "--version", sys.argv[2]]))
 """
 
 
-def test_two_promotions_at_once_each_compare_with_the_champion_they_replace(releases, tmp_path):
+def test_two_promotions_at_once_each_compare_with_the_champion_they_replace(
+    releases, tmp_path, workdir, panel_dir, server
+):
     """Two real processes promote v1 and v2 against the starved v3: the lease serializes them, so the
     second compares with the first's result — never both with v3 — and the records say so."""
-    settings, _ = releases
+    settings = settings_for(workdir, panel_dir, server, FAST, tolerance=10.0)
     client = mlflow_client(settings.mlflow)
     name = settings.mlflow.model_name
     client.set_registered_model_alias(name, CHAMPION, "3")
@@ -210,10 +216,12 @@ def test_two_promotions_at_once_each_compare_with_the_champion_they_replace(rele
     client.set_registered_model_alias(name, CHAMPION, "2")
 
 
-def test_a_champion_moved_by_hand_during_a_comparison_is_compared_with_in_turn(releases, monkeypatch):
+def test_a_champion_moved_by_hand_during_a_comparison_is_compared_with_in_turn(
+    releases, monkeypatch, workdir, panel_dir, server
+):
     """Someone moves the alias in the UI while `promote` compares: the alias is not overwritten blindly;
     the challenger is compared again with the champion that is there now, and the record says so."""
-    settings, _ = releases
+    settings = settings_for(workdir, panel_dir, server, FAST, tolerance=10.0)
     client = mlflow_client(settings.mlflow)
     name = settings.mlflow.model_name
     client.set_registered_model_alias(name, CHAMPION, "3")

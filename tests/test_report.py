@@ -153,7 +153,9 @@ def evaluation_artifacts(client, run_id: str, tmp: Path) -> None:
 def test_report_page_has_every_section_and_is_linked_from_mlflow(
     spark, panel_dir, tmp_path, settings_factory
 ):
-    settings = settings_factory(panel=panel_dir)
+    settings = settings_factory(  # a tiny learner: its survival is not meant to be calibrated
+        panel=panel_dir, monitoring={"survival_warn": {1: 0.5}, "survival_fail": {1: 0.9}}
+    )
     scores = Path(settings.paths.scores)
     for k in range(0, 4):
         write_naive_scores(spark, panel_dir, scores, add_months(MONTH, -k))
