@@ -12,7 +12,8 @@ subscriber's last observed monthly value (the "retention × margin" projection).
 aggregate error of the value (Σ forecast / Σ realized − 1), of the share in the active base, and the mean
 absolute error per subscriber of its monthly value, for the release and the baseline. A generated panel
 favours the process that generated it (the release learns the generator's hazard, the baseline assumes
-sBG): the held-out real panel is the real test.
+sBG): the held-out real panel is the real test. The extended months are also shown under both extension
+methods (`ext_sbg_*`, `ext_bdw_*`: spark_app.cltv.extend_survival's sBG and beta-discrete-Weibull).
 """
 
 from __future__ import annotations
@@ -93,10 +94,13 @@ def main() -> None:
     # the release: 5 forecast months, then the sBG extension of survival and the amounts (cltv's own code)
     forecasts = {m: np.stack(scores[f"{m}_h"].to_numpy()) for m in catalog.ids}
     model_value = np.diff(cumulative_values(forecasts, formula), axis=1, prepend=0.0)
-    model_active = extend_survival(forecasts["active"], AHEAD)
     per_active = model_value[:, -1] / np.maximum(forecasts["active"][:, -1], 1e-9)
-    extra = per_active[:, None] * model_active[:, model_value.shape[1] :]
-    model_value = np.hstack([model_value, extra])
+    trained = model_value.shape[1]
+    extended = {}  # the extension by either method: survival and value of months 1..AHEAD
+    for method in ("sbg", "bdw"):
+        curve = extend_survival(forecasts["active"], AHEAD, method=method)
+        extended[method] = (curve, np.hstack([model_value, per_active[:, None] * curve[:, trained:]]))
+    model_active, model_value = extended[settings.scoring.extrapolation_method]
     # the baseline: sBG on the month-5 base's active share over months 6..10, each subscriber's last value
     cohort_month = add_months(SCORED, -5)
     cohort = set(
@@ -134,6 +138,14 @@ def main() -> None:
                 "realized_active": active[:, h - 1].mean(),
                 "release_active": model_active[:, h - 1].mean(),
                 "sbg_active": base_active[:, h - 1].mean(),
+                **{
+                    f"ext_{m}_{k}": v
+                    for m, (curve, value) in extended.items()
+                    for k, v in (
+                        ("error", value[:, h - 1].sum() / r.sum() - 1),
+                        ("active", curve[:, h - 1].mean()),
+                    )
+                },
             }
         )
     table = pd.DataFrame(rows)

@@ -184,6 +184,18 @@ def log_link(entry: ModelEntry) -> bool:
     return loss in ("Tweedie", "Poisson")
 
 
+def rms_bias_by_group(pred: np.ndarray, actual: np.ndarray, group: np.ndarray) -> float:
+    """sqrt(Σ_g n_g · (Σ pred_g / Σ actual_g − 1)² / Σ_g n_g) over the groups whose actual sum is not 0."""
+    keys, inverse, counts = np.unique(group, return_inverse=True, return_counts=True)
+    pred_sum = np.bincount(inverse, weights=pred, minlength=len(keys))
+    actual_sum = np.bincount(inverse, weights=actual, minlength=len(keys))
+    ok = actual_sum != 0
+    if not ok.any():
+        return float("nan")
+    bias = pred_sum[ok] / actual_sum[ok] - 1
+    return float(np.sqrt(np.average(bias**2, weights=counts[ok])))
+
+
 class Learner:
     """Fits and predicts the catalog's models; `models` maps model id → fitted CatBoost model."""
 
@@ -344,7 +356,7 @@ class Learner:
                 def bias_of(pred: np.ndarray, total: float = total) -> float:
                     return float(pred.sum() / total - 1) if total else float("nan")
 
-                # fitted on val; kept only as far as it lowers |bias| on test (a small base's val is noise)
+                # fitted on val; kept only as far as it lowers the test bias (a small base's val is noise)
                 candidates: dict[str, Calibration | None] = {
                     "horizon x calendar month": fitted,
                     "horizon": calibration.AmountScale(fitted.factors, fitted.overall),
@@ -353,29 +365,35 @@ class Learner:
                 }
                 if check is val:
                     candidates = {"horizon x calendar month": fitted}
-                biases = {
-                    name: bias_of(raw if cal is None else cal.apply(raw, h_check, m_check))
+                predicted = {
+                    name: raw if cal is None else cal.apply(raw, h_check, m_check)
                     for name, cal in candidates.items()
                 }
-                best = min(biases, key=lambda k: abs(biases[k]) if np.isfinite(biases[k]) else np.inf)
+                # judged per target calendar month (rms): an OOT month is one calendar month, so a factor
+                # that fixes January but not the pooled sum counts, one that trades months does not
+                monthly = {n: rms_bias_by_group(pred, y_check, m_check) for n, pred in predicted.items()}
+                biases = {name: bias_of(pred) for name, pred in predicted.items()}
+                best = min(monthly, key=lambda k: monthly[k] if np.isfinite(monthly[k]) else np.inf)
                 chosen = candidates[best]
                 if chosen is not None:
                     self.calibration[m] = chosen
+                full = "horizon x calendar month"
                 reports[m] = CalibrationReport(
                     len(y), "scale", chosen is not None,
-                    f"kept: {best} (test bias without {biases.get('none', float('nan')):+.2%}, with the "
-                    f"full calibration {biases['horizon x calendar month']:+.2%}); overall factor "
-                    f"{fitted.overall:.3f}",
-                    {"agg_bias": bias_of(raw)}, {"agg_bias": biases[best]},
+                    f"kept: {best} (test bias per target month, rms: without "
+                    f"{monthly.get('none', float('nan')):.2%}, with the full calibration "
+                    f"{monthly[full]:.2%}, kept {monthly[best]:.2%}); overall factor {fitted.overall:.3f}",
+                    {"agg_bias": bias_of(raw), "monthly_rms_bias": monthly.get("none", float("nan"))},
+                    {"agg_bias": biases[best], "monthly_rms_bias": monthly[best]},
                 )  # fmt: skip
                 log.info(
-                    "calibration %s: fitted on %s val rows; on the test rows its bias is %s without it and "
-                    "%s with it, so %s",
-                    m, f"{len(y):,}", f"{biases.get('none', float('nan')):+.2%}",
-                    f"{biases['horizon x calendar month']:+.2%}",
-                    "it is kept whole" if best == "horizon x calendar month"
+                    "calibration %s: fitted on %s val rows; on the test rows its bias per target month "
+                    "(rms) is %s without it and %s with it, so %s (pooled test bias %s)",
+                    m, f"{len(y):,}", f"{monthly.get('none', float('nan')):.2%}", f"{monthly[full]:.2%}",
+                    "it is kept whole" if best == full
                     else "it is dropped" if best == "none"
-                    else f"only its {best} factor is kept ({biases[best]:+.2%})",
+                    else f"only its {best} factor is kept ({monthly[best]:.2%})",
+                    f"{biases[best]:+.2%}",
                 )  # fmt: skip
             if entry.is_survival:
                 r = reports[m]

@@ -23,7 +23,7 @@ from spark_app.evaluation import (
     tenure_band,
 )
 from spark_app.generate import FEATURE_NUMERIC
-from spark_app.models import RELEASE_JSON, BundleError, Learner
+from spark_app.models import RELEASE_JSON, BundleError, Learner, horizon_and_month, rms_bias_by_group
 
 
 def frame(n: int, seed: int) -> pd.DataFrame:
@@ -273,7 +273,8 @@ def test_survival_forecasts_never_rise_with_the_horizon_for_the_same_subscriber(
 
 
 def test_an_amount_calibration_that_worsens_the_test_split_is_not_kept(fitted, frames):
-    """Calibrated on val; kept whole, in part or not at all — whichever has the smallest |bias| on test."""
+    """Calibrated on val; kept whole, in part or not at all — whichever has the smallest bias per target
+    calendar month (rms) on test."""
     val, test = frames["val"], frames["oot"]
     skewed = val.assign(sm_mobile_fact=val["sm_mobile_fact"] * 1.8)  # val says 'scale up by 1.8': noise
     learner = fitted
@@ -281,7 +282,17 @@ def test_an_amount_calibration_that_worsens_the_test_split_is_not_kept(fitted, f
     report = learner.calibration_reports["sm_mobile"]
     raw = learner.predict(test, calibrated=False)["sm_mobile"]
     y = test["sm_mobile_fact"].to_numpy()
-    without = abs(raw.sum() / y.sum() - 1)
-    assert abs(report.after["agg_bias"]) <= without + 1e-12
+    month = horizon_and_month(test)[1]
+    without = rms_bias_by_group(raw, y, month)
+    assert report.after["monthly_rms_bias"] <= without + 1e-12
+    assert report.before["monthly_rms_bias"] == pytest.approx(without)
     assert "kept:" in report.note
     learner.calibrate(val, test)  # back to the fixture's calibration
+
+
+def test_the_rms_bias_by_group_weighs_each_month_by_its_rows():
+    pred = np.array([2.0, 2.0, 1.0, 1.0, 1.0, 5.0])
+    actual = np.array([1.0, 1.0, 1.0, 1.0, 2.0, 0.0])
+    group = np.array([1, 1, 2, 2, 2, 3])  # month 1: +100 %; month 2: −25 %; month 3 has no actual
+    expected = np.sqrt((2 * 1.0**2 + 3 * 0.25**2) / 5)
+    assert rms_bias_by_group(pred, actual, group) == pytest.approx(expected)
