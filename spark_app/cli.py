@@ -12,7 +12,7 @@ from pathlib import Path
 from spark_app import __version__
 from spark_app.config import Settings, dump_yaml, load_settings
 from spark_app.errors import EXIT_CRASH, EXIT_VERDICT, CltvError
-from spark_app.months import parse_month
+from spark_app.months import fmt, parse_month
 from spark_app.redact import RedactingFormatter
 
 log = logging.getLogger("spark_app")
@@ -79,14 +79,63 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
-    sys.stdout.write(dump_yaml(_settings(args)))
+    """The resolved configuration (secrets masked): all of it, one key (`--key`), or where each value
+    came from (`--origin`: file, CLTV_* variable or default)."""
+    from spark_app.config import config_value, load_settings_with_origin, origin_lines, to_yaml
+
+    settings, origin = load_settings_with_origin(args.conf)
+    if args.origin:
+        sys.stdout.write("\n".join(origin_lines(settings, origin, args.key)) + "\n")
+    elif args.key:
+        value = config_value(settings, args.key)
+        scalar = not isinstance(value, dict | list)
+        sys.stdout.write(to_yaml(value).removesuffix("...\n") if not scalar else f"{_scalar(value)}\n")
+    else:
+        sys.stdout.write(dump_yaml(settings))
     return 0
 
 
+def _scalar(value: object) -> str:
+    """A scalar as YAML writes it (null, true, 0.05), so `--key` output reads back as the same value."""
+    from spark_app.config import to_yaml
+
+    return to_yaml(value).strip().removesuffix("...").strip()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """What is registered, scored, monitored, published and locked; exit 75 when the registry is down."""
+    import json
+
+    from spark_app.errors import Unreachable
+    from spark_app.status import collect_status, render
+
+    status = collect_status(_settings(args))
+    if args.json:
+        sys.stdout.write(json.dumps(status.to_json(), indent=2, sort_keys=False) + "\n")
+    else:
+        sys.stdout.write(render(status))
+    if status.registry_error:
+        raise Unreachable(status.registry_error)
+    return 0
+
+
+def _require_inputs(settings: Settings, needs: dict[str, list], context: str) -> None:
+    """A month whose input partitions are absent fails here, in a second, before Spark starts."""
+    from spark_app.inputs_ready import require_months
+
+    require_months(settings, needs, context)
+
+
 def cmd_build_dataset(args: argparse.Namespace) -> int:
-    from spark_app.dataset import build_dataset
+    from spark_app.dataset import DatasetPlan
 
     settings = _settings(args)
+    plan = DatasetPlan.from_config(settings.dataset, args.target_end, settings.models.catalog())
+    _require_inputs(
+        settings, {"features": plan.feature_months, "facts": plan.fact_months}, f"needed by {plan.describe()}"
+    )
+    from spark_app.dataset import build_dataset
+
     build_dataset(_spark(settings), settings, target_end=args.target_end)
     return 0
 
@@ -108,17 +157,19 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from spark_app.scoring import score_month
-
     settings = _settings(args)
+    _require_inputs(settings, {"features": [args.month]}, f"scoring {fmt(args.month)}")
+    from spark_app.scoring import score_month  # CatBoost, MLflow: seconds to import, after the check
+
     score_month(_spark(settings), settings, month=args.month, release=args.release, detail=args.detail)
     return 0
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _require_inputs(settings, {"features": [args.month]}, f"monitor {fmt(args.month)}")
     from spark_app.monitoring import monitor_month
 
-    settings = _settings(args)
     result = monitor_month(_spark(settings), settings, month=args.month)
     return EXIT_VERDICT if result.failed else 0
 
@@ -148,6 +199,8 @@ def cmd_validate_inputs(args: argparse.Namespace) -> int:
     from spark_app.monthly import validate_inputs
 
     settings = _settings(args)
+    context = f"validate-inputs {fmt(args.month)}"
+    _require_inputs(settings, {"features": [args.month], "facts": [args.month]}, context)
     validate_inputs(_spark(settings), settings, month=args.month)
     return 0
 
@@ -357,9 +410,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     cfg = sub.add_parser("config", help="inspect the configuration")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
-    show = cfg_sub.add_parser("show", help="print the resolved configuration as YAML")
-    _conf_arg(show, required=True)
+    show = cfg_sub.add_parser(
+        "show",
+        help="print the resolved configuration as YAML (secrets masked)",
+        description="print the resolved configuration as YAML (secrets masked); --key for one value, "
+        "--origin for the layer that set each value",
+    )
+    _conf_arg(show)
+    show.add_argument("--key", default=None, help="one dotted key (e.g. dataset.horizons) or section")
+    show.add_argument(
+        "--origin",
+        action="store_true",
+        help="every value with the layer that set it: a file, a CLTV_* variable, or default",
+    )
     show.set_defaults(handler=cmd_config_show)
+
+    p = command(
+        "status",
+        cmd_status,
+        "releases and aliases, every scored / monitored / published month, locks held, next month's inputs",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = command(
         "wait-for-inputs", cmd_wait_for_inputs, "wait until both input partitions of a month are complete"
@@ -421,5 +492,11 @@ def run_command(program: str, command: str, action: Callable[[], int], verbose: 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import time
+
+    from spark_app.metrics import push_job_exit  # exit code, wall time, `failed` to the Pushgateway
+
     args = build_parser().parse_args(argv)
-    return run_command("cltv", args.command, lambda: args.handler(args), verbose=args.verbose)
+    started = time.time()
+    code = run_command("cltv", args.command, lambda: args.handler(args), verbose=args.verbose)
+    return push_job_exit(lambda: _settings(args).monitoring, args, code, started)

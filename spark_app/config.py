@@ -6,11 +6,13 @@ or environment variables for configuration.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
 import re
 import stat
+import typing
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -101,6 +103,8 @@ class MlflowConfig(_Section):
     # retries the job with backoff anyway (exit 75), so each call gives up sooner
     http_retries: int = Field(default=3, ge=0, le=10)
     http_timeout: PositiveInt = Field(default=60, le=3600)  # seconds per request
+    # the MLflow UI's address (e.g. https://mlflow.example.com): links to reports and runs point there
+    ui_url: str | None = None
 
 
 class DatasetConfig(_Section):
@@ -147,6 +151,7 @@ class CostsConfig(_Section):
     overhead_am: confloat(ge=0) = 0.3
     overhead_base: str = "paid"  # the survival model whose probability carries the overheads
     annual_discount_rate: confloat(ge=0, lt=1) = 0.1
+    currency: str = Field(default="EUR", min_length=1, max_length=12)  # a label: amounts are not converted
 
 
 class SparkConfig(_Section):
@@ -252,6 +257,11 @@ class MonitoringConfig(_Section):
     survival_fail: dict[int, confloat(gt=0, lt=1)] = Field(
         default_factory=lambda: {1: 0.05, 6: 0.08, 12: 0.12}
     )
+    # Prometheus Pushgateway every job pushes its figures to (None: none); unreachable is a warning only
+    pushgateway_url: str | None = None
+    # `instance` of every group pushed (the group is {job, instance}): one name per deployment
+    pushgateway_instance: str = Field(default="cltv", max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
+    pushgateway_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
 
     def survival_thresholds(self, horizon: int) -> tuple[float, float]:
         """(warn, fail) of the survival check at `horizon`: the entry of the largest key ≤ horizon."""
@@ -742,7 +752,8 @@ def _env_layer(environ: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]
         keys = [k.lower() for k in name[len(ENV_PREFIX) :].split(ENV_NESTING)]
         if keys[0] not in Settings.model_fields:
             raise ConfigError(
-                f"{name}: unknown config section {keys[0]!r} (known: {sorted(Settings.model_fields)})"
+                f"{name}: unknown config section {keys[0]!r}{did_you_mean(keys[0], Settings.model_fields)} "
+                f"(known: {sorted(Settings.model_fields)})"
             )
         try:
             value = parse_yaml(raw, f"env {name}") if raw.strip() else raw
@@ -782,6 +793,17 @@ def load_settings(
     The base layers come from beside `conf_file` when it has them, else from the packaged defaults, so
     an environment file works from any directory. `overrides` is a last YAML-shaped layer (`cltv demo`).
     """
+    return load_settings_with_origin(conf_file, overrides=overrides, environ=environ)[0]
+
+
+def load_settings_with_origin(
+    conf_file: str | Path | Traversable | None = None,
+    *,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> tuple[Settings, dict[str, str]]:
+    """`load_settings`, and which layer (file path, `env CLTV_…`, overrides) set each key it set: what
+    `config show --origin` prints (a key no layer set has its default)."""
     if conf_file is None:
         env_file: Traversable | Path = default_conf_file()
         conf_path = None
@@ -810,13 +832,151 @@ def load_settings(
         for err in exc.errors():
             loc = err["loc"]
             key = ".".join(str(p) for p in loc)
-            problems.append(f"  {key}: {err['msg']} (from {_origin_of(loc, origin)})")
+            hint = ""
+            if err["type"] == "extra_forbidden":
+                hint = did_you_mean(str(loc[-1]), _fields_at(loc[:-1]), ".".join(str(p) for p in loc[:-1]))
+            problems.append(f"  {key}: {err['msg']} (from {_origin_of(loc, origin)}){hint}")
         raise ConfigError("invalid configuration:\n" + "\n".join(problems)) from None
     for secret in secret_values(settings.model_dump(mode="json")):
         register_secret(secret)  # masked in every log line from now on
     log.info("config: %s", " <- ".join([*(str(layer) for layer in layers), *sorted(env_names.values())]))
-    return settings
+    return settings, origin
+
+
+# ------------------------------------------------------------------ `config show`: suggestions, origins
+def did_you_mean(word: str, choices: typing.Iterable[str], prefix: str = "") -> str:
+    """`; did you mean 'dataset.sample_rate'?` for a mistyped key (difflib), else ''."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    if not close:
+        return ""
+    return f"; did you mean {(prefix + '.' if prefix else '') + close[0]!r}?"
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation (`X`, `X | None`, `dict[str, X]`, `list[X]`)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _unwrapped(annotation: Any) -> Any:
+    """`Annotated[list[X], …]` (conlist) → `list[X]`."""
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return annotation
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """The keys valid at `loc` (('dataset',) → DatasetConfig's fields, ('models', 'profiles', 'paid') →
+    ModelProfile's); [] where any key is valid (a dict of names, spark.conf)."""
+    model: type[BaseModel] | None = Settings
+    keyed = False  # the next part is a dict key or a list index, not a field
+    for part in loc:
+        if keyed:
+            keyed = False
+            continue
+        field = model.model_fields.get(str(part)) if model is not None else None
+        if field is None:
+            return []
+        annotation = _unwrapped(field.annotation)
+        model = _model_of(annotation)
+        keyed = typing.get_origin(annotation) in (dict, list)
+    return [] if keyed or model is None else list(model.model_fields)
+
+
+def config_keys(data: Any, prefix: str = "") -> list[str]:
+    """Every dotted key of a resolved configuration, sections included (what `--key` accepts)."""
+    keys: list[str] = []
+    if isinstance(data, dict):
+        for key, value in data.items():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            keys.append(path)
+            if path == "spark.conf":
+                keys += [f"{path}.{k}" for k in value]
+            else:
+                keys += config_keys(value, path)
+    return keys
+
+
+def config_value(settings: Settings, key: str) -> Any:
+    """The resolved (masked) value at dotted `key`; an unknown key is a ConfigError with a suggestion."""
+    data = settings.resolved()
+    conf = data["spark"]["conf"]
+    if key.startswith("spark.conf.") and key.removeprefix("spark.conf.") in conf:
+        return conf[key.removeprefix("spark.conf.")]  # Spark's own keys contain dots
+    node: Any = data
+    for part in key.split("."):
+        match = [k for k in node if str(k) == part] if isinstance(node, dict) else []
+        if not match:
+            raise ConfigError(f"config: no key {key!r}{did_you_mean(key, config_keys(data))}")
+        node = node[match[0]]
+    return node
+
+
+def _flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, value) of every leaf; lists and spark.conf's entries are leaves."""
+    if isinstance(data, dict) and data and prefix != "spark.conf":
+        out: list[tuple[str, Any]] = []
+        for key, value in data.items():
+            out += _flatten(value, f"{prefix}.{key}" if prefix else str(key))
+        return out
+    if isinstance(data, dict) and data:  # spark.conf: its keys are Spark's and contain dots
+        return [(f"{prefix}.{key}", value) for key, value in data.items()]
+    return [(prefix, data)]
+
+
+def origin_of_key(key: str, origin: dict[str, str]) -> str:
+    """The layer that set `key` (or the nearest enclosing key a layer set whole), else 'default'."""
+    parts = key.split(".")
+    for i in range(len(parts), 0, -1):
+        found = origin.get(".".join(parts[:i]))
+        if found is not None:
+            return found
+    return "default"
+
+
+def origin_lines(settings: Settings, origin: dict[str, str], key: str | None = None) -> list[str]:
+    """`key  value  layer` per leaf (values masked, lists on one line), aligned; under `key` when given."""
+    rows = [
+        (k, _inline(v), origin_of_key(k, origin))
+        for k, v in _flatten(settings.resolved())
+        if key is None or k == key or k.startswith(key + ".")
+    ]
+    if not rows:
+        config_value(settings, key or "")  # raises with a suggestion
+    width = max(len(k) for k, _, _ in rows)
+    value_width = min(max(len(v) for _, v, _ in rows), 60)
+    return [f"{k:<{width}}  {v:<{value_width}}  {src}" for k, v, src in rows]
+
+
+def _inline(value: Any) -> str:
+    """A value as one line of YAML flow style (`[1, 2, 3]`, `0.05`, `null`)."""
+    text = yaml.dump(value, Dumper=_CompactDumper, default_flow_style=True, width=1 << 20)
+    return text.strip().removesuffix("...").strip()
+
+
+class _CompactDumper(yaml.SafeDumper):
+    """Block style for mappings, but every list of scalars on one line (`horizons: [1, 2, …, 24]`)."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
+    flow = all(not isinstance(v, dict | list) for v in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_CompactDumper.add_representer(list, _represent_list)
+_CompactDumper.add_representer(tuple, _represent_list)
+
+
+def to_yaml(data: Any) -> str:
+    """YAML as `config show` prints it: key order kept, lists of scalars compact."""
+    return yaml.dump(data, Dumper=_CompactDumper, sort_keys=False, width=1 << 20, allow_unicode=True)
 
 
 def dump_yaml(settings: Settings) -> str:
-    return yaml.safe_dump(settings.resolved(), sort_keys=False)
+    """The resolved configuration (secrets masked) as YAML, lists of scalars one line each."""
+    return to_yaml(settings.resolved())

@@ -37,6 +37,7 @@ from spark_app.contract import (
 from spark_app.errors import UserError
 from spark_app.horizons import feature_calendar_month, target_calendar_month
 from spark_app.layout import LATEST, MANIFEST, dataset_dir, datasets_root, latest_file
+from spark_app.metrics import push_job_metrics, split_figures
 from spark_app.months import add_months, fmt, month_range
 from spark_app.progress import StageTimer
 from spark_app.storage import Storage
@@ -302,7 +303,8 @@ def check_rows_read(
     found = key_problem_counts(written, [e.target for e in catalog.survival])
     if not found:
         return
-    log.warning("training rows break the contract (%s); checking the inputs", found)
+    text = ", ".join(f"{k} {v:,}" for k, v in found.items())
+    log.warning("training rows break the contract (%s); checking the inputs", text)
     problems = inputs_read_problems(features, facts, plan=plan, catalog=catalog)
     if not problems:
         problems = [f"training rows: {k}: {v}" for k, v in found.items()]
@@ -497,6 +499,9 @@ def build_dataset(spark: SparkSession, settings: Settings, target_end: dt.date) 
         ", ".join(f"{k} {v['rows']:,}" for k, v in stats.items()),
         target,
         timer.summary(),
+    )
+    push_job_metrics(
+        settings.monitoring, "build-dataset", target_end, None, timer.seconds, split_figures(stats), "ok"
     )
     return DatasetResult(dataset_id=dataset_id, path=storage.qualify(target), manifest=manifest)
 

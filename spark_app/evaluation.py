@@ -394,17 +394,95 @@ def quality_table(
     return pd.DataFrame(rows)
 
 
-def markdown_table(frame: pd.DataFrame, floatfmt: str = ".4f") -> str:
-    """A small DataFrame as a Markdown table (no `tabulate` dependency)."""
+# ---------------------------------------------------------------- numbers for people
+# One way to write a number wherever a person reads it (the review page, the registry's descriptions, the
+# promote run, the logs): percent with its sign, noise as ± (95 %), thousands separators, "n/a" for a
+# value that could not be measured (the caller says why in a footnote) — never `nan` or `0.0242`.
+NA = "n/a"
+Z95 = 1.96  # 95 % sampling noise = 1.96 standard errors
+
+
+def finite(value: Any) -> bool:
+    """A number that can be shown (not None, NaN or ±inf)."""
+    try:
+        return value is not None and bool(np.isfinite(float(value)))
+    except (TypeError, ValueError):
+        return False
+
+
+def fmt_number(value: Any, digits: int = 0) -> str:
+    """1234567.8 → '1,234,568' (digits=0) or '1,234,567.80' (digits=2)."""
+    return f"{float(value):,.{digits}f}" if finite(value) else NA
+
+
+def fmt_metric(value: Any, digits: int = 3) -> str:
+    """A score such as AUC or RMSE: `digits` significant digits, thousands separated ('0.725', '3.26')."""
+    if not finite(value):
+        return NA
+    v = float(value)
+    return f"{v:,.{max(0, digits - 1 - int(np.floor(np.log10(abs(v)))))}f}" if v else "0"
+
+
+def fmt_pct(value: Any, digits: int = 1, signed: bool = True) -> str:
+    """A fraction as percent: 0.0123 → '+1.2 %' (signed) or '1.2 %'."""
+    if not finite(value):
+        return NA
+    return f"{100 * float(value):{'+' if signed else ''},.{digits}f} %"
+
+
+def fmt_points(value: Any, digits: int = 1) -> str:
+    """A difference of two shares in percentage points: 0.031 → '+3.1 pt'."""
+    return f"{100 * float(value):+.{digits}f} pt" if finite(value) else NA
+
+
+def fmt_noise(bias: Any, se: Any, digits: int = 2) -> str:
+    """A bias with its 95 % sampling noise, both in percent: '+0.30 % ± 0.05 %'; the bias alone when its
+    noise is unknown."""
+    if not finite(bias):
+        return NA
+    shown = fmt_pct(bias, digits)
+    return f"{shown} ± {fmt_pct(Z95 * float(se), digits, signed=False)}" if finite(se) else shown
+
+
+def fmt_seconds(value: Any) -> str:
+    """Seconds as a person reads them: '0.4 s', '12 s', '3 min 05 s', '1 h 02 min'."""
+    if not finite(value):
+        return NA
+    s = float(value)
+    if s < 10:
+        return f"{s:.1f} s"
+    if s < 60:
+        return f"{s:.0f} s"
+    if s < 3600:
+        return f"{int(s // 60)} min {int(s % 60):02d} s"
+    return f"{int(s // 3600)} h {int(s % 3600 // 60):02d} min"
+
+
+def fmt_money(value: Any, currency: str, digits: int = 0) -> str:
+    """'4,689,123 EUR'."""
+    return f"{fmt_number(value, digits)} {currency}" if finite(value) else NA
+
+
+def markdown_table(
+    frame: pd.DataFrame, floatfmt: str = ".4f", footnotes: Mapping[str, str] | None = None
+) -> str:
+    """A small DataFrame as a Markdown table (no `tabulate` dependency): strings as given (format numbers
+    with the fmt_* helpers first), other floats with `floatfmt`, a missing value as "n/a". `footnotes`
+    (marker → why) are listed under the table, e.g. {"¹": "n/a: no naive baseline for the value"}."""
     cols = list(frame.columns)
 
     def cell(v: Any) -> str:
+        if v is None or (isinstance(v, float | np.floating) and not np.isfinite(v)):
+            return NA
         if isinstance(v, float | np.floating):
             return format(float(v), floatfmt)
-        return str(v)
+        return str(v).replace("|", "\\|")
 
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    for marker, text in (footnotes or {}).items():
+        lines.append("")
+        lines.append(f"{marker} {text}")
     return "\n".join(lines)
 
 

@@ -368,3 +368,36 @@ def drivers_figure(table: pd.DataFrame, value: str, title: str, top: int = 10) -
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def expected_curves_figure(curves: dict[str, dict[int, float]], currency: str) -> Figure | None:
+    """The expected base (Σ P(in base) at month k, paid and active) and the cumulative discounted value
+    over the 60 months CLTV covers: the two curves a 60-month CLTV rests on."""
+    base = {k: v for k, v in curves.items() if k in ("active", "paid")}
+    value = curves.get("value", {})
+    if not base and len(value) < 2:
+        return None
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.3))
+    for (name, points), color in zip(base.items(), ("#1565c0", "#ef6c00"), strict=False):
+        months, totals = zip(*sorted(points.items()), strict=True)
+        a1.plot(months, np.asarray(totals) / 1e3, "-o", ms=2.5, color=color, label=f"in the {name} base")
+    a1.set_title("Expected base: subscribers still in it (thousands)")
+    a1.set_ylim(bottom=0)
+    if len(value) >= 2:
+        months, totals = zip(*sorted(value.items()), strict=True)
+        a2.plot(months, np.asarray(totals) / 1e6, "-o", ms=4, color="#2e7d32")
+        for m, t in zip(months[1:], totals[1:], strict=True):
+            a2.annotate(
+                f"{t / 1e6:,.2f}", (m, t / 1e6), textcoords="offset points", xytext=(-10, 6), fontsize=8
+            )
+        a2.set_ylim(min(0.0, min(totals) / 1e6) * 1.15, max(totals) / 1e6 * 1.15 + 1e-9)
+    a2.set_title(f"Cumulative value, discounted (million {currency})")
+    for ax in (a1, a2):
+        ax.set_xlabel("months from now")
+        ax.set_xlim(0, 61)
+        ax.set_xticks([0, 12, 24, 36, 48, 60])
+        ax.grid(alpha=0.3)
+    if a1.lines:
+        a1.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import time
+from urllib.parse import urlparse
 
 from spark_app.config import ConfigError, Settings
+from spark_app.contract import InputContractError
 from spark_app.errors import InputsNotReady
 from spark_app.files import FileSystem, filesystem_for
-from spark_app.layout import SUCCESS, input_partition
-from spark_app.months import fmt
+from spark_app.layout import REPORT_MONTH, SUCCESS, input_partition
+from spark_app.months import add_months, fmt
 
 log = logging.getLogger(__name__)
 
@@ -91,3 +94,61 @@ def wait_for_inputs(settings: Settings, month: dt.date, timeout: float, poll: fl
                 f"inputs for {fmt(month)} not ready after {timeout:g} s:\n  " + "\n  ".join(problems)
             )
         time.sleep(min(max(poll, 0.01), remaining))
+
+
+# ------------------------------------------------------------------ which months exist, without a JVM
+def month_dirs(fs: FileSystem, root: str, column: str) -> dict[dt.date, str]:
+    """`column=YYYY-MM-01` directories directly under `root`, by month (other names ignored)."""
+    pattern = re.compile(rf"{re.escape(column)}=([0-9]{{4}})-([0-9]{{2}})(?:-01)?")  # as contract.month_dirs
+    found: dict[dt.date, str] = {}
+    for entry in fs.list(root):
+        m = pattern.fullmatch(entry.name)
+        if entry.is_dir and m and 1 <= int(m.group(2)) <= 12:
+            found[dt.date(int(m.group(1)), int(m.group(2)), 1)] = entry.name
+    return found
+
+
+def month_ranges(months: list[dt.date] | set[dt.date]) -> str:
+    """[2022-01, 2022-02, 2022-03, 2022-05] → '2022-01..2022-03, 2022-05' (runs of consecutive months)."""
+    ordered = sorted(set(months))
+    if not ordered:
+        return "none"
+    runs: list[tuple[dt.date, dt.date]] = []
+    for m in ordered:
+        if runs and add_months(runs[-1][1], 1) == m:
+            runs[-1] = (runs[-1][0], m)
+        else:
+            runs.append((m, m))
+    return ", ".join(fmt(a) if a == b else f"{fmt(a)}..{fmt(b)}" for a, b in runs)
+
+
+def listable(root: str) -> bool:
+    """Whether the steps without a JVM can list `root` (local paths, file://, hdfs://)."""
+    scheme = urlparse(root).scheme
+    return scheme in ("", "file", "hdfs") or len(scheme) == 1
+
+
+def require_months(settings: Settings, needs: dict[str, list[dt.date]], context: str) -> None:
+    """Before a Spark session starts: raise the input contract's error (exit 2, `<table>: months missing
+    [...]`, with the months there are) when a needed month's partition directory is absent from an input
+    table. Cheap — one listing per table — so a month that has not arrived fails in a second or two
+    instead of after Spark and MLflow start; a table that cannot be listed here (s3a://, hdfs:// without
+    `paths.webhdfs_url`) is left to the job's own check."""
+    problems = []
+    for table, months in needs.items():
+        root = getattr(settings.paths, table)
+        if not months or not listable(root) or (root.startswith("hdfs:") and not settings.paths.webhdfs_url):
+            continue
+        try:
+            present = set(month_dirs(filesystem_for(root, settings.paths), root, REPORT_MONTH))
+        except Exception as exc:  # a NameNode down, a permission: not this check's to judge
+            log.debug("cannot list %s before the job (%s); the job checks it", root, exc)
+            continue
+        missing = [m for m in months if m not in present]
+        if missing:
+            problems.append(
+                f"{table}: months missing [{month_ranges(missing)}] under {root} "
+                f"(present: {month_ranges(present)})"
+            )
+    if problems:
+        raise InputContractError(f"input contract violated ({context}):\n  " + "\n  ".join(problems))

@@ -26,6 +26,7 @@ from spark_app.contract import (
 from spark_app.drift import drift_columns, feature_drift, prediction_columns, prediction_drift, read_reference
 from spark_app.figures import close, monitoring_figures
 from spark_app.layout import monitoring_dir, read_scores
+from spark_app.metrics import monitor_figures, push_job_metrics
 from spark_app.months import add_months, fmt
 from spark_app.progress import StageTimer
 from spark_app.registry import Release, load_release
@@ -288,6 +289,10 @@ def monitor_month(
         run_id,
         timer.summary(),
     )
+    push_job_metrics(
+        settings.monitoring, "monitor", month, summary["release_version"], timer.seconds,
+        monitor_figures(tables, len(failures), len(warnings), cfg.metric_horizons), status,
+    )  # fmt: skip
     return MonitorResult(
         month=month,
         failed=bool(failures),

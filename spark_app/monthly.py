@@ -32,6 +32,7 @@ from spark_app.contract import (
 from spark_app.errors import UserError
 from spark_app.files import filesystem_for
 from spark_app.layout import PUBLISHED, SUCCESS, scores_dir
+from spark_app.metrics import push_job_metrics
 from spark_app.months import fmt
 from spark_app.storage import Storage
 
@@ -156,4 +157,5 @@ def publish(settings: Settings, month: dt.date, webhook_url: str | None) -> dict
     if webhook_url:
         status = post_json(webhook_url, record)
         log.info("notified %s (HTTP %d)", webhook_url, status)
+    push_job_metrics(settings.monitoring, "publish", month, None, {}, {}, "ok")
     return record

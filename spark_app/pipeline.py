@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,13 +203,41 @@ def run_demo(
             100 * effect.truth.retention_effect, effect.truth.churn_factor, measured,
         )  # fmt: skip
         summary["campaign"] = {"design": effect.design.path, "evaluation": evaluation.path}
+    cltv = cltv_invocation()
     log.info(
-        "  rerun any stage with --conf %s, e.g. cltv score --conf %s --month %s",
-        demo_conf,
-        demo_conf,
-        fmt(last),
-    )
+        "  rerun any stage with --conf %s, e.g. %s score --conf %s --month %s",
+        demo_conf, cltv, demo_conf, fmt(last),
+    )  # fmt: skip
+    log.info("  the state of it all: %s status --conf %s", cltv, demo_conf)
     return summary
+
+
+def _shown(path: Path) -> str:
+    """`path` relative to the working directory when it is inside it (`.venv/bin/cltv`), else absolute
+    (symlinks kept: a venv's python is a link to the interpreter it was made from)."""
+    absolute = Path(os.path.abspath(path))
+    try:
+        return str(absolute.relative_to(Path.cwd()))
+    except ValueError:
+        return str(absolute)
+
+
+def cltv_invocation(argv0: str | None = None) -> str:
+    """How to run `cltv` again from here, for the hints a command prints: the script this process was
+    started as (`.venv/bin/cltv`), `cltv` when that is what the PATH finds, or `<python> -m spark_app`."""
+    import shutil
+    import sys
+
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    started = Path(argv0)
+    if started.name == "cltv" and started.exists():
+        on_path = shutil.which("cltv")
+        if on_path and Path(on_path).resolve() == started.resolve():
+            return "cltv"
+        return _shown(started)
+    venv_python = Path(sys.prefix, "bin", "python")  # a venv's own name for its interpreter
+    python = venv_python if sys.prefix != sys.base_prefix and venv_python.exists() else Path(sys.executable)
+    return f"{_shown(python)} -m spark_app"
 
 
 DEMO_CHURN_FACTOR = 0.5  # the demo's planted campaign effect: the treated churn half as often for N months

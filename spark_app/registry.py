@@ -39,12 +39,19 @@ from spark_app.config import Settings, Traversable
 from spark_app.contract import ID
 from spark_app.errors import UserError
 from spark_app.evaluation import (
+    NA,
     VALUE,
     Evaluation,
     actuals,
     agg_bias,
     agg_bias_se,
     cumulative_bias,
+    finite,
+    fmt_metric,
+    fmt_noise,
+    fmt_number,
+    fmt_pct,
+    fmt_seconds,
     main_metric_of,
     markdown_table,
     metrics_for,
@@ -54,6 +61,7 @@ from spark_app.evaluation import (
 from spark_app.files import filesystem_for
 from spark_app.horizons import horizon_frame
 from spark_app.layout import promotion_target
+from spark_app.metrics import push_job_metrics
 from spark_app.models import RELEASE_JSON, Learner
 from spark_app.redact import redact
 
@@ -254,32 +262,96 @@ def save_pyfunc(bundle_dir: Path, out: Path, learner: Learner, input_example: pd
 
 
 # ---------------------------------------------------------------- logging a release
+# MLflow 3's UI opens an experiment without this tag in its GenAI layout (traces, prompts); this value
+# (the UI's CUSTOM_MODEL_DEVELOPMENT kind) gives the classic one: runs, metrics, models.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+CLASSIC_EXPERIMENT = "custom_model_development"
+
+
+def mark_classic_experiment(client: MlflowClient, experiment_id: str) -> None:
+    """Have the MLflow UI show the experiment as a classic ML experiment (once; a tag, nothing else)."""
+    found = client.get_experiment(experiment_id)
+    if found.tags.get(EXPERIMENT_KIND_TAG) != CLASSIC_EXPERIMENT:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, CLASSIC_EXPERIMENT)
+
+
+NOT_MEASURABLE = "¹"  # footnote marker of an n/a cell in the registry's tables
+
+
+def _or_na(value: Any, text: str, missing: list[str]) -> str:
+    """`text` for a finite value; "n/a¹" otherwise, noting that the table needs its footnote."""
+    if finite(value):
+        return text
+    missing.append(NOT_MEASURABLE)
+    return f"{NA}{NOT_MEASURABLE}"
+
+
+def quality_markdown(quality: pd.DataFrame) -> list[str]:
+    """The OOT quality as two narrow tables (bias first, then the main metric), one unit per column:
+    percent for every bias and its ± 95 % noise, the metric's own unit for the main metric."""
+    if not len(quality):
+        return ["(no OOT rows)"]
+    missing: list[str] = []  # n/a cells of the bias table
+    missing_metric: list[str] = []  # ... and of the main-metric table
+    bias_rows, metric_rows = [], []
+    for r in quality.itertuples(index=False):
+        bias_rows.append(
+            {
+                "model": str(r.model_id),
+                "OOT rows": fmt_number(r.rows),
+                "bias ± noise": _or_na(r.agg_bias, fmt_noise(r.agg_bias, r.agg_bias_se), missing),
+                "naive bias": _or_na(r.naive_agg_bias, fmt_pct(r.naive_agg_bias, 2), missing),
+            }
+        )
+        metric_rows.append(
+            {
+                "model": str(r.model_id),
+                "metric": r.metric,
+                "model value": _or_na(r.value, fmt_metric(r.value, 4), missing_metric),
+                "naive value": _or_na(r.naive, fmt_metric(r.naive, 4), missing_metric),
+                "beats naive": "yes" if r.beats_naive else "**NO**",
+            }
+        )
+    why = {NOT_MEASURABLE: "n/a: not measurable on this OOT sample (one class only, or no actual amount)."}
+    out = [
+        "**Bias on OOT, all horizons**",
+        "Σ forecast / Σ actual − 1 in percent, ± its 95 % sampling noise: CLTV sums these forecasts, so a "
+        "bias beyond its noise is what to look at first.",
+        markdown_table(pd.DataFrame(bias_rows), footnotes=why if missing else None),
+    ]
+    value = quality[quality["model_id"] == VALUE]
+    if len(value) and "cum_bias" in value and finite(value["cum_bias"].iloc[0]):
+        v = value.iloc[0]
+        naive = f" (naive {fmt_pct(v['naive_cum_bias'], 2)})" if finite(v.get("naive_cum_bias")) else ""
+        out.append(
+            f"**Cumulative 24-month value** (`value` summed over horizons 1..24): bias "
+            f"**{fmt_noise(v['cum_bias'], v['cum_bias_se'])}**{naive}."
+        )
+    out += [
+        "**Main metric on OOT against the naive baseline**",
+        markdown_table(pd.DataFrame(metric_rows), footnotes=why if missing_metric else None),
+    ]
+    return out
+
+
 def release_description(learner: Learner, evaluation: Evaluation, rows: dict[str, int]) -> str:
-    """Markdown for the model version page: what it was trained on and whether it beats naive."""
+    """Markdown for the model version page and the run's note: what it was trained on, whether it beats
+    naive, bias first — in tables narrow enough for MLflow's pane, numbers formatted for people."""
     meta = learner.meta
-    quality = evaluation.quality.copy()
-    if len(quality):
-        quality["beats_naive"] = quality["beats_naive"].map({True: "yes", False: "**NO**"})
-        for col in ("agg_bias", "naive_agg_bias", "cum_bias", "naive_cum_bias"):
-            if col in quality:
-                quality[col] = quality[col].map(lambda v: "" if pd.isna(v) else f"{v:+.2%}")
+    quality = evaluation.quality
     fits = pd.DataFrame(
         [
             {
-                "model_id": m,
-                "rows": r.rows,
-                "best_iteration": r.best_iteration,
-                "trees": r.tree_count,
-                "seconds": round(r.seconds, 1),
+                "model": m,
+                "rows": fmt_number(r.rows),
+                "best iteration": fmt_number(r.best_iteration) if r.best_iteration is not None else "—",
+                "trees": fmt_number(r.tree_count),
+                "fit time": fmt_seconds(r.seconds),
             }
             for m, r in learner.fit_reports.items()
         ]
     )
-    failing = (
-        []
-        if not len(evaluation.quality)
-        else list(evaluation.quality.loc[~evaluation.quality["beats_naive"], "model_id"])
-    )
+    failing = [] if not len(quality) else list(quality.loc[~quality["beats_naive"].astype(bool), "model_id"])
     seasons = (
         ""
         if learner.calendar_seen is None
@@ -299,12 +371,9 @@ def release_description(learner: Learner, evaluation: Evaluation, rows: dict[str
             f"Package {meta.get('package_version')}, trained {meta.get('trained_at')}. "
             f"Rows per split: {', '.join(f'{k} {v:,}' for k, v in rows.items())}.{seasons}",
             verdict,
-            "#### OOT, all horizons: aggregate bias (Σ forecast / Σ actual − 1) and main metric vs naive",
-            "`value` is the month's value by the CLTV formula; `cum_bias` its bias summed over horizons "
-            "1..24 (the cumulative 24-month value).",
-            markdown_table(quality) if len(quality) else "(no OOT rows)",
-            "#### Fits",
-            markdown_table(fits),
+            *quality_markdown(quality),
+            "**Fits**",
+            markdown_table(fits) if len(fits) else "(no fits)",
             "Metrics against the horizon: the run's `*.by_horizon` metrics (step = horizon). Tables: "
             "`evaluation/metrics_by_horizon.csv`, `deciles.csv`, `calibration_report.json`; plots under "
             "`evaluation/plots/`.",
@@ -337,6 +406,7 @@ def log_release(
     cfg = settings.mlflow
     client = tracking.client(cfg)
     exp = tracking.experiment_id(client, cfg.experiment, cfg.artifact_location)
+    mark_classic_experiment(client, exp)
     meta = learner.meta
     digests = local_digests(bundle_dir, evaluation_dir)
     tags = {
@@ -641,7 +711,8 @@ def compare_releases(
 
     def row(model_id: str, metric: str, **values: Any) -> dict[str, Any]:
         base = dict(model_id=model_id, metric=metric, challenger=np.nan, champion=np.nan, worsening=np.nan,
-                    tolerance=np.nan, agg_bias=np.nan, max_abs_bias=np.nan, ok=True, note="")  # fmt: skip
+                    tolerance=np.nan, agg_bias=np.nan, max_abs_bias=np.nan, ok=True, note="",
+                    agg_bias_se=np.nan, champion_agg_bias=np.nan)  # fmt: skip
         return {**base, **values}
 
     for entry in catalog:
@@ -653,7 +724,7 @@ def compare_releases(
         bias, noise = agg_bias(y, new[model_id]), Z95 * agg_bias_se(y, new[model_id])
         checks_bias = not entry.is_survival
         bias_ok = not checks_bias or not abs(bias) - noise > limit
-        common = dict(challenger=value, tolerance=tolerance, agg_bias=bias,
+        common = dict(challenger=value, tolerance=tolerance, agg_bias=bias, agg_bias_se=noise / Z95,
                       max_abs_bias=limit if checks_bias else np.nan)  # fmt: skip
         note = "" if bias_ok else f"|aggregate bias| {abs(bias):.2%} ± {noise:.2%} beyond {limit:.0%}"
         if model_id not in old:
@@ -662,6 +733,7 @@ def compare_releases(
         before = metrics_for(entry.kind, y, old[model_id])[metric]
         worse = relative_worsening(metric, value, before)
         rows.append(row(model_id, metric, **common, champion=before, worsening=worse,
+                        champion_agg_bias=agg_bias(y, old[model_id]),
                         ok=bool(worse <= tolerance) and bias_ok, note=note))  # fmt: skip
     if len(catalog.ids) == len(challenger.catalog.ids) and catalog.amounts:
         formula = ValueFormula.from_catalog(catalog, settings.costs)
@@ -674,9 +746,16 @@ def compare_releases(
             if ok
             else f"|cumulative 24-month value bias| {abs(cum):.2%} ± {Z95 * se:.2%} beyond {limit:.0%}"
         )
+        champion_cum = np.nan
+        if champion is not None and set(challenger.models) <= set(old):
+            champion_cum, _ = cumulative_bias(
+                data[HORIZON].to_numpy(), monthly_values(data, old, catalog, formula), y_value,
+                settings.dataset.max_horizon,
+            )  # fmt: skip
         rows.append(
-            row(VALUE, "cum24_bias", challenger=cum, agg_bias=cum, max_abs_bias=limit, ok=ok, note=note)
-        )
+            row(VALUE, "cum24_bias", challenger=cum, champion=champion_cum, agg_bias=cum, agg_bias_se=se,
+                champion_agg_bias=champion_cum, max_abs_bias=limit, ok=ok, note=note)
+        )  # fmt: skip
     for model_id in champion.models if champion is not None else ():
         if model_id not in challenger.models:
             rows.append(row(model_id, "", note="not in the challenger (disabled)"))
@@ -716,12 +795,87 @@ def evaluation_sample(client: MlflowClient, release: Release) -> pd.DataFrame | 
     return pd.read_parquet(io.BytesIO(data))
 
 
+def replace_section(description: str, heading: str, body: str) -> str:
+    """`description` with its `### heading` section (up to the next `### `) replaced by `body`, or with
+    the section appended: a rerun rewrites its own section and leaves the rest as it was."""
+    head = f"### {heading}"
+    parts = re.split(r"(?m)^(?=### )", description or "")
+    kept = [part.rstrip() for part in parts if part.strip() and not part.startswith(head)]
+    return "\n\n".join([*kept, f"{head}\n\n{body.strip()}"])
+
+
+def set_description_section(settings: Settings, version: Any, heading: str, body: str) -> None:
+    """Rewrite one section of a model version's description (the page a reviewer opens in MLflow)."""
+    client = tracking.client(settings.mlflow)
+    name = settings.mlflow.model_name
+    current = client.get_model_version(name, str(version)).description or ""
+    client.update_model_version(name, str(version), description=replace_section(current, heading, body))
+
+
+def comparison_markdown(table: pd.DataFrame, champion: int | None, challenger: int | None) -> list[str]:
+    """Champion and challenger side by side on the same OOT rows: the main metric (with the tolerance
+    verdict), then the aggregate bias in percent (with the challenger's noise and the limit)."""
+    old, new = (f"champion v{champion}" if champion is not None else "champion"), f"challenger v{challenger}"
+    missing: list[str] = []
+    metric_rows, bias_rows = [], []
+    for r in table.itertuples(index=False):
+        if r.metric == "cum24_bias" or not r.metric:
+            continue
+        metric_rows.append(
+            {
+                "model": r.model_id,
+                "metric": r.metric,
+                old: fmt_metric(r.champion, 4) if finite(r.champion) else "—",
+                new: _or_na(r.challenger, fmt_metric(r.challenger, 4), missing),
+                "worse by": fmt_pct(r.worsening, 2) if finite(r.worsening) else "—",
+                "tolerance": fmt_pct(r.tolerance, 1, signed=False),
+                "ok": "yes" if r.ok else "**NO**",
+            }
+        )
+    for r in table.itertuples(index=False):
+        if not finite(r.agg_bias):
+            continue
+        bias_rows.append(
+            {
+                "model": "24-month value" if r.metric == "cum24_bias" else r.model_id,
+                f"{old} bias": fmt_pct(r.champion_agg_bias, 2) if finite(r.champion_agg_bias) else "—",
+                f"{new} bias ± noise": fmt_noise(r.agg_bias, r.agg_bias_se),
+                "limit": fmt_pct(r.max_abs_bias, 0, signed=False) if finite(r.max_abs_bias) else "—",
+                "note": r.note or "",
+            }
+        )
+    notes = {NOT_MEASURABLE: "n/a: not measurable on this OOT sample."} if missing else {}
+    out = ["**Main metric, same OOT rows**", markdown_table(pd.DataFrame(metric_rows), footnotes=notes)]
+    if bias_rows:
+        out += [
+            "**Aggregate bias (Σ forecast / Σ actual − 1), same OOT rows**",
+            "The limit applies to amounts and the 24-month value: refused when |bias| exceeds it by more "
+            "than its 95 % noise. — : not measured (no champion, or survival models).",
+            markdown_table(pd.DataFrame(bias_rows)),
+        ]
+    return out
+
+
+def promotion_note(decision: PromotionDecision, verdict: str, table: pd.DataFrame | None) -> str:
+    """The promote run's note: the verdict and its reason, then champion and challenger side by side."""
+    parts = [
+        f"### Promotion of v{decision.challenger}: {verdict}",
+        f"**{verdict}**: {decision.reason}",
+        f"Champion before: {decision.champion if decision.champion is not None else 'none'}; after: "
+        f"{decision.champion_after if decision.champion_after is not None else 'none'}.",
+    ]
+    if table is not None and len(table):
+        parts += comparison_markdown(table, decision.champion, decision.challenger)
+    return "\n\n".join(parts)
+
+
 def record_decision(
     client: MlflowClient, settings: Settings, decision: PromotionDecision, table: pd.DataFrame | None
 ) -> None:
     """A `promote` run with the comparison table, and tags on the challenger's model version."""
     cfg = settings.mlflow
     exp = tracking.experiment_id(client, cfg.experiment, cfg.artifact_location)
+    mark_classic_experiment(client, exp)
     verdict = "promoted" if decision.promoted else "refused"
     run = client.create_run(
         exp,
@@ -732,8 +886,7 @@ def record_decision(
             "cltv.challenger_version": str(decision.challenger),
             "cltv.champion_version": str(decision.champion),
             "cltv.champion_after": str(decision.champion_after),
-            "mlflow.note.content": f"**{verdict}**: {decision.reason}\n\n"
-            + (markdown_table(table) if table is not None and len(table) else ""),
+            "mlflow.note.content": promotion_note(decision, verdict, table),
         },
     )
     if table is not None and len(table):
@@ -756,6 +909,8 @@ def record_decision(
             "promotion.at": stamp,
         }.items():
             client.set_model_version_tag(cfg.model_name, str(decision.challenger), key, value)
+        body = promotion_note(decision, verdict, table).split("\n\n", 1)[1]
+        set_description_section(settings, decision.challenger, "Promotion", f"{body}\n\n({stamp})")
 
 
 def judge(
@@ -864,4 +1019,8 @@ def promote(
         log.info("promotion: %s is now %s — %s", f"v{cand_v}", CHAMPION, decision.reason)
     else:
         log.error("promotion refused, champion stays v%s: %s", decision.champion_after, decision.reason)
+    figures = {"promoted": decision.promoted, "champion_version": decision.champion_after or float("nan")}
+    push_job_metrics(
+        settings.monitoring, "promote", None, cand_v, {}, figures, "ok" if decision.promoted else "refused"
+    )
     return decision

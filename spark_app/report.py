@@ -29,14 +29,25 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from spark_app import tracking
-from spark_app.backtest import VALUE_CUM
+from spark_app.backtest import VALUE_CUM, tenure_cohort
 from spark_app.campaigns.evaluate import review_tables
 from spark_app.catalog import ModelCatalog
-from spark_app.checks import FAIL, SKIPPED, WARN
+from spark_app.checks import FAIL, OK, SKIPPED, WARN, worst
 from spark_app.config import Settings
 from spark_app.contract import ID, MONTH
 from spark_app.errors import Unreachable
-from spark_app.evaluation import main_metric_of
+from spark_app.evaluation import (
+    NA,
+    Z95,
+    finite,
+    fmt_metric,
+    fmt_money,
+    fmt_noise,
+    fmt_number,
+    fmt_pct,
+    fmt_points,
+    main_metric_of,
+)
 from spark_app.figures import (
     STATUS_COLOR,
     bin_share_figure,
@@ -45,6 +56,7 @@ from spark_app.figures import (
     coverage_figure,
     drift_figure,
     drivers_figure,
+    expected_curves_figure,
     main_metric_figure,
     plot_bias_by_horizon,
     png_base64,
@@ -54,10 +66,18 @@ from spark_app.figures import (
 )
 from spark_app.horizons import horizon_frame
 from spark_app.layout import read_scores, report_file
+from spark_app.metrics import push_job_metrics
 from spark_app.models import Learner
 from spark_app.monitoring import read_monitoring, read_month_features
-from spark_app.months import fmt, month_index
-from spark_app.registry import Release, load_release
+from spark_app.months import add_months, fmt, month_index
+from spark_app.registry import (
+    CHALLENGER,
+    CHAMPION,
+    Release,
+    load_release,
+    mark_classic_experiment,
+    set_description_section,
+)
 from spark_app.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -84,6 +104,7 @@ class Image:
 class Cell:
     text: str
     status: bool = False  # shown as a coloured badge
+    tone: str = ""  # the badge's colour as a status (ok / warn / fail) when the text is not one
 
 
 @dataclass(frozen=True)
@@ -92,6 +113,7 @@ class Table:
     rows: list[list[Cell]]
     title: str | None = None
     note: str | None = None
+    cls: str = ""  # "checks": a table of sentences, left-aligned
     kind: str = "table"
 
 
@@ -103,14 +125,47 @@ class Details:
 
 
 @dataclass(frozen=True)
+class Card:
+    label: str
+    value: str
+    sub: str = ""  # a second line: the change against last month
+    status: str = ""  # colours the card's edge (ok / warn / fail); empty: neutral
+
+
+@dataclass(frozen=True)
+class Cards:
+    """The page's first lines: the figures a reviewer reads before anything else."""
+
+    cards: list[Card]
+    kind: str = "cards"
+
+
+@dataclass(frozen=True)
+class Actions:
+    """What to do this month, one line per check that is not ok (or a line saying nothing is needed)."""
+
+    items: list[tuple[str, str]]  # (status, text)
+    title: str = "What to do"
+    kind: str = "actions"
+
+
+@dataclass(frozen=True)
 class Section:
     title: str
     blocks: list[Any] = field(default_factory=list)
 
 
-def _cell(value: Any, floatfmt: str) -> str:
+def _cell(value: Any, floatfmt: str | None) -> str:
+    """A table cell: floats with thousands separators and 4 significant digits (or `floatfmt`), a
+    missing value as n/a — never `nan` or `1.2e+06`."""
     if isinstance(value, float | np.floating):
-        return "" if np.isnan(value) else floatfmt.format(value)
+        if not np.isfinite(value):
+            return NA
+        if floatfmt:
+            return floatfmt.format(value)
+        return fmt_number(value) if abs(value) >= 1000 else fmt_metric(value, 4)
+    if isinstance(value, bool | np.bool_):
+        return "yes" if value else "NO"
     return str(value)
 
 
@@ -120,7 +175,7 @@ def table(
     *,
     status_col: str | None = None,
     max_rows: int = 200,
-    floatfmt: str = "{:,.4g}",
+    floatfmt: str | None = None,
     note: str | None = None,
 ) -> Table:
     """A pandas frame as a table block: floats formatted, the status column as badges, at most max_rows."""
@@ -274,6 +329,61 @@ def main_metric_table(by_horizon: pd.DataFrame, settings: Settings, split: str =
     return t[cols].sort_values(["model_id", "horizon"])
 
 
+MIN_MINORITY = 20  # fewer subscribers of one class than this: an AUC is noise, shown as n/a
+
+
+def mask_degenerate_auc(main: pd.DataFrame, by_horizon: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The main-metric rows with ROC AUC blanked (NaN) where the split × horizon has fewer than
+    MIN_MINORITY subscribers of one class (from the logged mean_actual × rows), and what was blanked."""
+    if by_horizon is None or by_horizon.empty or "roc_auc" not in set(main["metric"]):
+        return main, []
+    shares = by_horizon[by_horizon["metric"] == "mean_actual"][["model_id", "split", "horizon", "value"]]
+    shares = shares.rename(columns={"value": "share"})
+    out = main.merge(shares, on=["model_id", "split", "horizon"], how="left")
+    minority = (out["rows"] * np.minimum(out["share"], 1 - out["share"])).round()
+    bad = (out["metric"] == "roc_auc") & (minority < MIN_MINORITY)
+    notes = [
+        f"{r.model_id} {'all horizons' if r.horizon == 0 else f'h{r.horizon}'}: {int(m)} of {int(r.rows):,}"
+        for r, m in zip(out[bad].itertuples(index=False), minority[bad], strict=True)
+    ]
+    out.loc[bad, ["value", "naive"]] = np.nan
+    return out.drop(columns="share"), notes
+
+
+def quality_block(quality: pd.DataFrame) -> Table:
+    """The release's OOT quality, bias first in percent ± noise, then the main metric against naive."""
+    rows = []
+    for r in quality.to_dict("records"):
+        beats = bool(r.get("beats_naive"))
+        rows.append(
+            [
+                Cell(str(r["model_id"])),
+                Cell(fmt_number(r.get("rows"))),
+                Cell(fmt_noise(r.get("agg_bias"), r.get("agg_bias_se"))),
+                Cell(fmt_pct(r.get("naive_agg_bias"), 2)),
+                Cell(str(r.get("metric", ""))),
+                Cell(fmt_metric(r.get("value"), 4)),
+                Cell(fmt_metric(r.get("naive"), 4)),
+                Cell("yes" if beats else "NO", status=True, tone=OK if beats else WARN),
+            ]
+        )
+    value = quality[quality["model_id"] == "value"]
+    cum = ""
+    if len(value) and "cum_bias" in value and finite(value["cum_bias"].iloc[0]):
+        v = value.iloc[0]
+        cum = (
+            f" The cumulative 24-month value (the value summed over horizons 1..24) is off by "
+            f"{fmt_noise(v['cum_bias'], v.get('cum_bias_se'))}."
+        )
+    return Table(
+        ["model", "OOT rows", "bias ± noise", "naive bias", "main metric", "model", "naive", "beats naive"],
+        rows,
+        "Out-of-time quality over all horizons, against the naive baseline",
+        "CLTV sums expectations, so the aggregate bias (Σ forecast / Σ actual − 1, ± its 95 % sampling "
+        "noise) comes first; value is a month's value by the CLTV formula." + cum,
+    )
+
+
 # ----------------------------------------------------------------- drivers: importance and SHAP
 def release_learner(release: Release) -> Learner | None:
     try:
@@ -368,9 +478,7 @@ def backtest_tables(
             )
         wide = wide[[c for c in cols if c in wide.columns]]
         wide.columns = [cols[c] for c in wide.columns]
-        wide = wide.reset_index()
-        lead = wide["value"].str.extract(r"^(\d+)", expand=False).astype("float64")
-        wide = wide.assign(_k=lead.fillna(-1)).sort_values(["dimension", "_k", "value"]).drop(columns="_k")
+        wide = numeric_order(wide.reset_index(), "value", by=["dimension"])
         out[f"By segment / region / tenure cohort at horizon {h}"] = wide
     return out
 
@@ -397,32 +505,38 @@ def section_release(settings: Settings, info: dict[str, Any]) -> list[Any]:
     ]
     quality = info.get("quality", pd.DataFrame())
     if quality is not None and not quality.empty:
-        blocks.append(
-            table(
-                quality,
-                "Out-of-time quality over all horizons, against the naive baseline",
-                note=Markup(
-                    "CLTV sums expectations, so the aggregate bias (Σ forecast / Σ actual − 1) comes first; "
-                    "<b>value</b> is a month's value by the CLTV formula, <b>cum_bias</b> its bias summed "
-                    "over horizons 1..24."
-                ),
-            )
-        )
+        blocks.append(quality_block(quality))
     by_horizon = info.get("by_horizon", pd.DataFrame())
     if by_horizon is not None and not by_horizon.empty:
         blocks += image(plot_bias_by_horizon(by_horizon), "aggregate bias by horizon")
     main = main_metric_table(info.get("by_horizon", pd.DataFrame()), settings)
     if not main.empty:
+        main, degenerate = mask_degenerate_auc(main, info.get("by_horizon", pd.DataFrame()))
         blocks += image(main_metric_figure(main), "main metric by horizon")
         keep = [0, *settings.monitoring.metric_horizons]
         sel = main[main["horizon"].isin(keep)]
-        wide = sel.pivot_table(index=["model_id", "metric"], columns="horizon", values=["value", "naive"])
+        wide = sel.pivot_table(
+            index=["model_id", "metric"], columns="horizon", values=["value", "naive"], dropna=False
+        )
+        pairs = pd.MultiIndex.from_frame(main[["model_id", "metric"]].drop_duplicates())
+        wide = wide[wide.index.isin(pairs)]  # dropna=False pivots every model × every metric
         order = sorted(wide.columns, key=lambda c: (c[1], c[0] != "value"))
         wide = wide[order]
         wide.columns = [
             f"{'model' if v == 'value' else 'naive'} {'all' if h == 0 else f'h{h}'}" for v, h in order
         ]
-        blocks.append(table(wide.reset_index(), "Main metric at selected horizons"))
+        note = None
+        if degenerate:
+            more = f" and {len(degenerate) - 4} more" if len(degenerate) > 4 else ""
+            note = (
+                "n/a: ROC AUC is not measurable where the OOT sample holds fewer than "
+                f"{MIN_MINORITY} subscribers of one class (leavers of rows): "
+                f"{'; '.join(degenerate[:4])}{more}"
+                ". On so few leavers "
+                "it reads 1.000 (or 0.000) by chance: the hash-sampled OOT month has about 1/(13 × 24) of "
+                "the base per horizon, and at h1 nearly all of it is still in the base."
+            )
+        blocks.append(table(wide.reset_index(), "Main metric at selected horizons", note=note))
     pivot, flat = metrics_by_horizon(
         {k: v for k, v in info["metrics"].items() if not k.endswith(".by_horizon")}
     )
@@ -621,7 +735,8 @@ def section_intervals(
             pivot = by_dim.pivot_table(
                 index=["dimension", "value"], columns="horizon", values="coverage"
             ).add_prefix("h")
-            blocks.append(table(pivot.reset_index(), "Coverage by segment (all subscribers)"))
+            pivot = numeric_order(pivot.reset_index(), "value", by=["dimension"])
+            blocks.append(table(pivot, "Coverage by segment (all subscribers)"))
     if scores is not None:
         blocks.append(table(interval_widths(scores), "Interval width deciles of this month's scores"))
     return blocks
@@ -635,6 +750,519 @@ def _load_release(settings: Settings, version: str | None) -> Release | None:
     except Exception as exc:
         log.warning("release %s not loadable (%s): release sections are left out", version, exc)
         return None
+
+
+# ===================================================================== decision first: the headline
+LAST_MONTH_MISSING = "no scores of the previous month"
+
+
+def base_figures(scores: DataFrame | None) -> dict[str, float] | None:
+    """Base size (every scored subscriber, holdout included), total and mean CLTV and the sums of the
+    interval bounds, the holdout's size: one aggregation, nothing collected but these numbers."""
+    if scores is None:
+        return None
+    aggs = [
+        F.count(F.lit(1)).alias("subscribers"),
+        F.sum("cltv").alias("total"),
+        F.avg("cltv").alias("mean"),
+    ]
+    if "holdout" in scores.columns:
+        aggs.append(F.sum(F.coalesce(F.col("holdout"), F.lit(False)).cast("long")).alias("holdout"))
+    if "cltv_24m" in scores.columns:
+        aggs.append(F.sum("cltv_24m").alias("total_24m"))
+    row = scores.agg(*aggs).first()
+    out = {k: (float(v) if v is not None else float("nan")) for k, v in row.asDict().items()}
+    return out
+
+
+def _change(now: float, before: float | None) -> float:
+    return now / before - 1 if before is not None and finite(before) and before != 0 else float("nan")
+
+
+def headline_cards(
+    now: dict[str, float] | None, before: dict[str, float] | None, currency: str, month: dt.date
+) -> list[Card]:
+    """Total and mean CLTV and the base, each with its change against last month."""
+    if now is None:
+        return [Card("Scores", "none", f"{fmt(month)} is not scored", FAIL)]
+    prev = f"vs {fmt(add_months(month, -1))}"
+
+    def sub(key: str, absolute: str) -> str:
+        if before is None:
+            return LAST_MONTH_MISSING
+        return f"{fmt_pct(_change(now[key], before[key]))} {prev} ({absolute})"
+
+    before = before or None
+    diff = (now["subscribers"] - before["subscribers"]) if before else float("nan")
+    total_diff = (now["total"] - before["total"]) if before else float("nan")
+    mean_diff = (now["mean"] - before["mean"]) if before else float("nan")
+    holdout = now.get("holdout")
+    cards = [
+        Card(
+            "Total CLTV of the base (60 months)",
+            fmt_money(now["total"], currency),
+            sub("total", f"{'+' if total_diff >= 0 else ''}{fmt_money(total_diff, currency)}"),
+        ),
+        Card(
+            "Mean CLTV per subscriber",
+            fmt_money(now["mean"], currency, 2),
+            sub("mean", f"{'+' if mean_diff >= 0 else ''}{fmt_money(mean_diff, currency, 2)}"),
+        ),
+        Card(
+            "Subscribers scored",
+            fmt_number(now["subscribers"]),
+            sub("subscribers", f"{'+' if diff >= 0 else ''}{fmt_number(diff)}")
+            + (f"; holdout {fmt_number(holdout)} included" if finite(holdout) else ""),
+        ),
+    ]
+    if finite(now.get("total_24m")):
+        cards.append(
+            Card(
+                "of which in the first 24 months",
+                fmt_money(now["total_24m"], currency),
+                f"{fmt_pct(now['total_24m'] / now['total'], 0, signed=False)} of the total"
+                if now["total"]
+                else "",
+            )
+        )
+    return cards
+
+
+def numeric_order(frame: pd.DataFrame, column: str, by: list[str] | None = None) -> pd.DataFrame:
+    """Rows ordered by the number a label starts with ('0-5', '6-11', '12-23', '48+'), text after: cohorts
+    in numeric, not text, order."""
+    lead = frame[column].astype(str).str.extract(r"^(-?\d+)", expand=False).astype("float64")
+    keys = [*(by or []), "_k", column]
+    return frame.assign(_k=lead.fillna(np.inf)).sort_values(keys, kind="stable").drop(columns="_k")
+
+
+def value_by_group(
+    spark: SparkSession, settings: Settings, scores: DataFrame, month: dt.date
+) -> dict[str, pd.DataFrame]:
+    """CLTV and its interval by segment (the backtest dimensions) and by tenure cohort: the month's scores
+    joined with its features, aggregated per group (one row per group reaches the driver)."""
+    cfg = settings.monitoring
+    try:
+        features = read_month_features(spark, settings, month)
+    except Exception as exc:
+        if isinstance(exc, Unreachable):
+            raise
+        log.warning("features of %s not readable (%s): no CLTV by segment", fmt(month), exc)
+        return {}
+    groups = [d for d in cfg.backtest_dimensions if d in features.columns]
+    cols = [F.col(d).cast("string").alias(d) for d in groups]
+    tenure = settings.models.tenure_column
+    if tenure and tenure in features.columns:
+        cols.append(tenure_cohort(tenure, cfg.tenure_cohorts).alias("tenure_cohort"))
+        groups.append("tenure_cohort")
+    if not groups:
+        return {}
+    bounds = [c for c in ("cltv_lower", "cltv_upper") if c in scores.columns]
+    joined = scores.select(ID, "cltv", *bounds).join(features.select(ID, *cols), ID, "left")
+    out = {}
+    for group in groups:
+        t = (
+            joined.groupBy(F.coalesce(F.col(group), F.lit("(none)")).alias(group))
+            .agg(
+                F.count(F.lit(1)).alias("subscribers"),
+                F.sum("cltv").alias("total"),
+                F.avg("cltv").alias("mean"),
+                *[F.avg(c).alias(f"mean_{c}") for c in bounds],
+            )
+            .toPandas()
+        )
+        t["share"] = t["total"] / t["total"].sum() if t["total"].sum() else np.nan
+        out[group] = numeric_order(t, group) if group == "tenure_cohort" else t.sort_values(group)
+    return out
+
+
+def group_table(frame: pd.DataFrame, group: str, currency: str, level: float) -> Table:
+    """CLTV by one grouping, in words and formatted numbers."""
+    interval = "mean_cltv_lower" in frame.columns
+    rows = []
+    for r in frame.to_dict("records"):
+        row = [
+            Cell(str(r[group])),
+            Cell(fmt_number(r["subscribers"])),
+            Cell(fmt_money(r["total"], currency)),
+            Cell(fmt_pct(r["share"], 1, signed=False)),
+            Cell(fmt_number(r["mean"], 2)),
+        ]
+        if interval:
+            row.append(Cell(f"{fmt_number(r['mean_cltv_lower'], 2)} … {fmt_number(r['mean_cltv_upper'], 2)}"))
+        rows.append(row)
+    columns = [group.replace("_", " "), "subscribers", "total CLTV", "share of total", f"mean ({currency})"]
+    if interval:
+        columns.append(f"mean interval at {level:.0%} ({currency})")
+    return Table(columns, rows, f"CLTV by {group.replace('_', ' ')}")
+
+
+def curve_figures(scores: DataFrame) -> dict[str, dict[int, float]]:
+    """The expected base (Σ P(in base) at month k) and the cumulative value over 60 months, from sums of
+    the score columns (and of the detail arrays, months 1..24, when scored with --detail)."""
+    points = {
+        "active": {12: "p_active_12m", 24: "p_active_24m", 60: "p_active_60m"},
+        "paid": {12: "p_paid_12m", 24: "p_paid_24m", 60: "p_paid_60m"},
+        "value": {24: "cltv_24m", 60: "cltv"},
+    }
+    aggs, names = [F.count(F.lit(1)).alias("n")], {}
+    for curve, cols in points.items():
+        for k, c in cols.items():
+            if c in scores.columns:
+                names[f"{curve}_{k}"] = (curve, k)
+                aggs.append(F.sum(c).alias(f"{curve}_{k}"))
+    for curve in ("active", "paid"):
+        if f"{curve}_h" in scores.columns:
+            for i in range(24):
+                names[f"{curve}_d{i + 1}"] = (curve, i + 1)
+                # a release of fewer horizons has shorter arrays: months beyond them are null, not an error
+                month = F.try_element_at(F.col(f"{curve}_h"), F.lit(i + 1))
+                aggs.append(F.sum(month).alias(f"{curve}_d{i + 1}"))
+    row = scores.agg(*aggs).first().asDict()
+    out: dict[str, dict[int, float]] = {"active": {}, "paid": {}, "value": {0: 0.0}}
+    for key, (curve, k) in names.items():
+        if row.get(key) is not None:
+            out[curve][k] = float(row[key])
+    for curve in ("active", "paid"):
+        if out[curve]:
+            out[curve][0] = float(row["n"])
+    return {k: dict(sorted(v.items())) for k, v in out.items() if len(v) > 1}
+
+
+# ===================================================================== decision first: the checks
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str
+    finding: str  # what was measured, in numbers
+    meaning: str  # one sentence: what it means
+    action: str  # one sentence: what to do
+
+
+def _worst_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[frame["status"] == worst(*frame["status"])] if len(frame) else frame
+
+
+def check_bias(settings: Settings, quality: pd.DataFrame, backtest: pd.DataFrame) -> Check:
+    """The release's OOT aggregate bias beyond its noise (fail: beyond promotion.max_abs_bias by more than
+    the noise, as promotion judges; warn: beyond the noise and above half the limit), and the backtest's
+    bias of the amounts at the shortest horizon (warn beyond twice the limit: no noise estimate there)."""
+    limit = settings.promotion.max_abs_bias
+    found, status = [], OK
+    if quality is not None and len(quality):
+        amounts = quality[quality["kind"] != "classification"]
+        for r in amounts.to_dict("records"):
+            bias, se = r.get("agg_bias"), r.get("agg_bias_se")
+            if not finite(bias):
+                continue
+            noise = Z95 * se if finite(se) else 0.0
+            if abs(bias) - noise > limit:
+                status = worst(status, FAIL)
+            elif abs(bias) > noise and abs(bias) > limit / 2:
+                status = worst(status, WARN)
+            else:
+                continue
+            found.append(f"{r['model_id']} {fmt_noise(bias, se)} (OOT)")
+    if backtest is not None and len(backtest):
+        bt = backtest[(backtest["dimension"] == "all") & (backtest["population"] == "all")]
+        catalog = settings.models.catalog()
+        bt = bt[bt["model_id"].isin([*(e.model_id for e in catalog.amounts), VALUE_CUM])]
+        if len(bt):
+            h = int(bt["horizon"].min())
+            for r in bt[bt["horizon"] == h].to_dict("records"):
+                if finite(r["bias"]) and abs(r["bias"]) > 2 * limit:
+                    status = worst(status, WARN)
+                    found.append(f"{r['model_id']} {fmt_pct(r['bias'])} (backtest h{h})")
+    if quality is None or not len(quality):
+        return Check("Bias beyond noise", SKIPPED, "the release's OOT quality is not readable", "", "")
+    return Check(
+        "Bias beyond noise",
+        status,
+        "; ".join(found)
+        if found
+        else f"every amount within ±{fmt_pct(limit / 2, 1, signed=False)} or its noise",
+        "Totals built from these forecasts (CLTV, plans) are off by about this much."
+        if found
+        else "Sums of the forecasts can be trusted to within their noise.",
+        f"Read the bias by horizon below; a fail (beyond {fmt_pct(limit, 0, signed=False)} and its noise) "
+        "calls for retraining before the figures are used in plans."
+        if found
+        else "Nothing.",
+    )
+
+
+def check_naive(quality: pd.DataFrame) -> Check:
+    if quality is None or not len(quality):
+        return Check("Beats the naive baseline", SKIPPED, "the release's OOT quality is not readable", "", "")
+    losing = [str(m) for m, b in zip(quality["model_id"], quality["beats_naive"], strict=True) if not b]
+    if not losing:
+        return Check("Beats the naive baseline", OK, f"all {len(quality)} models beat it on OOT",
+                     "Every model adds something over a simple rule.", "Nothing.")  # fmt: skip
+    return Check(
+        "Beats the naive baseline",
+        WARN,
+        f"not beating it: {', '.join(losing)}",
+        "For these components a simple rule (base rate, last month's amount) forecasts as well or better.",
+        "Check their features and loss at the next training; their share in CLTV is in the release table.",
+    )
+
+
+def check_survival(survival: pd.DataFrame | None) -> Check:
+    name = "Survival calibration"
+    if survival is None or not len(survival):
+        return Check(name, SKIPPED, "no backtest of the survival models (no earlier detailed scores)", "", "")
+    judged = survival[(survival["status"] != SKIPPED) & survival["gap"].notna()]
+    if not len(judged):
+        return Check(name, SKIPPED, "too few subscribers to judge", "", "")
+    status = worst(*judged["status"])
+    r = judged.loc[judged["gap"].abs().idxmax()]
+    finding = (
+        f"largest gap {r['model_id']} h{int(r['horizon'])}: predicted {fmt_pct(r['predicted'], 1, False)}, "
+        f"realized {fmt_pct(r['realized'], 1, False)} ({fmt_points(r['gap'])})"
+    )
+    if status == OK:
+        return Check(name, OK, finding, "The predicted share staying in the base matches what happened.",
+                     "Nothing.")  # fmt: skip
+    return Check(
+        name,
+        status,
+        finding,
+        "The models expect more (gap > 0) or fewer subscribers to stay than did, so CLTV is over- or "
+        "under-stated by about that share.",
+        "Look for a churn event (price change, campaign) in the month; retrain if the gap persists.",
+    )
+
+
+def check_coverage(coverage: pd.DataFrame | None) -> Check:
+    name = "Interval coverage"
+    if coverage is None or not len(coverage):
+        return Check(name, SKIPPED, "no earlier scores with intervals and detail arrays yet", "", "")
+    judged = coverage[(coverage["status"] != SKIPPED) & coverage["gap"].notna()]
+    if not len(judged):
+        return Check(name, SKIPPED, "too few subscribers to judge", "", "")
+    status = worst(*judged["status"])
+    r = judged.loc[judged["gap"].abs().idxmax()]
+    finding = (
+        f"worst h{int(r['horizon'])} {r['population']}: {fmt_pct(r['coverage'], 1, False)} inside an "
+        f"interval of level {fmt_pct(r['interval_level'], 0, False)} ({fmt_points(r['gap'])})"
+    )
+    if status == OK:
+        return Check(name, OK, finding, "The intervals hold as often as they claim.", "Nothing.")
+    return Check(
+        name,
+        status,
+        finding,
+        "The intervals are too narrow (coverage below the level) or too wide; ranges quoted from them "
+        "mislead.",
+        "Quote ranges with care; refit the intervals at the next training.",
+    )
+
+
+def check_drift(drift: pd.DataFrame, pred: pd.DataFrame) -> Check:
+    name = "Drift"
+    statuses = [*(drift["status"] if len(drift) else []), *(pred["status"] if len(pred) else [])]
+    if not statuses:
+        return Check(name, SKIPPED, "no drift tables", "", "")
+    status = worst(*statuses)
+    moved = []
+    if len(drift):
+        moved += [
+            f"{r.feature} PSI {fmt_metric(r.psi, 2)}"
+            for r in _worst_rows(drift).itertuples()
+            if r.status != OK
+        ]
+    if len(pred):
+        moved += [
+            f"score {r.column} PSI {fmt_metric(r.psi, 2)}"
+            for r in _worst_rows(pred).itertuples()
+            if r.status != OK
+        ]
+    if status in (OK, SKIPPED):
+        return Check(name, status, "inputs and scores close to the release's training sample and last month",
+                     "The models see the kind of data they learned from.", "Nothing.")  # fmt: skip
+    return Check(
+        name,
+        status,
+        ", ".join(moved[:5]) + (f" and {len(moved) - 5} more" if len(moved) > 5 else ""),
+        "Inputs (or scores) moved away from what the release learned from, so its forecasts for them are "
+        "less certain.",
+        "Find the cause (a source change, a new tariff); retrain when the shift is real and persists.",
+    )
+
+
+def month_checks(settings: Settings, info: dict[str, Any], monitored: dict[str, Any]) -> list[Check]:
+    quality = info.get("quality", pd.DataFrame())
+    return [
+        check_bias(settings, quality, monitored["backtest"]),
+        check_naive(quality),
+        check_survival(monitored.get("survival")),
+        check_coverage(monitored["coverage"]),
+        check_drift(monitored["drift"], monitored["prediction_drift"]),
+    ]
+
+
+def checks_table(checks: list[Check]) -> Table:
+    rows = [
+        [Cell(c.name), Cell(c.status, status=True), Cell(c.finding), Cell(c.meaning), Cell(c.action)]
+        for c in checks
+    ]
+    return Table(["check", "status", "found", "what it means", "what to do"], rows, None, cls="checks")
+
+
+def actions(checks: list[Check], summary: dict[str, Any]) -> Actions:
+    todo = [(c.status, f"{c.name} — {c.finding}. {c.action}") for c in checks if c.status in (WARN, FAIL)]
+    todo.sort(key=lambda t: t[0] != FAIL)
+    if summary.get("status") == FAIL and not any(s == FAIL for s, _ in todo):
+        todo.insert(0, (FAIL, "Monitoring failed (below): read its failures before publishing."))
+    return Actions(
+        todo or [(OK, "Nothing to do: every check is within its thresholds. The figures can be used.")]
+    )
+
+
+# ===================================================================== champion and challenger
+def release_pair(settings: Settings) -> tuple[int | None, int | None]:
+    """(champion, challenger) version numbers from the registry's aliases; None where there is none."""
+    client = tracking.client(settings.mlflow)
+    out = []
+    for alias in (CHAMPION, CHALLENGER):
+        try:
+            out.append(int(client.get_model_version_by_alias(settings.mlflow.model_name, alias).version))
+        except Exception as exc:
+            if tracking.is_unreachable(exc):
+                raise
+            out.append(None)
+    return out[0], out[1]
+
+
+def side_by_side(champion: pd.DataFrame, challenger: pd.DataFrame, versions: tuple[int, int]) -> Table:
+    """Each release's OOT quality (its own OOT month) side by side: bias ± noise, then the main metric."""
+    a, b = (f"v{v}" for v in versions)
+    left = champion.set_index("model_id")
+    rows = []
+    for r in challenger.to_dict("records"):
+        m = r["model_id"]
+        c = left.loc[m].to_dict() if m in left.index else {}
+        rows.append(
+            [
+                Cell(str(m)),
+                Cell(fmt_noise(c.get("agg_bias"), c.get("agg_bias_se")) if c else NA),
+                Cell(fmt_noise(r.get("agg_bias"), r.get("agg_bias_se"))),
+                Cell(str(r.get("metric", ""))),
+                Cell(fmt_metric(c.get("value"), 4) if c else NA),
+                Cell(fmt_metric(r.get("value"), 4)),
+                Cell(("yes" if c.get("beats_naive") else "NO") if c else NA),
+                Cell("yes" if r.get("beats_naive") else "NO"),
+            ]
+        )
+    columns = [
+        "model", f"bias ± noise, champion {a}", f"bias ± noise, challenger {b}", "main metric",
+        f"champion {a}", f"challenger {b}", f"{a} beats naive", f"{b} beats naive",
+    ]  # fmt: skip
+    note = (
+        "Each release on its own out-of-time month (the figures its training logged); the promote run in "
+        "MLflow compares both on the same rows."
+    )
+    return Table(columns, rows, f"Champion {a} and challenger {b}", note)
+
+
+def section_releases(settings: Settings, info: dict[str, Any]) -> list[Any]:
+    champion, challenger = release_pair(settings)
+    if champion is None or challenger is None or champion == challenger:
+        return []
+    tables = {}
+    for v in (champion, challenger):
+        if str(v) == str(info.get("version")) and "quality" in info:
+            tables[v] = info["quality"]
+            continue
+        try:
+            mv = tracking.client(settings.mlflow).get_model_version(settings.mlflow.model_name, str(v))
+            tables[v] = evaluation_tables(settings, mv.run_id).get("quality", pd.DataFrame())
+        except Exception as exc:
+            if tracking.is_unreachable(exc):
+                raise
+            log.warning("release v%s: quality not readable (%s)", v, exc)
+            return []
+    if any(t is None or t.empty for t in tables.values()):
+        return []
+    return [side_by_side(tables[champion], tables[challenger], (champion, challenger))]
+
+
+def section_headline(
+    settings: Settings,
+    month: dt.date,
+    now: dict[str, float] | None,
+    before: dict[str, float] | None,
+    checks: list[Check],
+    summary: dict[str, Any],
+) -> list[Any]:
+    return [
+        Note(answer(now, before, checks, settings.costs.currency, month)),
+        Cards(headline_cards(now, before, settings.costs.currency, month)),
+        actions(checks, summary),
+        checks_table(checks),
+        *monitor_messages(summary),
+    ]
+
+
+def monitor_messages(summary: dict[str, Any]) -> list[Any]:
+    """Monitor's own failures and warnings, folded under the checks (which already say what they mean)."""
+    items = [(FAIL, m) for m in summary.get("failures", [])] + [
+        (WARN, m) for m in summary.get("warnings", [])
+    ]
+    if not items:
+        return []
+    failures, warnings = len(summary.get("failures", [])), len(summary.get("warnings", []))
+    title = f"Monitor's messages: {failures} failures, {warnings} warnings"
+    return [Details(title, [Actions(items, title="")])]
+
+
+def answer(
+    now: dict[str, float] | None,
+    before: dict[str, float] | None,
+    checks: list[Check],
+    currency: str,
+    month: dt.date,
+) -> Markup:
+    """The page's first sentence: what the base is worth, how that moved, whether anything is wrong."""
+    if now is None:
+        return Markup("<b>{} is not scored</b>: nothing to review.").format(fmt(month))
+    failing = [c.name for c in checks if c.status == FAIL]
+    warning = [c.name for c in checks if c.status == WARN]
+    moved = (
+        f", {fmt_pct(_change(now['total'], before['total']))} against {fmt(add_months(month, -1))}"
+        if before
+        else ""
+    )
+    verdict = (
+        f"{len(failing)} check(s) fail ({', '.join(failing)})"
+        if failing
+        else f"no check fails, {len(warning)} warn ({', '.join(warning)})"
+        if warning
+        else "every check is ok"
+    )
+    return Markup("<b>{} subscribers are worth {} over the next 60 months</b>{}; {}.").format(
+        fmt_number(now["subscribers"]), fmt_money(now["total"], currency), moved, verdict
+    )
+
+
+def section_value(
+    spark: SparkSession, settings: Settings, scores: DataFrame | None, month: dt.date
+) -> list[Any]:
+    if scores is None:
+        return [Note("No scores for this month.")]
+    currency = settings.costs.currency
+    blocks: list[Any] = image(
+        expected_curves_figure(curve_figures(scores), currency), "expected base and value"
+    )
+    for group, frame in value_by_group(spark, settings, scores, month).items():
+        blocks.append(group_table(frame, group, currency, settings.scoring.interval_level))
+    blocks.append(
+        Note(
+            "Interval: the mean of the subscribers' own lower and upper CLTV bounds — the range a typical "
+            "subscriber of the group falls in, not a range for the group's total (which is much narrower)."
+        )
+    )
+    return blocks
 
 
 # ===================================================================== the job
@@ -661,7 +1289,19 @@ def build_report(
         }
     )
     scores = read_scores(spark, settings.paths, month)
+    previous = read_scores(spark, settings.paths, add_months(month, -1))
+    checks = month_checks(settings, info, monitored)
+    headline = section_headline(
+        settings, month, base_figures(scores), base_figures(previous), checks, summary
+    )
+    pair = section_releases(settings, info)
     sections = [
+        Section("The month at a glance", headline),
+        Section(
+            "Value of the base: over 60 months, by segment, by tenure",
+            section_value(spark, settings, scores, month),
+        ),
+        *([Section("Champion and challenger", pair)] if pair else []),
         Section("Release metrics by horizon", section_release(settings, info)),
         Section("CLTV distribution and deciles", section_cltv(scores)),
         Section("Top drivers", section_drivers(spark, settings, release, month)),
@@ -678,8 +1318,13 @@ def build_report(
     campaigns = [table(frame, title) for title, frame in review_tables(spark, settings, month)]
     if campaigns:
         sections.append(Section("Retention campaigns", campaigns))
+    overall = worst(summary.get("status", SKIPPED), *(c.status for c in checks))
     page = render(
-        fmt(month), summary, info, sections, dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        fmt(month),
+        {**summary, "status": overall},
+        info,
+        sections,
+        dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     )
     storage = Storage(spark)
     target = report_file(settings.paths, month)
@@ -691,7 +1336,42 @@ def build_report(
     location = storage.qualify(target)
     artifact = log_report(settings, month, summary, page, info["version"], info.get("run_id"))
     log.info("report for %s: %s (MLflow artifact %s)", fmt(month), location, artifact)
+    push_job_metrics(settings.monitoring, "report", month, info["version"], {}, {}, "ok")
     return location[len("file:") :] if location.startswith("file:") else location
+
+
+REPORT_TAG = "monitoring_report"  # model version tag monitoring_report.YYYY-MM = the review page's link
+REVIEW_SECTION = "Monthly review pages"
+# MLflow 3.17's UI picks its layout from this URL parameter (else from the browser's last choice,
+# GenAI by default), not from the experiment's mlflow.experimentKind tag: links ask for the classic one
+CLASSIC_LAYOUT = "workflowType=machine_learning"
+
+
+def report_link(ui_url: str | None, experiment_id: str, run_id: str, path: str) -> str:
+    """Where a person opens the review page: the artifact in the MLflow UI when `mlflow.ui_url` is set,
+    else the run-relative MLflow URI (runs:/…) — never a local file path."""
+    if ui_url:
+        page = f"#/experiments/{experiment_id}/runs/{run_id}/artifacts/{path}"
+        return f"{ui_url.rstrip('/')}/{page}?{CLASSIC_LAYOUT}"
+    return f"runs:/{run_id}/{path}"
+
+
+def review_links(tags: dict[str, str]) -> str:
+    """The version description's list of review pages, newest month first (links when they are URLs)."""
+    months = sorted((k.split(".", 1)[1], v) for k, v in tags.items() if k.startswith(f"{REPORT_TAG}."))
+    lines = [
+        f"- [{m}]({v})" if v.startswith(("http://", "https://")) else f"- {m}: `{v}`" for m, v in months[::-1]
+    ]
+    hint = (
+        ""
+        if any(v.startswith("http") for _, v in months)
+        else ("\n\nSet `mlflow.ui_url` to have these as links the MLflow UI opens.")
+    )
+    return (
+        "The monthly review page of every month this release scored and monitored:\n\n"
+        + "\n".join(lines)
+        + hint
+    )
 
 
 @tracking.guarded
@@ -710,12 +1390,18 @@ def log_report(
         return None
     name = f"cltv-report-{month:%Y-%m}.html"
     client.log_text(run_id, page, f"report/{name}")
-    uri = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/report/{name}"
+    run = client.get_run(run_id)
+    mark_classic_experiment(client, run.info.experiment_id)
+    uri = report_link(settings.mlflow.ui_url, run.info.experiment_id, run_id, f"report/{name}")
     client.set_tag(run_id, "report", uri)
-    key = f"monitoring_report.{fmt(month)}"
+    key = f"{REPORT_TAG}.{fmt(month)}"
     try:
         client.set_model_version_tag(settings.mlflow.model_name, str(version), key, uri)
+        tags = client.get_model_version(settings.mlflow.model_name, str(version)).tags
+        set_description_section(settings, version, REVIEW_SECTION, review_links(tags))
     except Exception as exc:
+        if tracking.is_unreachable(exc):
+            raise
         log.warning("model version %s of %s not tagged: %s", version, settings.mlflow.model_name, exc)
     if release_run_id:
         try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -41,6 +42,7 @@ from spark_app.errors import UserError
 from spark_app.horizons import target_calendar_months
 from spark_app.intervals import IntervalTable
 from spark_app.layout import SCORE_SUMMARY, scores_dir
+from spark_app.metrics import push_job_metrics, score_figures
 from spark_app.models import RELEASE_JSON, Learner
 from spark_app.months import fmt
 from spark_app.progress import StageTimer
@@ -192,17 +194,46 @@ def read_month_features(
     return features.select(ID, *plan.input_cols)
 
 
+def counts_in_words(counts: dict[str, int]) -> str:
+    """{'price': 1200, 'tenure_months': 3} → 'price 1,200, tenure_months 3' (largest first), or 'none'."""
+    ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return ", ".join(f"{k} {v:,}" for k, v in ordered) or "none"
+
+
+def summary_line(summary: ScoreSummary, timing: str) -> str:
+    """The job's closing line, in words. It ends with StageTimer.summary() — `; 12.3s total (…)`, which
+    benchmarks parse (SUMMARY_TOTAL)."""
+    q = summary.cltv_quantiles
+    spread = " · ".join(f"{k} {v:,.1f}" for k, v in q.items() if k in ("p05", "p25", "p50", "p75", "p95"))
+    return (
+        f"scored {fmt(summary.month)}: {summary.rows:,} subscribers ({summary.holdout_rows:,} holdout) with "
+        f"release v{summary.release_version} (SHA-256 {summary.release_digest[:16]}, models "
+        f"{', '.join(summary.models)}); CLTV mean {summary.cltv_mean:,.1f}"
+        + (f", quantiles {spread}" if spread else "")
+        + f"; inputs: missing {counts_in_words(summary.missing_values)}; non-finite "
+        f"{counts_in_words(summary.non_finite_values)}; unseen categories "
+        f"{counts_in_words(summary.unseen_categorical)}; {timing}"
+    )
+
+
+SUMMARY_TOTAL = re.compile(r"; (?P<seconds>[0-9]+(?:\.[0-9]+)?)s total \(")  # the phrase benchmarks read
+
+
 def report_inputs(stats: BatchStats, month: dt.date) -> None:
     """Inputs scored as they came, but counted: the job's log says what was missing or odd."""
     if stats.missing:
-        log.warning("features %s: missing values (scored as such) %s", fmt(month), dict(stats.missing))
+        log.warning(
+            "features %s: missing values (scored as such): %s", fmt(month), counts_in_words(stats.missing)
+        )
     if stats.non_finite:
         log.warning(
-            "features %s: NaN, infinite or beyond-float32 numbers (scored as missing) %s",
-            fmt(month), dict(stats.non_finite),
+            "features %s: NaN, infinite or beyond-float32 numbers (scored as missing): %s",
+            fmt(month), counts_in_words(stats.non_finite),
         )  # fmt: skip
     if stats.unseen:
-        log.warning("features %s: categories unseen in training %s", fmt(month), dict(stats.unseen))
+        log.warning(
+            "features %s: categories unseen in training: %s", fmt(month), counts_in_words(stats.unseen)
+        )
 
 
 def check_keys(stats: BatchStats, features: DataFrame, month: dt.date) -> None:
@@ -364,7 +395,7 @@ def score_month(
                     log.warning(
                         "target calendar months %s never occur in release v%s's training window (it saw %s): "
                         "their forecasts are made with the calendar feature unknown, not extrapolated",
-                        unseen, plan.release_version, seen,
+                        ", ".join(map(str, unseen)), plan.release_version, ", ".join(map(str, seen)),
                     )  # fmt: skip
             if plan.intervals is None:
                 log.warning(
@@ -427,22 +458,11 @@ def score_month(
     report_ranges(summary)
     with timer.stage("log to mlflow"):
         log_score_run(settings, summary)
-    log.info(
-        "scored %s: %s subscribers (%s holdout) with release v%s (SHA-256 %s, models %s); CLTV mean %.1f, "
-        "quantiles %s; inputs: missing %s, non-finite %s, unseen categories %s; %s",
-        fmt(month),
-        f"{summary.rows:,}",
-        f"{summary.holdout_rows:,}",
-        summary.release_version,
-        summary.release_digest[:16],
-        ",".join(summary.models),
-        summary.cltv_mean,
-        {k: round(v, 1) for k, v in summary.cltv_quantiles.items()},
-        summary.missing_values or "none",
-        summary.non_finite_values or "none",
-        summary.unseen_categorical or "none",
-        timer.summary(),
-    )
+    log.info("%s", summary_line(summary, timer.summary()))
+    push_job_metrics(
+        settings.monitoring, "score", month, summary.release_version, timer.seconds,
+        score_figures(summary.rows, summary.holdout_rows, summary.cltv_mean, summary.cltv_quantiles), "ok",
+    )  # fmt: skip
     return summary
 
 

@@ -45,6 +45,10 @@ from spark_app.evaluation import (
     calibration_table,
     cumulative_bias,
     decile_table,
+    finite,
+    fmt_metric,
+    fmt_noise,
+    fmt_pct,
     main_metric_of,
     metric_rows,
     metric_table,
@@ -60,6 +64,7 @@ from spark_app.figures import (
     plot_metric_by_horizon,
 )
 from spark_app.intervals import IntervalTable, cumulative_values, fit_intervals
+from spark_app.metrics import push_job_metrics, release_figures
 from spark_app.models import Learner
 from spark_app.months import add_months, fmt, month_index, month_range, months_between, parse_month
 from spark_app.progress import StageTimer
@@ -267,19 +272,20 @@ def target_window(manifest: dict[str, Any]) -> str:
 
 
 def log_quality(quality: pd.DataFrame) -> None:
-    """Aggregate bias first, then the main metric, each beside the naive baseline's."""
+    """Aggregate bias first (percent ± 95 % noise), then the main metric, each beside the naive baseline's,
+    in the words and number formats of the release's description (spark_app.evaluation fmt_*)."""
     for row in quality.itertuples(index=False):
         cum = (
-            f", cumulative 24-month bias {row.cum_bias:+.2%} ± {1.96 * row.cum_bias_se:.2%}"
-            if np.isfinite(row.cum_bias)
+            f", cumulative 24-month bias {fmt_noise(row.cum_bias, row.cum_bias_se)}"
+            if finite(row.cum_bias)
             else ""
         )
         verdict = "" if row.beats_naive else "  <-- does NOT beat the naive baseline"
         log.log(
             logging.INFO if row.beats_naive else logging.WARNING,
-            "OOT %s: bias %s ± %s (naive %s), %s %.4f (naive %.4f)%s%s",
-            row.model_id, f"{row.agg_bias:+.2%}", f"{1.96 * row.agg_bias_se:.2%}",
-            f"{row.naive_agg_bias:+.2%}", row.metric, row.value, row.naive, cum, verdict,
+            "OOT %s: bias %s (naive %s), %s %s (naive %s)%s%s",
+            row.model_id, fmt_noise(row.agg_bias, row.agg_bias_se), fmt_pct(row.naive_agg_bias, 2),
+            row.metric, fmt_metric(row.value, 4), fmt_metric(row.naive, 4), cum, verdict,
         )  # fmt: skip
 
 
@@ -475,4 +481,7 @@ def train_release(spark: SparkSession, settings: Settings, dataset_id: str | Non
         seconds=dict(timer.seconds),
     )
     log.info("release %s registered with alias challenger; %s", info, timer.summary())
+    push_job_metrics(
+        settings.monitoring, "train", None, version, timer.seconds, release_figures(info.quality), "ok"
+    )
     return info

@@ -1,10 +1,17 @@
-"""Shared fixtures: one local SparkSession for the whole run, and a small generated panel."""
+"""Shared fixtures: one local SparkSession for the whole run, and a small generated panel.
+
+Hooks (no fixture changes): tests are marked `slow` automatically (they need Spark, a trained release or
+a server, or live in a slow file), so `make test-fast` = `pytest -m "not slow"`; every test that takes
+more than SLOW_TEST_SECONDS is reported as it finishes (progress in a long run); and the run fails if it
+left new files in the repository root (mlruns/, catboost_info/, spark-warehouse/, …).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -124,3 +131,90 @@ def settings_factory(tmp_path):
         return make_settings(tmp_path, panel, **sections)
 
     return factory
+
+
+# ------------------------------------------------------------------ hooks: markers, progress, leftovers
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# A test needing one of these (directly or through another fixture) is slow: a JVM, a panel, a release.
+SLOW_FIXTURES = frozenset({"spark", "panel_dir", "env", "month_dir", "panel_copy"})
+# Files whose tests are slow without those fixtures: real servers, subprocess pipelines, pip installs.
+SLOW_FILES = frozenset({"test_cluster.py", "test_docker.py", "test_faults.py", "test_registry.py"})
+SLOW_TEST_SECONDS = 10.0
+# What pytest itself leaves (gitignored caches); anything else new in the root is a test's leftover.
+OWN_CACHES = frozenset({".pytest_cache", "__pycache__"})
+_root_before = pytest.StashKey[set]()
+_durations = pytest.StashKey[dict]()
+
+
+_config_of_run: pytest.Config | None = None  # pytest_runtest_logreport is not given the config
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _config_of_run
+    _config_of_run = config
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark slow what needs Spark, a release or a server, so the fast loop is `-m "not slow"`."""
+    for item in items:
+        needs = SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        if needs or item.path.name in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_root_before] = set(os.listdir(REPO_ROOT))
+    session.config.stash[_durations] = {"started": time.monotonic(), "done": 0, "total": "?"}
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    session.config.stash[_durations]["total"] = len(session.items)  # after -m / -k deselection
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Report a test slower than SLOW_TEST_SECONDS when it finishes: setup + call + teardown, so a
+    session fixture built for it (a panel, a release) is counted where it was built."""
+    config = _config_of_run
+    if config is None:
+        return
+    state = config.stash[_durations]
+    phases = state.setdefault(report.nodeid, {})
+    phases[report.when] = report.duration
+    if report.when != "teardown":
+        return
+    state["done"] += 1
+    del state[report.nodeid]
+    total = sum(phases.values())
+    if total <= SLOW_TEST_SECONDS:
+        return
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return
+    elapsed = time.monotonic() - state["started"]
+    setup = f" (setup {phases['setup']:.1f} s)" if phases.get("setup", 0.0) > SLOW_TEST_SECONDS / 2 else ""
+    if config.get_verbosity() <= 0:  # -q: the line of dots has no newline yet
+        reporter.write("\n")
+    reporter.write_line(
+        f"  slow test {state['done']}/{state['total']} ({elapsed / 60:.1f} min into the run): "
+        f"{total:.1f} s {report.nodeid}{setup}"
+    )
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run when it left new files or directories in the repository root."""
+    before = session.config.stash.get(_root_before, None)
+    if before is None:
+        return
+    left = sorted(set(os.listdir(REPO_ROOT)) - before - OWN_CACHES)
+    if not left:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    message = (
+        f"the test run left {', '.join(left)} in {REPO_ROOT}: a test writes into the working directory "
+        "(give it tmp_path, CatBoost train_dir / allow_writing_files=False, an explicit MLflow tracking URI)"
+    )
+    if reporter is not None:
+        reporter.write_line(message, red=True, bold=True)
+    if session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

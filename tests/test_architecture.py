@@ -17,11 +17,11 @@ PACKAGE = ROOT / "spark_app"
 # docs/architecture.md draws these layers; a module imports only from its own layer or below
 LAYERS = {
     "ground": {"config", "catalog", "errors", "months", "redact", "progress", "__init__"},
-    "edges": {"lease", "files", "contract", "layout", "storage", "session", "tracking"},
+    "edges": {"lease", "files", "contract", "layout", "storage", "session", "tracking", "metrics"},
     "model maths": {"models", "calibration", "evaluation", "cltv", "intervals", "horizons", "batch"},
     "jobs": {
         "generate", "dataset", "training", "registry", "scoring", "monthly", "inputs_ready", "monitoring",
-        "drift", "backtest", "checks", "report", "figures", "campaigns",
+        "drift", "backtest", "checks", "report", "figures", "campaigns", "status",
     },
     "commands": {"cli", "pipeline", "__main__"},
 }  # fmt: skip

@@ -18,7 +18,14 @@ import pytest
 import yaml
 
 import cltv_argo.local
-from cltv_argo.local import evaluate_when, local_command, run_local
+from cltv_argo.local import (
+    empty_argument,
+    evaluate_when,
+    local_command,
+    report_flags,
+    review_page,
+    run_local,
+)
 from cltv_argo.manifests import (
     ArgoError,
     Depends,
@@ -188,7 +195,7 @@ TEMPLATE_BREAKERS: list[tuple[str, Breaker, str]] = [
     ("no-retry", lambda d: template(d, "score").pop("retryStrategy"), "no retryStrategy"),
     (
         "no-deadline",
-        lambda d: template(d, "publish").pop("activeDeadlineSeconds"),
+        lambda d: template(d, "publish-marker").pop("activeDeadlineSeconds"),
         "no activeDeadlineSeconds",
     ),
     (
@@ -278,8 +285,8 @@ def test_monthly_run_shape():
         "score": "validate-inputs",
         "validate-output": "score",
         "monitor": "validate-output",
-        "publish": "monitor",
         "report": "monitor.Succeeded || monitor.Failed",
+        "publish": "monitor.Succeeded && report.Succeeded",  # what is published has been reviewed
     }
     assert doc["spec"]["synchronization"]["mutexes"][0]["name"].endswith("{{workflow.parameters.month}}")
     for name in ("validate-inputs", "score", "validate-output", "monitor", "report"):
@@ -299,7 +306,8 @@ def test_monthly_run_shape():
 
 
 def test_monthly_scores_carry_detail_and_the_report_follows_monitor():
-    """score --detail feeds later months' backtests; report runs after monitor, passed or failed."""
+    """score --detail feeds later months' backtests; report runs after monitor, passed or failed, and
+    publish after both."""
     doc = monthly()
     score_args = template(doc, "score")["container"]["args"]
     assert "--detail" in score_args
@@ -342,9 +350,62 @@ def _phases(**given: str) -> dict[str, str]:
     ],
 )
 def test_monthly_depends_after_monitor(monitor, runs):
+    """publish needs monitor passed and the review page built; report needs monitor to have answered."""
     tasks = {t["name"]: t for t in template(monthly(), "monthly")["dag"]["tasks"]}
     phases = {name: "Succeeded" for name in tasks} | {"monitor": monitor}
     assert {n for n in ("publish", "report") if Depends.of_task(tasks[n])(phases)} == runs
+    phases["report"] = "Failed"  # a review page that could not be built: nothing is published
+    assert not Depends.of_task(tasks["publish"])(phases)
+
+
+def _rendered_commands(doc: dict, params: dict[str, str]) -> dict[str, list[str]]:
+    """The container commands a run with these parameters executes, filled in as Argo would pass them: a
+    template reached only through steps whose `when` is false does not run."""
+    values = {p["name"]: str(p.get("value", "")) for p in doc["spec"]["arguments"]["parameters"]} | params
+    fill = re.compile(r"\{\{workflow\.parameters\.([a-z_]+)\}\}")
+    calls: dict[str, list[bool]] = {}
+    for t in doc["spec"]["templates"]:
+        for group in t.get("steps") or []:
+            for step in group:
+                when = step.get("when")
+                runs = when is None or "workflow.status" in when or evaluate_when(fill.sub(
+                    lambda m: values[m.group(1)], when))  # fmt: skip
+                calls.setdefault(step["template"], []).append(runs)
+    return {
+        t["name"]: [fill.sub(lambda m: values[m.group(1)], str(a)) for a in t["container"]["args"]]
+        for t in doc["spec"]["templates"]
+        if "container" in t and any(calls.get(t["name"], [True]))
+    }
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_no_step_passes_an_empty_flag_with_the_default_parameters(path):
+    """`--webhook-url ''` was passed when no webhook was set: every argument has a value."""
+    for doc in load_documents(path):
+        if doc["kind"] == "CronWorkflow":
+            continue
+        params = {"month": "2026-04", "target_end": "2026-03", "campaign": "retention"}
+        for name, argv in _rendered_commands(doc, params).items():
+            assert empty_argument(argv) is None, (path.name, name)
+
+
+def test_publish_passes_the_webhook_only_when_there_is_one():
+    """publish is one of two commands chosen by `when`: with the flag and its URL, or without the flag."""
+    doc = monthly()
+    steps = template(doc, "publish")["steps"][0]
+    for webhook, chosen in (("", "publish-marker"), ("https://hooks.example.com/x", "publish-and-notify")):
+        rendered = {
+            s["template"]
+            for s in steps
+            if evaluate_when(s["when"].replace("{{workflow.parameters.webhook}}", webhook))
+        }
+        assert rendered == {chosen}
+    without = _rendered_commands(doc, {"month": "2026-04"})
+    assert "publish-and-notify" not in without and "--webhook-url" not in without["publish-marker"]
+    with_hook = _rendered_commands(doc, {"month": "2026-04", "webhook": "https://hooks.example.com/x"})
+    assert "publish-marker" not in with_hook
+    assert with_hook["publish-and-notify"][-2:] == ["--webhook-url", "https://hooks.example.com/x"]
+    assert empty_argument(["cltv", "publish", "--webhook-url", ""]) is not None
 
 
 @pytest.mark.parametrize(
@@ -620,9 +681,7 @@ def tiny(tmp_path):
 
 def test_run_local_runs_the_dag_in_dependency_order(tiny):
     path, conf, log_file = tiny
-    code = run_local(
-        path, {"month": "2025-04", "conf": str(conf)}, environ={**os.environ, "PYTHONPATH": str(ROOT)}
-    )
+    code = run_local(path, {"month": "2025-04", "conf": str(conf)}, in_process=True)
     assert code == 0
     order = [line.split()[0] for line in log_file.read_text().splitlines()]
     assert order == ["a", "b", "c", "d"]
@@ -633,7 +692,7 @@ def test_run_local_stops_at_a_failure_and_runs_the_exit_handler(tiny, recorder):
     path, conf, log_file = tiny
     server, calls = recorder
     params = {"month": "2025-04", "conf": str(conf), "fail": "yes", "webhook": f"http://{server}/hook"}
-    code = run_local(path, params, environ={**os.environ, "PYTHONPATH": str(ROOT)})
+    code = run_local(path, params, in_process=True)
     assert code == 3
     assert [line.split()[0] for line in log_file.read_text().splitlines()] == ["a", "b", "c"]
     assert [c["path"] for c in calls] == ["/hook"]
@@ -643,9 +702,7 @@ def test_run_local_stops_at_a_failure_and_runs_the_exit_handler(tiny, recorder):
 def test_run_local_a_missing_month_fails_the_real_cli_step(tiny):
     """wait-for-inputs really runs: a month outside the panel is not ready, so the run fails there."""
     path, conf, log_file = tiny
-    code = run_local(
-        path, {"month": "2031-01", "conf": str(conf)}, environ={**os.environ, "PYTHONPATH": str(ROOT)}
-    )
+    code = run_local(path, {"month": "2031-01", "conf": str(conf)}, in_process=True)
     assert code != 0
     assert len(log_file.read_text().splitlines()) == 4  # a b c d ran, then config, then wait failed
 
@@ -736,15 +793,18 @@ UP_TO_MONITOR = ["wait-for-inputs", "validate-inputs", "score", "validate-output
 @pytest.mark.parametrize(
     "codes, ran, code",
     [
-        ({}, [*UP_TO_MONITOR, "publish", "report"], 0),
+        ({}, [*UP_TO_MONITOR, "report", "publish"], 0),
         ({"monitor": 1}, [*UP_TO_MONITOR, "report"], 1),  # publish omitted, the run fails with 1
-        ({"report": 1}, [*UP_TO_MONITOR, "publish", "report"], 1),
+        ({"report": 1}, [*UP_TO_MONITOR, "report"], 1),  # not reviewed: not published
         ({"validate-output": 2}, UP_TO_MONITOR[:4], 2),
     ],
     ids=["passed", "drift-failed", "report-failed", "scores-incomplete"],
 )
-def test_run_local_the_monthly_dag_reports_after_a_failed_monitor(monkeypatch, codes, ran, code):
-    """The manifest's own DAG and commands, each cltv step answered with the exit code given here."""
+def test_run_local_the_monthly_dag_reports_after_a_failed_monitor(
+    monkeypatch, caplog, tmp_path, codes, ran, code
+):
+    """The manifest's own DAG and commands, each cltv step answered with the exit code given here; the
+    summary lists every task with its phase and time, and where the review page is."""
     calls: list[list[str]] = []
 
     def cli(where: str, args: list[str]) -> int:
@@ -752,11 +812,103 @@ def test_run_local_the_monthly_dag_reports_after_a_failed_monitor(monkeypatch, c
         return codes.get(args[0], 0)
 
     monkeypatch.setattr(cltv_argo.local, "run_cli_in_process", cli)
-    params = {"month": "2026-04", "conf": "conf/x.yaml"}
-    assert run_local(ARGO_DIR / "monthly-scoring.yaml", params, local_defaults={}, in_process=True) == code
+    conf = tmp_path / "x.yaml"
+    conf.write_text(yaml.safe_dump({"paths": {"monitoring": str(tmp_path / "mon")}}))
+    params = {"month": "2026-04", "conf": str(conf)}
+    with caplog.at_level("INFO", logger="cltv_argo"):
+        got = run_local(ARGO_DIR / "monthly-scoring.yaml", params, local_defaults={}, in_process=True)
+    assert got == code
     assert [c[0] for c in calls] == ran
-    score = ["score", "--conf", "conf/x.yaml", "--month", "2026-04", "--release", "champion", "--detail"]
+    score = ["score", "--conf", str(conf), "--month", "2026-04", "--release", "champion", "--detail"]
     assert score in calls
+    assert all("" not in c for c in calls)  # no empty flag: no webhook, no --webhook-url
+    summary = [r.getMessage() for r in caplog.records if r.name == "cltv_argo.local"]
+    summary = summary[next(i for i, m in enumerate(summary) if "wall time" in m and "exit code" in m) :]
+    rows = {line.split()[0]: line.split()[1:] for line in summary[2:] if line.startswith("  ")}
+    for task in ran:
+        assert rows[task][0] in ("Succeeded", "Failed") and float(rows[task][-1]) >= 0, summary
+    assert all(rows[t][0] == "Omitted" for t in {"publish", "report"} - set(ran)), summary
+    page = f"review page (report): {tmp_path / 'mon' / 'reports' / 'cltv-report-2026-04.html'}"
+    if "report" in ran:
+        assert any(line.startswith(page) for line in summary), summary
+
+
+def test_review_page_is_where_the_report_job_writes_it(tmp_path):
+    command = ["spark-submit", "--master", "yarn", "/opt/cltv/jobs/report.py", "--conf", "c.yaml",
+               "--month", "2026-04"]  # fmt: skip
+    assert report_flags(command) == ("c.yaml", "2026-04")
+    assert report_flags(["cltv", "report", "--conf", "c.yaml", "--month", "2026-04"]) == ("c.yaml", "2026-04")
+    assert report_flags(["cltv", "monitor", "--conf", "c.yaml", "--month", "2026-04"]) is None
+    conf = tmp_path / "c.yaml"
+    conf.write_text(yaml.safe_dump({"paths": {"monitoring": "hdfs:///dwh/cltv/monitoring"}}))
+    page = review_page(str(conf), "2026-04", {})
+    assert page == "hdfs:///dwh/cltv/monitoring/reports/cltv-report-2026-04.html"
+    assert "not resolved" in review_page(str(tmp_path / "missing.yaml"), "2026-04", {})
+
+
+SPARK_SUBMIT_DAG = """
+apiVersion: argoproj.io/v1alpha1
+kind: WorkflowTemplate
+metadata: {name: spark-submit}
+spec:
+  entrypoint: main
+  arguments:
+    parameters:
+      - {name: conf, value: /opt/cltv/conf/cluster.yaml}
+      - {name: master, value: yarn}
+      - {name: out}
+  synchronization:
+    mutexes: [{name: spark-submit}]
+  templates:
+    - name: main
+      dag:
+        tasks:
+          - {name: generate, template: generate}
+          - {name: wait, template: wait, depends: generate}
+    - name: generate
+      retryStrategy: {limit: "1", backoff: {duration: "1s"}}
+      activeDeadlineSeconds: "600"
+      container:
+        image: x
+        args: [spark-submit, --master, "{{workflow.parameters.master}}", --deploy-mode, client,
+               --py-files, /opt/cltv/spark_app.zip, /opt/cltv/jobs/generate.py,
+               --out, "{{workflow.parameters.out}}", --subscribers, "40", --months, "2", --start, "2025-03"]
+        resources: {requests: {cpu: 100m, memory: 64Mi}, limits: {cpu: 100m, memory: 64Mi}}
+    - name: wait
+      retryStrategy: {limit: "1", backoff: {duration: "1s"}}
+      activeDeadlineSeconds: "60"
+      container:
+        image: x
+        args: [cltv, wait-for-inputs, --conf, "{{workflow.parameters.conf}}", --month, "2025-04",
+               --timeout, "0"]
+        resources: {requests: {cpu: 100m, memory: 64Mi}, limits: {cpu: 100m, memory: 64Mi}}
+"""
+
+
+@pytest.mark.slow
+def test_run_local_runs_the_manifests_spark_submit_by_default(tmp_path, capfd, caplog):
+    """No in-process shortcut: the real spark-submit on a local master, the package imported from the zip
+    of an image root built for the run (and removed after it), then a cltv step on what it wrote."""
+    path = tmp_path / "argo" / "spark-submit.yaml"
+    path.parent.mkdir()
+    path.write_text(SPARK_SUBMIT_DAG)
+    out = tmp_path / "panel"
+    conf = tmp_path / "conf.yaml"
+    paths = {"features": str(out / "features"), "facts": str(out / "facts")}
+    conf.write_text(yaml.safe_dump({"paths": paths, "spark": {"driver_memory": "1g"}}))
+    params = {"conf": str(conf), "master": "local[1]", "out": str(out)}
+    env = {k: v for k, v in os.environ.items() if k != "SPARK_DRIVER_MEMORY"}
+    with caplog.at_level("INFO", logger="cltv_argo"):
+        assert run_local(path, params, environ=env) == 0
+    logged = "".join(capfd.readouterr())
+    zipped = re.search(r"cltv \S+ generate \(spark_app from (\S+)/spark_app\.zip/spark_app\)", logged)
+    assert zipped, logged[-3000:]
+    assert not Path(zipped.group(1)).exists(), "the image root built for the run is removed after it"
+    assert (out / "features" / "report_month=2025-04-01").is_dir()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("spark-submit --master local[1]: driver memory 1g" in m for m in messages)
+    assert any(re.search(r"generate: exit code 0 after [\d.]+ s wall time", m) for m in messages)
+    assert any(re.match(r"\s+wait\s+Succeeded\s+0\s+[\d.]+$", m) for m in messages), messages
 
 
 def test_run_local_parameter_errors(tiny):

@@ -282,3 +282,90 @@ def test_a_key_twice_in_a_nested_mapping_is_named_with_its_lines(tmp_path):
     conf.write_text("spark:\n  app_name: a\n  app_name: b\n")
     with pytest.raises(ConfigError, match=r"key 'app_name' appears twice .*lines 2 and 3"):
         load_settings(conf, environ={})
+
+
+# ------------------------------------------------------------------ `config show`: one key, origins, hints
+def test_config_show_without_conf_uses_the_embedded_local_yaml(capsys, monkeypatch):
+    monkeypatch.delenv("CLTV_PATHS__FEATURES", raising=False)
+    assert main(["config", "show"]) == 0
+    out = capsys.readouterr().out
+    assert yaml.safe_load(out)["spark"]["master"] == "local[*]"
+    # lists of scalars one line each: the whole configuration fits a screenful or two, not 581 lines
+    assert f"  horizons: {list(range(1, 25))}\n" in out
+    assert len(out.splitlines()) < 400
+
+
+def test_config_show_key_prints_one_value_as_yaml(capsys):
+    assert main(["config", "show", "--key", "dataset.sample_rate"]) == 0
+    assert capsys.readouterr().out == "1.0\n"
+    assert main(["config", "show", "--key", "mlflow.registry_uri"]) == 0
+    assert capsys.readouterr().out == "null\n"
+    assert main(["config", "show", "--key", "costs"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["cost_per_gb"] == 0.35
+
+
+def test_an_unknown_key_suggests_the_closest_valid_one(tmp_path, capsys):
+    assert main(["config", "show", "--key", "dataset.sample_rat"]) == 2
+    assert "no key 'dataset.sample_rat'; did you mean 'dataset.sample_rate'?" in capsys.readouterr().err
+    env_file = write_env_file(
+        tmp_path, "scoring:\n  holdout_shar: 0.1\nmodels:\n  profiles:\n    sac: {paramz: {}}\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_settings(env_file, environ={})
+    assert f"scoring.holdout_shar: Extra inputs are not permitted (from {env_file}); did you mean " in str(
+        err.value
+    )
+    assert "did you mean 'scoring.holdout_share'?" in str(err.value)
+    assert "did you mean 'models.profiles.sac.params'?" in str(err.value)
+    with pytest.raises(ConfigError, match=r"CLTV_MONITORNG__PSI_WARN: .*did you mean 'monitoring'\?"):
+        load_settings(None, environ={"CLTV_MONITORNG__PSI_WARN": "0.2"})
+    with pytest.raises(
+        ConfigError, match=r"\(from env CLTV_MONITORING__PSI_WAR\); did you mean 'monitoring.psi_warn'\?"
+    ):
+        load_settings(None, environ={"CLTV_MONITORING__PSI_WAR": "0.2"})
+
+
+def test_config_show_origin_names_the_layer_of_every_value_with_secrets_masked(tmp_path, capsys, monkeypatch):
+    env_file = write_env_file(tmp_path, "dataset:\n  sample_rate: 0.25\n")
+    monkeypatch.setenv("CLTV_SPARK__CONF", "{spark.hadoop.fs.s3a.secret.key: AbCdSecret9}")
+    monkeypatch.setenv("CLTV_MLFLOW__TRACKING_URI", "http://bob:hunter22@mlflow:5000")
+    assert main(["config", "show", "--conf", str(env_file), "--origin"]) == 0
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()}
+    assert rows["dataset.sample_rate"] == ["0.25", str(env_file)]
+    assert rows["dataset.salt"] == ["cltv", str(tmp_path / "base.yaml")]
+    assert rows["mlflow.tracking_uri"] == ["http://bob:***@mlflow:5000", "env", "CLTV_MLFLOW__TRACKING_URI"]
+    assert rows["spark.conf.spark.hadoop.fs.s3a.secret.key"] == ["'***'", "env", "CLTV_SPARK__CONF"]
+    assert rows["models.profiles.paid.model_id"][-1] == "default"  # no layer sets it: its key names it
+    assert rows["dataset.horizons"][0].startswith("[1,")  # a list on one line
+    assert main(["config", "show", "--conf", str(env_file), "--key", "spark.conf"]) == 0
+    out = capsys.readouterr().out
+    assert "AbCdSecret9" not in out and "***" in out
+    assert main(["config", "show", "--conf", str(env_file), "--key", "mlflow", "--origin"]) == 0
+    out = capsys.readouterr().out
+    assert "hunter22" not in out and all(line.startswith("mlflow.") for line in out.splitlines())
+
+
+def test_the_readme_writes_every_default_as_a_yaml_value():
+    """`5%` or `60 s` is what a person types into a config file from the README: each default must be the
+    value itself (a number, a string, a list), remarks in parentheses."""
+    import re
+
+    readme = (CONF.parent / "README.md").read_text().split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    cells = [line.split(" | ")[1] for line in readme.splitlines() if line.startswith("| `")]
+    assert len(cells) > 30
+    for cell in cells:
+        if cell.startswith("see ") or cell.startswith("`retention`"):
+            continue
+        text = re.sub(r"\s*\([^)]*\)", "", cell).replace("`", "")
+        depth, piece, pieces = 0, "", []
+        for ch in text + ",":
+            depth += ch in "[{" and not piece.endswith("local")
+            depth -= ch in "]}" and depth > 0
+            if ch == "," and depth == 0:
+                pieces.append(piece.strip())
+                piece = ""
+            else:
+                piece += ch
+        for piece in pieces:
+            assert "%" not in piece and not re.search(r"\d\s+(s|points|min)\b", piece), cell
+            yaml.safe_load(piece)  # raises on what YAML cannot read

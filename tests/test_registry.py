@@ -242,3 +242,20 @@ def test_a_champion_moved_by_hand_during_a_comparison_is_compared_with_in_turn(
     assert decision.promoted and decision.champion == 2 and decision.champion_after == 1
     assert client.get_model_version(name, "1").tags["promotion.compared_with"] == "2"
     client.set_registered_model_alias(name, CHAMPION, "2")
+
+
+def test_the_promote_run_and_the_version_page_show_champion_and_challenger_side_by_side(releases):
+    """What a reviewer opens in MLflow: the promote run's note compares both releases in one table, the
+    version's description carries the decision (tags are cut short in the UI), no `nan` cell anywhere,
+    and the experiment opens in the classic (not GenAI) layout."""
+    settings, _ = releases
+    client = mlflow_client(settings.mlflow)
+    name = settings.mlflow.model_name
+    v3 = client.get_model_version(name, "3")
+    note = client.get_run(v3.tags["promotion.run_id"]).data.tags["mlflow.note.content"]
+    assert "| model | metric | champion v2 | challenger v3 |" in note
+    assert "### Promotion" in v3.description and "**Bias on OOT, all horizons**" in v3.description
+    for text in (note, v3.description):
+        assert " nan " not in text and "| nan" not in text
+    experiment = client.get_experiment_by_name(settings.mlflow.experiment)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"

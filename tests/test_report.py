@@ -15,6 +15,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from spark_app.catalog import ModelCatalog, ModelEntry, ValueTerm
+from spark_app.evaluation import fmt_money, fmt_number, fmt_pct
 from spark_app.generate import FEATURE_CATEGORICAL, FEATURE_NUMERIC
 from spark_app.models import Learner
 from spark_app.monitoring import monitor_month
@@ -165,7 +166,9 @@ def test_report_page_has_every_section_and_is_linked_from_mlflow(
     sample.drop(columns=["subscriber_id", "report_month"]).to_parquet(buf)
 
     client = mlflow.MlflowClient(settings.mlflow.tracking_uri)
-    release_run = client.create_run(client.create_experiment(settings.mlflow.experiment))
+    # the configured artifact location (tmp_path): without one MLflow writes ./mlruns into the repository
+    location = Path(settings.mlflow.artifact_location).resolve().as_uri()
+    release_run = client.create_run(client.create_experiment(settings.mlflow.experiment, location))
     evaluation_artifacts(client, release_run.info.run_id, tmp_path)
     release = StoredRelease(
         1,
@@ -204,6 +207,34 @@ def test_report_page_has_every_section_and_is_linked_from_mlflow(
     metrics = run.data.metrics
     assert 0 <= metrics["backtest.holdout.h01.paid.realized_share"] <= 1
     assert np.isfinite(metrics["backtest.all.h03.sm_mobile.wape"])
+    assert_decision_first(page, scores, settings.costs.currency)
+
+
+def assert_decision_first(page: str, scores: Path, currency: str) -> None:
+    """The first screen: base size, total and mean CLTV and their change against last month equal sums of
+    the scores Parquet computed here with pandas (holdout included); each of the five checks has a status;
+    tenure cohorts in numeric order (0-5 < 6-11 < 12-23, not text order); no `nan` cell."""
+    now = pd.read_parquet(scores / f"score_month={MONTH:%Y-%m-%d}")
+    before = pd.read_parquet(scores / f"score_month={add_months(MONTH, -1):%Y-%m-%d}")
+    glance = page.split("<h2>The month at a glance</h2>", 1)[1].split("<h2>", 1)[0]
+    assert now["holdout"].any()
+    assert (
+        f"<b>{fmt_number(len(now))} subscribers are worth {fmt_money(now['cltv'].sum(), currency)}" in glance
+    )
+    assert fmt_money(now["cltv"].mean(), currency, 2) in glance
+    assert f"holdout {fmt_number(now['holdout'].sum())} included" in glance
+    assert (
+        f"{fmt_pct(now['cltv'].sum() / before['cltv'].sum() - 1)} vs {add_months(MONTH, -1):%Y-%m}" in glance
+    )
+    assert f"{fmt_pct(len(now) / len(before) - 1)} vs" in glance
+    for check in ("Bias beyond noise", "Beats the naive baseline", "Survival calibration",
+                  "Interval coverage", "Drift"):  # fmt: skip
+        row = re.search(rf'<td>{check}</td><td><span class="badge"[^>]*>(\w+)</span>', glance)
+        assert row and row.group(1) in ("ok", "warn", "fail", "skipped"), check
+    assert "What to do" in glance and not re.search(r"\bnan\b", glance)
+    cohorts = page.split("<h3>CLTV by tenure cohort</h3>", 1)[1].split("</table>", 1)[0]
+    labels = re.findall(r"<tr><td>([0-9]+(?:-[0-9]+|\+))</td>", cohorts)
+    assert len(labels) >= 3 and labels == sorted(labels, key=lambda x: int(re.match(r"\d+", x).group()))
 
 
 def test_report_needs_monitor_output_first(spark, panel_dir, settings_factory):
@@ -211,3 +242,31 @@ def test_report_needs_monitor_output_first(spark, panel_dir, settings_factory):
 
     with pytest.raises(UserError, match="run `cltv monitor` first"):
         build_report(spark, settings_factory(panel=panel_dir), MONTH)
+
+
+def test_the_version_page_links_the_review_page_through_the_mlflow_ui_never_a_local_path(env):
+    """The review page's link on the model version (tag and description section): the MLflow UI's run
+    artifact page when `mlflow.ui_url` is set, a runs:/ URI otherwise; the monitoring experiment opens in
+    MLflow's classic layout."""
+    from spark_app.registry import load_release
+    from spark_app.report import log_report
+    from spark_app.tracking import experiment_id
+
+    settings = env[0]
+    release = load_release(settings, "challenger")
+    client = mlflow.MlflowClient(settings.mlflow.tracking_uri)
+    # artifacts under the fixture's work dir, as the monitoring job's own experiment (not ./mlruns)
+    exp_id = experiment_id(client, settings.mlflow.monitoring_experiment, settings.mlflow.artifact_location)
+    for month, ui_url in ((dt.date(2025, 3, 1), None), (dt.date(2025, 4, 1), "https://mlflow.example.com/")):
+        run_id = client.create_run(exp_id).info.run_id
+        cfg = settings.model_copy(update={"mlflow": settings.mlflow.model_copy(update={"ui_url": ui_url})})
+        log_report(cfg, month, {"run_id": run_id}, "<html>review</html>", release.version, release.run_id)
+    version = client.get_model_version(settings.mlflow.model_name, str(release.version))
+    march, april = version.tags["monitoring_report.2025-03"], version.tags["monitoring_report.2025-04"]
+    assert march.startswith("runs:/") and march.endswith("/report/cltv-report-2025-03.html")
+    page = f"#/experiments/{exp_id}/runs/{run_id}/artifacts/report/cltv-report-2025-04.html"
+    assert april == f"https://mlflow.example.com/{page}?workflowType=machine_learning"
+    section = version.description.split("### Monthly review pages", 1)[1]
+    assert section.index("[2025-04](" + april + ")") < section.index("2025-03")
+    assert "file:" not in section and version.description.count("### Monthly review pages") == 1
+    assert client.get_experiment(exp_id).tags["mlflow.experimentKind"] == "custom_model_development"
