@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -19,6 +20,8 @@ from mlflow_server import mlflow_server
 
 from spark_app import registry
 from spark_app.dataset import build_dataset
+from spark_app.files import filesystem_for
+from spark_app.layout import promotion_target
 from spark_app.registry import (
     CHALLENGER,
     CHAMPION,
@@ -199,12 +202,24 @@ def test_two_promotions_at_once_each_compare_with_the_champion_they_replace(
     client.set_registered_model_alias(name, CHAMPION, "3")
     conf = tmp_path / "promote.yaml"
     conf.write_text(json.dumps(settings.resolved()))
-    runs = [
-        subprocess.Popen([sys.executable, "-c", PROMOTER, str(conf), v], cwd=tmp_path, stderr=subprocess.PIPE)
-        for v in ("1", "2")
-    ]
+    logs_at = [tmp_path / f"promote-{v}.log" for v in ("1", "2")]
+    store = filesystem_for(settings.paths.datasets, settings.paths)
+    # an earlier promotion holds the lease until both have started and wait for it: they overlap for
+    # sure however slowly the machine starts them, then the lease makes them take turns
+    with store.lock(promotion_target(settings.paths, name)):
+        runs = [
+            subprocess.Popen(
+                [sys.executable, "-c", PROMOTER, str(conf), v], cwd=tmp_path, stderr=log.open("wb")
+            )
+            for v, log in zip(("1", "2"), logs_at, strict=True)
+        ]
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and all(r.poll() is None for r in runs):
+            if all("held by another run" in log.read_text() for log in logs_at):
+                break
+            time.sleep(0.2)
     codes = [run.wait(timeout=600) for run in runs]
-    logs = [run.stderr.read().decode() for run in runs]
+    logs = [log.read_text() for log in logs_at]
     assert codes == [0, 0], logs
     compared = {v: client.get_model_version(name, v).tags["promotion.compared_with"] for v in ("1", "2")}
     first = next(v for v, c in compared.items() if c == "3")
@@ -212,7 +227,7 @@ def test_two_promotions_at_once_each_compare_with_the_champion_they_replace(
     assert compared[second] == first  # the second saw the first's promotion
     assert alias_version(settings, CHAMPION) == int(second)
     assert client.get_model_version(name, second).tags["promotion.champion_after"] == second
-    assert any("held by another run" in text for text in logs)  # one of them waited for the lease
+    assert all("held by another run" in text for text in logs)  # both waited for the lease
     client.set_registered_model_alias(name, CHAMPION, "2")
 
 
