@@ -1007,15 +1007,22 @@ def check_naive(quality: pd.DataFrame) -> Check:
     )
 
 
+def _largest_gap(table: pd.DataFrame) -> tuple[pd.DataFrame | None, str, pd.Series | None]:
+    """The judged rows of a gap table (survival, coverage), their worst status and the row of the largest
+    |gap| — or (None, SKIPPED, None) when no row could be judged."""
+    judged = table[(table["status"] != SKIPPED) & table["gap"].notna()]
+    if not len(judged):
+        return None, SKIPPED, None
+    return judged, worst(*judged["status"]), judged.loc[judged["gap"].abs().idxmax()]
+
+
 def check_survival(survival: pd.DataFrame | None) -> Check:
     name = "Survival calibration"
     if survival is None or not len(survival):
         return Check(name, SKIPPED, "no backtest of the survival models (no earlier detailed scores)", "", "")
-    judged = survival[(survival["status"] != SKIPPED) & survival["gap"].notna()]
-    if not len(judged):
+    judged, status, r = _largest_gap(survival)
+    if judged is None:
         return Check(name, SKIPPED, "too few subscribers to judge", "", "")
-    status = worst(*judged["status"])
-    r = judged.loc[judged["gap"].abs().idxmax()]
     finding = (
         f"largest gap {r['model_id']} h{int(r['horizon'])}: predicted {fmt_pct(r['predicted'], 1, False)}, "
         f"realized {fmt_pct(r['realized'], 1, False)} ({fmt_points(r['gap'])})"
@@ -1037,11 +1044,9 @@ def check_coverage(coverage: pd.DataFrame | None) -> Check:
     name = "Interval coverage"
     if coverage is None or not len(coverage):
         return Check(name, SKIPPED, "no earlier scores with intervals and detail arrays yet", "", "")
-    judged = coverage[(coverage["status"] != SKIPPED) & coverage["gap"].notna()]
-    if not len(judged):
+    judged, status, r = _largest_gap(coverage)
+    if judged is None:
         return Check(name, SKIPPED, "too few subscribers to judge", "", "")
-    status = worst(*judged["status"])
-    r = judged.loc[judged["gap"].abs().idxmax()]
     finding = (
         f"worst h{int(r['horizon'])} {r['population']}: {fmt_pct(r['coverage'], 1, False)} inside an "
         f"interval of level {fmt_pct(r['interval_level'], 0, False)} ({fmt_points(r['gap'])})"
