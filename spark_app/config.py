@@ -85,6 +85,11 @@ class PathsConfig(_Section):
     # the contact history (optional input; campaign publish writes its own partitions into it): a path
     # that does not exist yet is an empty history
     contacts: str = Field(default="work/contacts", min_length=1)
+    # persons and households (optional input, spark_app/parties.py): subscriber → person, household and the
+    # id it continues after a number change; None = everything per subscriber, as without the table
+    parties: str | None = Field(default=None, min_length=1)
+    # {party_scores}/level=person|household/score_month=…; None = `party_scores` beside paths.scores
+    party_scores: str | None = Field(default=None, min_length=1)
     # `cltv wait-for-inputs` (inputs_ready.py) checks hdfs:// inputs over WebHDFS, without a JVM
     webhdfs_url: str | None = None  # e.g. http://namenode:9870; None = hdfs:// inputs cannot be checked
     webhdfs_user: str | None = None  # user name for simple auth (ignored with kerberos)
@@ -114,6 +119,9 @@ class DatasetConfig(_Section):
     )
     sample_rate: confloat(gt=0, le=1) = 1.0
     salt: str = "cltv"
+    # months of facts before the OOT month whose base-wide means give each amount its seasonal index
+    # (spark_app/seasonality.py); 0 = no index, the trees and the calibration see the season alone
+    season_months: int = Field(default=36, ge=0, le=120)
     population: str = "base"  # base, or a survival model id: only rows in that base at T − h enter
     val_share: confloat(ge=0, lt=1) = 0.1
     test_share: confloat(ge=0, lt=1) = 0.1

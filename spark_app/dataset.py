@@ -29,8 +29,10 @@ from spark_app.contract import (
     catalog_features_spec,
     facts_spec,
     key_problem_counts,
+    month_dirs,
     raise_problems,
     read_months,
+    read_table,
     rows_read_problems,
     validate,
 )
@@ -40,6 +42,7 @@ from spark_app.layout import LATEST, MANIFEST, dataset_dir, datasets_root, lates
 from spark_app.metrics import push_job_metrics, split_figures
 from spark_app.months import add_months, fmt, month_range
 from spark_app.progress import StageTimer
+from spark_app.seasonality import monthly_means
 from spark_app.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -426,6 +429,30 @@ def read_splits(spark: SparkSession, storage: Storage, path: str) -> DataFrame |
     return spark.read.option("basePath", path).parquet(*dirs) if dirs else None
 
 
+def fact_history(
+    spark: SparkSession, settings: Settings, plan: DatasetPlan, catalog: ModelCatalog
+) -> dict[str, Any]:
+    """The base's monthly count and Σ of each amount (daily units) over the `dataset.season_months` months
+    before the OOT month that the facts table has: the seasonal index's input (spark_app.seasonality). The
+    OOT month is left out, so the release's OOT report stays untouched by what it is judged on."""
+    amounts = {e.model_id: e.fact for e in catalog.amounts}
+    span = settings.dataset.season_months
+    if not span or not amounts:
+        return {}
+    wanted = month_range(add_months(plan.last_target, -span), add_months(plan.last_target, -1))
+    dirs, _ = month_dirs(Storage(spark), settings.paths.facts, "facts")
+    months = [m for m in wanted if m in dirs]
+    if not months:
+        return {}
+    facts = read_table(spark, settings.paths.facts, "facts", months)
+    rows = monthly_means(facts.select(MONTH, *sorted(set(amounts.values()))), amounts).collect()
+    return {
+        "months": [r[MONTH].isoformat() for r in rows],
+        "rows": [int(r["rows"]) for r in rows],
+        "sums": {m: [float(r[m] or 0.0) for r in rows] for m in amounts},
+    }
+
+
 def build_dataset(spark: SparkSession, settings: Settings, target_end: dt.date) -> DatasetResult:
     """Build, validate-first, the training set ending at `target_end` and swap it in atomically."""
     catalog = settings.models.catalog()
@@ -444,6 +471,8 @@ def build_dataset(spark: SparkSession, settings: Settings, target_end: dt.date) 
     )
     with timer.stage("check inputs", spark):
         features, facts = read_inputs(spark, settings, plan)
+    with timer.stage("season history", spark):
+        history = fact_history(spark, settings, plan, catalog)
     targets = catalog.targets()
     feature_cols = catalog.input_columns()
     with storage.staged(target) as staging:
@@ -488,6 +517,7 @@ def build_dataset(spark: SparkSession, settings: Settings, target_end: dt.date) 
             "rows": sum(s["rows"] for s in stats.values()),
             "splits": stats,
             "implausible_facts": implausible,
+            "fact_history": history,
             "seconds": {k: round(v, 1) for k, v in timer.seconds.items()},
         }
         storage.write_json(f"{staging}/{MANIFEST}", manifest)

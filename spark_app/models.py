@@ -34,6 +34,7 @@ from spark_app.catalog import (
 )
 from spark_app.config import Settings
 from spark_app.errors import UserError
+from spark_app.seasonality import SeasonalIndex
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +206,9 @@ class Learner:
         self.random_seed = random_seed
         self.models: dict[str, CatBoost] = {}
         self.calibration: dict[str, Calibration] = {}
+        # amount model id → the season of its target, from the facts history (spark_app.seasonality):
+        # fitted on target / index, forecast × index
+        self.seasons: dict[str, SeasonalIndex] = {}
         self.fit_reports: dict[str, FitReport] = {}
         self.calibration_reports: dict[str, CalibrationReport] = {}
         self.meta: dict[str, Any] = {}
@@ -282,7 +286,7 @@ class Learner:
                 raise ValueError(f"model {entry.model_id}: no training rows ({split})")
             layout = self.catalog.layout(entry)
             model = self._new_model(entry)
-            label = train_m.frame[entry.target].to_numpy(np.float64)
+            label = self.deseasoned(entry, train_m.frame)
             if np.ptp(label) == 0:
                 raise ModelFitError(
                     f"model {entry.model_id}: all {len(label):,} {split} targets equal {label[0]:g} "
@@ -290,9 +294,7 @@ class Learner:
                     "Disable the model (models.enabled) or train on more subscribers or target months."
                 )
             pool = train_m.pool(layout, label=label)
-            eval_pool = (
-                val_m.pool(layout, label=val_m.frame[entry.target].to_numpy(np.float64)) if val_m else None
-            )
+            eval_pool = val_m.pool(layout, label=self.deseasoned(entry, val_m.frame)) if val_m else None
             fit_params = dict(entry.fit_params)
             if eval_pool is None:
                 fit_params.pop("early_stopping_rounds", None)
@@ -319,6 +321,18 @@ class Learner:
                     if builder is not None and len(builder):
                         builder.add_column(stacked_feature(entry.model_id), self._raw(entry, builder))
         return self
+
+    def deseasoned(self, entry: ModelEntry, frame: pd.DataFrame) -> np.ndarray:
+        """The target a model is fitted on: an amount divided by its target calendar month's index."""
+        label = frame[entry.target].to_numpy(np.float64)
+        season = self.seasons.get(entry.model_id)
+        return label if season is None else label / season.apply(frame[CALENDAR_MONTH].to_numpy())
+
+    def season_of(self, entry: ModelEntry, months: np.ndarray | None, rows: int) -> np.ndarray | None:
+        season = self.seasons.get(entry.model_id)
+        if season is None or entry.is_survival:
+            return None
+        return season.apply(months if months is not None else np.zeros(rows))
 
     # ------------------------------------------------------------------ calibrate
     def calibrate(self, val: pd.DataFrame, test: pd.DataFrame | None = None) -> dict[str, CalibrationReport]:
@@ -443,8 +457,11 @@ class Learner:
         if missing:
             raise KeyError(f"predict: columns {missing} missing from the frame")
         builder = frame if isinstance(frame, MatrixBuilder) else MatrixBuilder(frame)
+        # the keys before unseen calendar months are neutralized: the season and the calibration know them
         horizons, months = (
-            horizon_and_month(builder) if calibrated and self.calibration else (np.zeros(0), None)
+            horizon_and_month(builder)
+            if (calibrated and self.calibration) or self.seasons
+            else (np.zeros(0), None)
         )
         self.neutralize_calendar(builder)
         out: dict[str, np.ndarray] = {}
@@ -452,6 +469,9 @@ class Learner:
             raw = self._raw(entry, builder)
             if entry.is_survival:
                 builder.add_column(stacked_feature(entry.model_id), raw)
+            season = self.season_of(entry, months, len(raw))
+            if season is not None:
+                raw = raw * season
             out[entry.model_id] = self.finish(entry, raw, horizons, months) if calibrated else raw
         return out
 
@@ -484,6 +504,9 @@ class Learner:
             cal = self.calibration.get(entry.model_id)
             if cal is not None and not log_link(entry):
                 shap = shap * cal.shap_scale(horizons, months)[:, None]
+            season = self.season_of(entry, months, len(shap))
+            if season is not None and not log_link(entry):
+                shap = shap * season[:, None]
             out[entry.model_id] = ([*layout[0], *layout[1]], shap)
             if entry.is_survival:
                 builder.add_column(stacked_feature(entry.model_id), self._raw(entry, builder))
@@ -498,6 +521,7 @@ class Learner:
             "format": BUNDLE_FORMAT,
             **catalog.to_json(),
             "calibration": {m: c.to_json() for m, c in self.calibration.items()},
+            "seasons": {m: s.to_json() for m, s in self.seasons.items()},
             "thread_count": self.thread_count,
             "calendar_months_seen": None if self.calendar_seen is None else list(self.calendar_seen),
         }
@@ -542,10 +566,14 @@ class Learner:
             "calibration",
             "thread_count",
             "calendar_months_seen",
+            "seasons",
         )
         learner.meta = {k: v for k, v in manifest.items() if k not in skip}
         learner.calibration = {
             m: calibration.from_json(c) for m, c in (manifest.get("calibration") or {}).items()
+        }
+        learner.seasons = {
+            m: SeasonalIndex.from_json(v) for m, v in (manifest.get("seasons") or {}).items()
         }
         seen = manifest.get("calendar_months_seen")
         learner.calendar_seen = None if seen is None else tuple(int(m) for m in seen)

@@ -70,6 +70,7 @@ from spark_app.months import add_months, fmt, month_index, month_range, months_b
 from spark_app.progress import StageTimer
 from spark_app.registry import OOT_SAMPLE, log_release, model_input
 from spark_app.scoring import make_plan
+from spark_app.seasonality import fit_seasons
 from spark_app.session import session_conf
 from spark_app.storage import Storage
 
@@ -415,6 +416,9 @@ def train_release(spark: SparkSession, settings: Settings, dataset_id: str | Non
         if not len(frames[name]):
             raise TrainingError(f"training set {dataset_id}: split {name} is empty")
     learner = Learner.from_settings(settings)
+    learner.seasons = fit_seasons(manifest.get("fact_history"), [e.model_id for e in learner.catalog.amounts])
+    for model_id, season in learner.seasons.items():
+        log.info("season of %s (fitted on target / index, forecast × index): %s", model_id, season.describe())
     with timer.stage("fit models"):
         learner.fit(frames["train_surv"], frames["train_reg"], frames["val"])
     with timer.stage("calibrate"):

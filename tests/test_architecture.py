@@ -18,10 +18,12 @@ PACKAGE = ROOT / "spark_app"
 LAYERS = {
     "ground": {"config", "catalog", "errors", "months", "redact", "progress", "__init__"},
     "edges": {"lease", "files", "contract", "layout", "storage", "session", "tracking", "metrics"},
-    "model maths": {"models", "calibration", "evaluation", "cltv", "intervals", "horizons", "batch"},
+    "model maths": {
+        "models", "calibration", "seasonality", "evaluation", "cltv", "intervals", "horizons", "batch",
+    },
     "jobs": {
         "generate", "dataset", "training", "registry", "scoring", "monthly", "inputs_ready", "monitoring",
-        "drift", "backtest", "checks", "report", "figures", "campaigns", "status",
+        "drift", "backtest", "checks", "report", "figures", "campaigns", "status", "parties",
     },
     "commands": {"cli", "pipeline", "__main__"},
 }  # fmt: skip

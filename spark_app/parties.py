@@ -1,0 +1,689 @@
+"""Persons and households: the optional `parties` table, number-change chains, and party-level scores.
+
+A telecom customer is a person, often a household, holding several subscriber ids (SIMs, contracts) that
+change over time. The `parties` table (`paths.parties`; Parquet, Hive-partitioned by `report_month`) says,
+per month, which person and household every subscriber belongs to and which id it continues after a
+number or contract change. This module holds the pure pieces the jobs build on:
+
+- the contract (`validate_parties`, `coverage`): one InputContractError naming the rule, months and ids;
+- continuation chains (`continuation_roots`, `dedupe_continuations`): history follows a number change,
+  and an old and a new id of one customer in the base in one month count once;
+- the party rollup (`party_rollup`): members' expected values add; the probability that a party keeps at
+  least one member is NOT computed as if members churned independently (one move ends every line of a
+  household) but with a common-shock mixture whose share ρ of joint exits is fitted from history
+  (`fit_joint_exit_share`);
+- party intervals (`party_interval_edges`, `apply_party_interval`): split-conformal on held-out parties,
+  because the interval of a sum is not the sum of the members' intervals;
+- where party scores live (`party_scores_root`, `party_partition`).
+
+Without the table (`paths.parties` unset) nothing here runs and everything stays per subscriber.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import logging
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from pyspark.sql import Column, DataFrame, Row, SparkSession, Window
+from pyspark.sql import functions as F
+
+from spark_app.batch import RELEASE_DIGEST
+from spark_app.config import PathsConfig
+from spark_app.contract import (
+    DATE,
+    STRING,
+    InputContractError,
+    TableSpec,
+    month_dirs,
+    raise_problems,
+    read_table,
+    schema_problems,
+)
+from spark_app.contract import ID as SUBSCRIBER
+from spark_app.errors import UserError
+from spark_app.intervals import conformal_offsets
+from spark_app.layout import REPORT_MONTH, SCORE_MONTH, partition
+from spark_app.months import describe_months, fmt
+from spark_app.storage import Storage
+
+log = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------- names, declared once
+TABLE = "parties"
+MONTH = REPORT_MONTH
+PERSON = "person_id"
+HOUSEHOLD = "household_id"
+PREVIOUS = "previous_subscriber_id"  # the id this subscriber continues after a number / contract change
+CUSTOMER = "customer_id"  # the earliest id of a continuation chain: what history follows
+GENERATION = "generation"  # links from the chain's first id (0 = the first id itself)
+PARTY = "party_id"
+MEMBERS = "members"
+LEVEL = "level"  # partition column of the party scores (level=person / level=household)
+PERSON_LEVEL, HOUSEHOLD_LEVEL = "person", "household"
+LEVELS = (PERSON_LEVEL, HOUSEHOLD_LEVEL)
+LEVEL_COLUMN = {PERSON_LEVEL: PERSON, HOUSEHOLD_LEVEL: HOUSEHOLD}
+PARTY_SCORES = "party_scores"  # default directory of the party scores, beside paths.scores
+RELEASE_VERSION = "release_version"
+CARRIED = (RELEASE_VERSION, RELEASE_DIGEST)  # constant per scored month: carried from the member rows
+
+PARTIES_SPEC = TableSpec(
+    TABLE, {SUBSCRIBER: STRING, MONTH: DATE, PERSON: STRING, HOUSEHOLD: STRING, PREVIOUS: STRING}
+)
+
+MAX_EXAMPLES = 5  # ids named per broken rule
+DEFAULT_MAX_CHAIN = 24  # number changes one customer may chain; more is an error (a loop in the source?)
+P_CLIP = 1e-12  # p clipped to [0, 1 − P_CLIP] so that log1p(−p) stays finite
+
+# What happens when the table covers only recent months (decided by `coverage_of`, applied by callers)
+COVERAGE_RULE = (
+    "months before the parties table's first month are taken per subscriber (person = the subscriber "
+    "itself, no household, no predecessor); from its first month on, every month needs rows"
+)
+
+
+# ---------------------------------------------------------------- coverage
+@dataclass(frozen=True)
+class Coverage:
+    """How the table covers the months asked for (see COVERAGE_RULE).
+
+    `first_month` is the table's first month with rows (None: no rows at all); `fallback` the months asked
+    for before it (per subscriber, by rule: a table that starts late is not an error, operators rarely have
+    party history as long as the billing history); `covered` the months asked for with rows; `missing`
+    the months asked for from `first_month` on without rows — an error, since a gap (or a table that
+    stopped arriving) would silently turn persons back into subscribers."""
+
+    first_month: dt.date | None
+    covered: tuple[dt.date, ...]
+    fallback: tuple[dt.date, ...]
+    missing: tuple[dt.date, ...]
+
+    def problems(self) -> list[str]:
+        if not self.missing or self.first_month is None:
+            return []
+        return [
+            f"{TABLE}: months missing {describe_months(list(self.missing))} (the table starts "
+            f"{fmt(self.first_month)}; {COVERAGE_RULE})"
+        ]
+
+
+def coverage_of(present: Iterable[dt.date], months: Sequence[dt.date]) -> Coverage:
+    """The coverage of `months` by a table whose months with rows are `present` (e.g. from the directory
+    listing, `contract.month_dirs`, without reading any file)."""
+    have = set(present)
+    first = min(have) if have else None
+    wanted = sorted(set(months))
+    return Coverage(
+        first_month=first,
+        covered=tuple(m for m in wanted if m in have),
+        fallback=tuple(m for m in wanted if first is None or m < first),
+        missing=tuple(m for m in wanted if first is not None and m > first and m not in have),
+    )
+
+
+def coverage(parties: DataFrame, months: Sequence[dt.date]) -> Coverage:
+    """`coverage_of` the months with rows in `parties` (one light job over the month column). Pass the whole
+    table: a frame read for `months` only cannot tell a table that starts late from one that stopped."""
+    present = [r[MONTH] for r in parties.select(MONTH).distinct().collect()]
+    return coverage_of(present, months)
+
+
+# ---------------------------------------------------------------- reading and validation
+def read_parties(
+    spark: SparkSession, path: str, months: Sequence[dt.date]
+) -> tuple[DataFrame | None, Coverage]:
+    """The table's covered months among `months` (None when none is covered: all fall back per subscriber)
+    and the coverage, from the directory listing; months missing after the first are an InputContractError
+    before any file is read. Validate the frame with `validate_parties` before use."""
+    storage = Storage(spark)
+    if not storage.exists(path):
+        raise InputContractError(f"{TABLE}: cannot read {path}: no such directory (paths.{TABLE})")
+    dirs, _ = month_dirs(storage, path, TABLE)
+    cov = coverage_of(dirs, months)
+    raise_problems(cov.problems())
+    if cov.fallback:
+        log.warning(
+            "%s: months %s are before the table's first month %s: %s", TABLE,
+            describe_months(list(cov.fallback)), fmt(cov.first_month) if cov.first_month else "(none)",
+            COVERAGE_RULE,
+        )  # fmt: skip
+    if not cov.covered:
+        return None, cov
+    return read_table(spark, path, TABLE, list(cov.covered)), cov
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """One contract rule checked over a keyed frame: which rows break it and how to name one."""
+
+    text: str  # what is wrong
+    unit: str  # what is counted
+    broken: Column
+    example: Callable[[Row], str]
+    weight: Column | None = None  # counted per row of the keyed frame unless given
+
+
+def _rule_problems(
+    keyed: DataFrame, rules: list[_Rule], also: Sequence[Column] = ()
+) -> tuple[list[str], Row]:
+    """Every rule counted in one aggregation over `keyed` (with the `also` aggregates, returned in the same
+    row); when some are broken, one more job gathers their months (column `at`) and up to MAX_EXAMPLES
+    rows of each (a window per broken rule, ranked by month)."""
+    aggs = []
+    for i, rule in enumerate(rules):
+        weight = F.lit(1) if rule.weight is None else rule.weight
+        aggs.append(F.coalesce(F.sum(F.when(rule.broken, weight)), F.lit(0)).alias(f"n{i}"))
+    found = keyed.agg(*aggs, *also).first()
+    broken = [i for i in range(len(rules)) if found[f"n{i}"]]
+    if not broken:
+        return [], found
+    which = F.array(*[F.when(F.coalesce(rules[i].broken, F.lit(False)), F.lit(i)) for i in broken])
+    per_rule = Window.partitionBy("_rule")
+    examples = (
+        keyed.withColumn("_rule", F.explode(F.filter(which, lambda x: x.isNotNull())))
+        .withColumn("_months", F.collect_set("at").over(per_rule))
+        .withColumn("_rank", F.row_number().over(per_rule.orderBy("at")))
+        .where(F.col("_rank") <= MAX_EXAMPLES)
+        .collect()
+    )
+    problems = []
+    for i in broken:
+        rows = [r for r in examples if r["_rule"] == i]
+        months = describe_months(sorted(rows[0]["_months"]))
+        shown = "; ".join(rules[i].example(r) for r in rows)
+        problems.append(
+            f"{TABLE}: {rules[i].text}: {found[f'n{i}']} {rules[i].unit} in months {months}, e.g. {shown}"
+        )
+    return problems, found
+
+
+# the keys the contract constrains, as (kind, key, month, value): one groupBy checks them all
+SUBSCRIBER_MONTH, PERSON_MONTH, CONTINUES, CONTINUED = "subscriber", "person", "continues", "continued"
+
+
+def _key_problems(rows: DataFrame) -> tuple[list[str], int]:
+    """Every rule but the chains', in one scan and one groupBy: each row is spread (explode) into the keys
+    it constrains — (subscriber, month) → person; (person, month) → household; subscriber → the id it
+    continues; id → the subscriber continuing it, the last two over all months — and a key breaks a rule
+    when its values differ (min ≠ max) or are partly null. A null household beside a non-null one counts
+    as a second household (the household level would hold part of the person). Also returns how many ids
+    continue another: without any, there is no chain to follow."""
+    no_month = F.lit(None).cast("date")
+    entries = F.array(
+        *[
+            F.struct(
+                F.lit(kind).alias("kind"),
+                F.col(key).alias("key"),
+                month.alias(MONTH),
+                F.col(value).alias("value"),
+            )
+            for kind, key, month, value in (
+                (SUBSCRIBER_MONTH, SUBSCRIBER, F.col(MONTH), PERSON),
+                (PERSON_MONTH, PERSON, F.col(MONTH), HOUSEHOLD),
+                (CONTINUES, SUBSCRIBER, no_month, PREVIOUS),
+                (CONTINUED, PREVIOUS, no_month, SUBSCRIBER),
+            )
+        ]
+    )  # fmt: skip
+    kind, key, value = F.col("kind"), F.col("key"), F.col("value")
+    spread = (
+        rows.select(F.col(MONTH).alias("at"), F.explode(entries).alias("e"))
+        .select("at", "e.*")
+        .where(
+            (kind == SUBSCRIBER_MONTH)
+            | ((kind == PERSON_MONTH) & key.isNotNull())
+            | (key.isNotNull() & value.isNotNull())
+        )
+    )
+    keyed = spread.groupBy("kind", "key", MONTH).agg(
+        F.count(F.lit(1)).alias("n"),
+        F.count("value").alias("with_value"),
+        F.min("value").alias("lo"),
+        F.max("value").alias("hi"),
+        F.min("at").alias("at"),
+    )
+    n, with_value, lo, hi = F.col("n"), F.col("with_value"), F.col("lo"), F.col("hi")
+    subscriber = (kind == SUBSCRIBER_MONTH) & key.isNotNull()
+    differ = F.coalesce(lo != hi, F.lit(False))
+
+    def at(r: Row) -> str:
+        return fmt(r["at"])
+
+    problems, found = _rule_problems(
+        keyed,
+        [
+            _Rule(
+                f"column {SUBSCRIBER!r} is null", "rows", (kind == SUBSCRIBER_MONTH) & key.isNull(),
+                lambda r: f"{r['n']} rows in {at(r)}", weight=n,
+            ),
+            _Rule(
+                f"column {PERSON!r} is null", "rows", subscriber & (with_value < n),
+                lambda r: f"{r['key']} in {at(r)}", weight=n - with_value,
+            ),
+            _Rule(
+                f"duplicate ({SUBSCRIBER}, {MONTH}) keys", "keys", subscriber & (n > 1) & ~differ,
+                lambda r: f"({r['key']}, {at(r)}) {r['n']} times",
+            ),
+            _Rule(
+                "a subscriber in two persons in one month", "subscriber-months", subscriber & differ,
+                lambda r: f"{r['key']} in {at(r)}: {r['lo']}, {r['hi']}",
+            ),
+            _Rule(
+                "a person in two households in one month (none counts as one)", "person-months",
+                (kind == PERSON_MONTH) & (differ | ((with_value > 0) & (with_value < n))),
+                lambda r: f"{r['key']} in {at(r)}: {r['lo']}, {r['hi'] if r['hi'] != r['lo'] else 'none'}",
+            ),
+            _Rule(
+                f"a subscriber continuing two ids (two {PREVIOUS} values)", "ids",
+                (kind == CONTINUES) & differ,
+                lambda r: f"{r['key']}: {r['lo']}, {r['hi']}",
+            ),
+            _Rule(
+                "an id continued by two subscribers", "ids", (kind == CONTINUED) & differ,
+                lambda r: f"{r['key']}: {r['lo']}, {r['hi']}",
+            ),
+        ],
+        also=[F.coalesce(F.sum((kind == CONTINUES).cast("long")), F.lit(0)).alias("links")],
+    )  # fmt: skip
+    return problems, int(found["links"])
+
+
+def _edges(rows: DataFrame) -> DataFrame:
+    """(subscriber_id, previous_subscriber_id, report_month = first month the link is stated): one row per
+    distinct link. Links are few (number changes), so this and what follows is small. A customer's chain
+    must be one line (`_key_problems`: one predecessor and one successor per id), so that its first id
+    (the customer) and its newest id (the one kept) are each one id."""
+    return (
+        rows.where(F.col(PREVIOUS).isNotNull() & F.col(SUBSCRIBER).isNotNull())
+        .groupBy(SUBSCRIBER, PREVIOUS)
+        .agg(F.min(MONTH).alias(MONTH))
+    )
+
+
+@dataclass(frozen=True)
+class _Chains:
+    """Chains followed: (subscriber_id, customer_id, generation) of every id that has a predecessor, the
+    broken ones (kind, path, report_month) — cycles, and chains longer than the bound — and how many."""
+
+    roots: DataFrame
+    broken: DataFrame
+    broken_count: int
+    max_chain: int
+
+    def problems(self) -> list[str]:
+        if not self.broken_count:
+            return []
+        texts = {
+            "cycle": "a successor cycle (an id continues itself through previous_subscriber_id)",
+            "too long": f"a chain of more than {self.max_chain} number changes",
+        }
+        keyed = self.broken.withColumnRenamed(MONTH, "at")
+        rules = [
+            _Rule(t, "ids", F.col("kind") == k, lambda r: _show_path(r["path"])) for k, t in texts.items()
+        ]
+        return _rule_problems(keyed, rules)[0]
+
+
+def _show_path(path: Sequence[str]) -> str:
+    """'x → y → x': a chain up to the first id it meets again (a self-reference reads 'a → a')."""
+    seen: set[str] = set()
+    shown = []
+    for node in path:
+        shown.append(node)
+        if node in seen:
+            break
+        seen.add(node)
+    return " → ".join(shown)
+
+
+def _follow_chains(edges: DataFrame, max_chain: int) -> _Chains:
+    """Follow previous_subscriber_id from every id that has one, one self-join per link, until every chain
+    reached its first id (no predecessor), met an id of its own path again (a cycle; a → a included), or
+    ran over `max_chain` links. Each round is one job: its join is checkpointed (the next round reads a
+    small frame) while counting the chains still open, and the loop stops when none is: rounds = the
+    longest chain, usually one or two."""
+    if max_chain < 1:
+        raise ValueError(f"max_chain must be at least 1, got {max_chain}")
+    links = edges.select(
+        F.col(SUBSCRIBER).alias("_id"), F.col(PREVIOUS).alias("_previous"), F.col(MONTH).alias("_month")
+    )
+    state = edges.select(
+        F.col(SUBSCRIBER).alias("node"), F.col(PREVIOUS).alias("head"),
+        F.array(SUBSCRIBER, PREVIOUS).alias("path"), MONTH,
+    )  # fmt: skip
+    resolved: list[DataFrame] = []
+    cycles: list[DataFrame] = []
+    broken = 0
+    for depth in range(1, max_chain + 1):  # `state` holds chains of `depth` links
+        previous = F.col("_previous")
+        step = (
+            state.join(links, F.col("head") == F.col("_id"), "left")
+            .select(
+                "node",
+                "head",
+                F.concat("path", F.array(previous)).alias("path"),
+                F.least(MONTH, "_month").alias(MONTH),
+                previous,
+                F.coalesce(F.array_contains("path", previous), F.lit(False)).alias("_loops"),
+            )
+            .localCheckpoint(eager=False)
+        )
+        counts = step.agg(
+            F.coalesce(F.sum((previous.isNotNull() & ~F.col("_loops")).cast("long")), F.lit(0)).alias("open"),
+            F.coalesce(F.sum(F.col("_loops").cast("long")), F.lit(0)).alias("loops"),
+        ).first()  # the one job of the round: computes and keeps `step`
+        resolved.append(
+            step.where(previous.isNull()).select(
+                F.col("node").alias(SUBSCRIBER), F.col("head").alias(CUSTOMER), F.lit(depth).alias(GENERATION)
+            )
+        )
+        cycles.append(step.where("_loops").select(F.lit("cycle").alias("kind"), "path", MONTH))
+        broken += counts["loops"]
+        state = step.where(previous.isNotNull() & ~F.col("_loops")).select(
+            "node", previous.alias("head"), "path", MONTH
+        )
+        if not counts["open"]:
+            break
+        if depth == max_chain:  # still open after max_chain links
+            cycles.append(state.select(F.lit("too long").alias("kind"), "path", MONTH))
+            broken += counts["open"]
+    return _Chains(
+        roots=functools.reduce(DataFrame.unionByName, resolved),
+        broken=functools.reduce(DataFrame.unionByName, cycles),
+        broken_count=int(broken),
+        max_chain=max_chain,
+    )
+
+
+def validate_parties(
+    parties: DataFrame, months: Sequence[dt.date], *, max_chain: int = DEFAULT_MAX_CHAIN
+) -> None:
+    """Raise one InputContractError listing every way `parties` breaks the contract over `months`:
+    missing or mistyped columns; null subscriber_id / person_id; duplicate (subscriber_id, report_month);
+    a subscriber in two persons, or a person in two households, in one month; a subscriber continuing two
+    ids or an id continued by two; a successor cycle (a → b → a, a → a); a chain longer than `max_chain`;
+    months missing from the table's first month on (COVERAGE_RULE: earlier months fall back per
+    subscriber). Each rule is named with its months and up to five example ids.
+
+    Cost: one light job for the months present; one scan and one groupBy for every rule but the chains'
+    (`_key_problems`); when some id continues another, one small job per chain link (`_follow_chains`);
+    one more job per check only when something is broken (its months and examples)."""
+    problems = schema_problems(parties, PARTIES_SPEC)
+    raise_problems(problems)  # the data checks need every column with its type
+    cov = coverage(parties, months)
+    problems += cov.problems()
+    rows = parties.where(F.col(MONTH).isin(list(cov.covered))).select(*PARTIES_SPEC.columns)
+    if cov.covered:
+        found, links = _key_problems(rows)
+        problems += found
+        if links:
+            problems += _follow_chains(_edges(rows).localCheckpoint(eager=False), max_chain).problems()
+    raise_problems(problems, f"months {describe_months(list(months))}" if months else "")
+
+
+# ---------------------------------------------------------------- continuation chains
+def continuation_roots(parties: DataFrame, max_chain: int = DEFAULT_MAX_CHAIN) -> DataFrame:
+    """(subscriber_id, customer_id, generation) for every id that appears in `parties` — as a subscriber or
+    only as someone's previous id —: customer_id is the first id of its chain of previous_subscriber_id
+    (the id itself when it continues nobody), generation the number of links from it. This is what lets
+    the history of a customer follow a number change. A cycle or a chain longer than `max_chain` is an
+    InputContractError naming examples (the rest of the contract: `validate_parties`)."""
+    chains = _follow_chains(_edges(parties).localCheckpoint(eager=False), max_chain)
+    raise_problems(chains.problems())
+    ids = (
+        parties.select(SUBSCRIBER)
+        .unionByName(parties.select(F.col(PREVIOUS).alias(SUBSCRIBER)))
+        .where(F.col(SUBSCRIBER).isNotNull())
+        .distinct()
+    )
+    return ids.join(chains.roots, SUBSCRIBER, "left").select(
+        SUBSCRIBER,
+        F.coalesce(CUSTOMER, SUBSCRIBER).alias(CUSTOMER),
+        F.coalesce(GENERATION, F.lit(0)).alias(GENERATION),
+    )
+
+
+def dedupe_continuations(base: DataFrame, roots: DataFrame, month_col: str) -> DataFrame:
+    """`base` (rows keyed by subscriber_id and `month_col`) with one row per customer and month, and the
+    customer_id column added, so a customer whose old and new ids are both in the base in one month (the
+    month of a number change) is counted once.
+
+    Rule: of a customer's ids in the base in a month, the newest is kept — the one no other of them
+    continues. A customer's chain is one line (validated), so that is the id of the highest generation
+    present. Only ids that belong to a chain are shuffled (a window over them); every other row passes
+    through, customer_id = its own id."""
+    chained = roots.where(F.col(GENERATION) > 0).select(SUBSCRIBER, CUSTOMER, GENERATION)
+    firsts = chained.select(F.col(CUSTOMER).alias(SUBSCRIBER), CUSTOMER, F.lit(0).alias(GENERATION))
+    chain_ids = chained.unionByName(firsts).distinct()
+    joined = base.join(chain_ids, SUBSCRIBER, "left")
+    alone = joined.where(F.col(CUSTOMER).isNull()).withColumn(CUSTOMER, F.col(SUBSCRIBER))
+    newest_first = Window.partitionBy(CUSTOMER, month_col).orderBy(F.desc(GENERATION), F.desc(SUBSCRIBER))
+    kept = (
+        joined.where(F.col(CUSTOMER).isNotNull())
+        .withColumn("_rank", F.row_number().over(newest_first))
+        .where(F.col("_rank") == 1)
+        .drop("_rank")
+    )
+    return alone.unionByName(kept).drop(GENERATION).select(*base.columns, CUSTOMER)
+
+
+# ---------------------------------------------------------------- party rollup
+def parties_of_month(parties: DataFrame, month: dt.date) -> DataFrame:
+    """One month's rows of the table: subscriber_id, person_id, household_id."""
+    return parties.where(F.col(MONTH) == F.lit(month)).select(SUBSCRIBER, PERSON, HOUSEHOLD)
+
+
+def attach_parties(scores: DataFrame, parties_month: DataFrame | None) -> DataFrame:
+    """Scores with person_id and household_id: a subscriber without a party row that month (or every one,
+    with `parties_month` None: a month before the table's coverage) is its own person, in no household.
+    Join once and roll both levels up from the result: each level is then one shuffle."""
+    if parties_month is None:
+        joined = scores.withColumn(PERSON, F.lit(None).cast("string")).withColumn(
+            HOUSEHOLD, F.lit(None).cast("string")
+        )
+    else:
+        joined = scores.join(parties_month.select(SUBSCRIBER, PERSON, HOUSEHOLD), SUBSCRIBER, "left")
+    return joined.withColumn(PERSON, F.coalesce(PERSON, SUBSCRIBER))
+
+
+def p_at_least_one(p: Column, rho: float) -> Column:
+    """Aggregate: the probability that at least one member is still in the base, each member in with
+    probability p, when a share ρ of exits are joint (common shock):
+
+        P(no member left) = ρ · min_i(1 − p_i) + (1 − ρ) · Π_i(1 − p_i)
+
+    ρ = 1: the members go together (comonotone; the party survives as its most loyal member, max p);
+    ρ = 0: independent (1 − Π(1 − p), which overstates a household's survival). Π via Σ log1p(−p), p
+    clipped to [0, 1 − 1e-12]."""
+    if not 0.0 <= rho <= 1.0:
+        raise ValueError(f"rho must lie in [0, 1], got {rho}")
+    clipped = F.least(F.greatest(p.cast("double"), F.lit(0.0)), F.lit(1.0 - P_CLIP))
+    independent = -F.expm1(F.sum(F.log1p(-clipped)))  # 1 − Π(1 − p)
+    return F.lit(rho) * F.max(clipped) + F.lit(1.0 - rho) * independent
+
+
+def party_rollup(
+    scores: DataFrame,
+    parties_month: DataFrame | None,
+    level: str,
+    value_columns: Sequence[str],
+    survival: dict[str, str],
+    rho: dict[str, float],
+) -> DataFrame:
+    """One month's subscriber scores rolled up to `level` (person or household), in one groupBy.
+
+    Columns: party_id, score_month and the release columns when the scores have them, members, the sum of
+    every `value_columns` column (expected values add: cltv, cltv_24m, the 60-month components), and per
+    `survival` entry (score column → party column, e.g. p_active_12m → p_active_12m) the probability that
+    at least one member is still in that base (`p_at_least_one` with rho[score column]).
+
+    `parties_month` is the month's table rows (`parties_of_month`), or None for a month before the
+    table's coverage; scores that already carry person_id / household_id (`attach_parties`, once for both
+    levels) are used as they are. Subscribers without a household are absent from level=household."""
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+    if PERSON not in scores.columns:
+        scores = attach_parties(scores, parties_month)
+    elif parties_month is not None:
+        raise ValueError("scores already carry person_id / household_id: pass parties_month=None")
+    missing = [c for c in [*value_columns, *survival] if c not in scores.columns]
+    if missing:
+        raise ValueError(f"party_rollup: the scores have no column {missing}")
+    unknown = [c for c in survival if c not in rho]
+    if unknown:
+        raise ValueError(f"party_rollup: no joint-exit share rho for {unknown}")
+    key = LEVEL_COLUMN[level]
+    members = scores.where(F.col(key).isNotNull()) if level == HOUSEHOLD_LEVEL else scores
+    keys = [F.col(key).alias(PARTY), *([SCORE_MONTH] if SCORE_MONTH in scores.columns else [])]
+    carried = [F.max(c).alias(c) for c in CARRIED if c in scores.columns]
+    return members.groupBy(*keys).agg(
+        *carried,
+        F.count(F.lit(1)).alias(MEMBERS),
+        *[F.sum(c).alias(c) for c in value_columns],
+        *[p_at_least_one(F.col(c), rho[c]).alias(out) for c, out in survival.items()],
+    )
+
+
+# ---------------------------------------------------------------- the joint-exit share ρ
+P_IN_BASE = "p_in_base_h"  # predicted: the member is still in the base h months later
+IN_BASE = "in_base_h"  # realized 0/1 (a member without facts then counts as out)
+APPROXIMATE_RHO = 0.5
+MIN_SEPARATION = 1e-6  # per party: Σ comonotone − Σ independent below this × parties = ρ unidentified
+
+
+def approximate_rho(why: str = "the release was trained without parties") -> float:
+    """APPROXIMATE_RHO (0.5), with a warning saying `why`: the share of joint exits when it could not be
+    fitted (a release trained without parties and scored with them, or a history without any party of two
+    or more members). It is the midpoint of what any ρ allows: a party's survival lies between the
+    independent 1 − Π(1 − p) and the comonotone max p, and this is never more than half that gap away."""
+    log.warning(
+        "%s: the share of joint household exits is approximated as rho = %s (party survival halfway "
+        "between independent and joint exits)", why, APPROXIMATE_RHO,
+    )  # fmt: skip
+    return APPROXIMATE_RHO
+
+
+def fit_joint_exit_share(history: DataFrame, horizon_months: int) -> float:
+    """ρ, the share of party exits that are joint, fitted at training from held-out history at horizon h.
+
+    `history`: one row per (party_id, subscriber_id) with p_in_base_h (the release's prediction that the
+    member is in the base h months later) and in_base_h (what happened, 0/1); a `horizon` column, if
+    present, is filtered to `horizon_months`. Under the common-shock mixture the expected number of
+    parties with no member left is ρ · Σ min(1 − p) + (1 − ρ) · Σ Π(1 − p), so by the method of moments
+
+        ρ = clip((observed − Σ independent) / (Σ comonotone − Σ independent), 0, 1)
+
+    over parties of at least two members (a single member's survival is the same under any ρ: it carries
+    no information). It assumes the members' p are calibrated (a release's are, on held-out data). When the
+    denominator is ~0 (every party's members are sure stayers or sure leavers, where joint and independent
+    exits predict the same) ρ changes no prediction the history can check and 0.0 is returned; without
+    any party of two members it falls back to `approximate_rho`.
+
+    Fit one ρ per level (party_id = person or household) and per horizon the history reaches (12, 24
+    months); the 60-month survival takes the ρ of the longest horizon fitted — the share of joint exits
+    assumed not to change beyond it, stated and not verified until five years of history exist."""
+    rows = history.where(F.col("horizon") == horizon_months) if "horizon" in history.columns else history
+    p = F.least(F.greatest(F.col(P_IN_BASE).cast("double"), F.lit(0.0)), F.lit(1.0 - P_CLIP))
+    per_party = (
+        rows.groupBy(PARTY)
+        .agg(
+            F.count(F.lit(1)).alias("n"),
+            (F.max(F.coalesce(F.col(IN_BASE), F.lit(0))) == 0).cast("double").alias("none_left"),
+            F.exp(F.sum(F.log1p(-p))).alias("independent"),
+            F.min(1.0 - p).alias("comonotone"),
+        )
+        .where(F.col("n") >= 2)
+    )
+    found = per_party.agg(
+        F.count(F.lit(1)).alias("parties"),
+        F.sum("none_left").alias("observed"),
+        F.sum("independent").alias("independent"),
+        F.sum("comonotone").alias("comonotone"),
+    ).first()
+    parties = int(found["parties"])
+    if not parties:
+        return approximate_rho(f"no party of two or more members in the history at {horizon_months} months")
+    spread = found["comonotone"] - found["independent"]
+    if spread < MIN_SEPARATION * parties:
+        log.info(
+            "rho at %d months: joint and independent exits predict alike on %d parties: 0",
+            horizon_months,
+            parties,
+        )
+        return 0.0
+    rho = min(max((found["observed"] - found["independent"]) / spread, 0.0), 1.0)
+    log.info(
+        "rho at %d months = %.3f from %d parties (no member left: %.0f observed, %.1f if independent, "
+        "%.1f if joint)", horizon_months, rho, parties, found["observed"], found["independent"],
+        found["comonotone"],
+    )  # fmt: skip
+    return float(rho)
+
+
+# ---------------------------------------------------------------- party intervals
+def party_interval_edges(realized: np.ndarray, predicted: np.ndarray, level: float) -> tuple[float, float]:
+    """Split-conformal edges (lower, upper) of the relative residual r = (realized − predicted) / |predicted|
+    of held-out parties, at the finite-sample ranks of `intervals.conformal_offsets` ((n + 1) correction):
+    a new party's realized value lies in predicted + |predicted| · [lower, upper] with probability ≥ `level`
+    when it is exchangeable with these. Relative, because party values span one SIM to a five-line
+    household: one additive width would be too wide for the one and too narrow for the other. A party
+    predicted at exactly 0 has r = 0 if it realized 0, else ±inf (it counts against coverage honestly)."""
+    a = np.asarray(realized, dtype=np.float64)
+    f = np.asarray(predicted, dtype=np.float64)
+    if a.shape != f.shape or a.ndim != 1 or not len(a):
+        raise ValueError("realized and predicted must be non-empty 1-d arrays of one length")
+    if not (np.isfinite(a).all() and np.isfinite(f).all()):
+        raise ValueError("realized and predicted party values must be finite")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    scale = np.abs(f)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.where(scale > 0, (a - f) / np.where(scale > 0, scale, 1.0), np.sign(a) * np.inf)
+    r = np.where((scale == 0) & (a == 0), 0.0, r)
+    lower, upper = conformal_offsets(r, level)
+    if not (math.isfinite(lower) and math.isfinite(upper)):
+        log.warning(
+            "party intervals at %.2f: an edge is infinite (parties predicted at 0 realized value)", level
+        )
+    return lower, upper
+
+
+def apply_party_interval(df: DataFrame, edges: tuple[float, float], value_col: str) -> DataFrame:
+    """`df` with <value_col>_lower / <value_col>_upper = value + |value| · edges (`party_interval_edges`)."""
+    lower, upper = edges
+    value = F.col(value_col)
+    return df.withColumn(f"{value_col}_lower", value + F.abs(value) * F.lit(float(lower))).withColumn(
+        f"{value_col}_upper", value + F.abs(value) * F.lit(float(upper))
+    )
+
+
+# ---------------------------------------------------------------- where the party scores live
+def party_scores_root(paths: PathsConfig) -> str:
+    """`paths.party_scores`, or when unset the directory `party_scores` beside `paths.scores`
+    (work/scores → work/party_scores, hdfs://nn/x/scores → hdfs://nn/x/party_scores): never inside the
+    scores, so their readers never meet a second partition column."""
+    scores = paths.scores.rstrip("/")
+    head, sep, _ = scores.rpartition("/")
+    if paths.party_scores:
+        root = paths.party_scores.rstrip("/")
+    elif not scores or head.endswith(":/"):  # "/" or "hdfs://nn": a filesystem root has no sibling
+        raise UserError(f"paths.scores is a filesystem root ({paths.scores}): set paths.party_scores")
+    else:
+        root = f"{head}/{PARTY_SCORES}" if sep else PARTY_SCORES  # "/scores" → "/party_scores"
+    if root == scores or root.startswith(scores + "/"):
+        raise UserError(
+            f"paths.party_scores ({root}) must not be inside paths.scores ({scores}): readers of the scores "
+            "would meet a second partition column"
+        )
+    return root
+
+
+def party_partition(root: str, level: str, month: dt.date) -> str:
+    """{root}/level=<level>/score_month=YYYY-MM-01: one level's party scores of one month."""
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+    return partition(f"{root.rstrip('/')}/{LEVEL}={level}", SCORE_MONTH, month)
