@@ -25,7 +25,8 @@ import datetime as dt
 import functools
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -546,6 +547,63 @@ def party_rollup(
         *[F.sum(c).alias(c) for c in value_columns],
         *[p_at_least_one(F.col(c), rho[c]).alias(out) for c, out in survival.items()],
     )
+
+
+def read_month_parties(spark: SparkSession, path: str, month: dt.date) -> DataFrame | None:
+    """The parties of one scored month (subscriber_id, person_id, household_id), read and validated against
+    the whole contract (`validate_parties`) before any scoring work: a broken table is one
+    InputContractError naming the rule, its month and examples. None for a month before the table's first
+    month (COVERAGE_RULE: every subscriber is its own person, in no household; `read_parties` warns)."""
+    table, _ = read_parties(spark, path, [month])
+    if table is None:
+        return None
+    validate_parties(table, [month])
+    return parties_of_month(table, month)
+
+
+def rollup_columns(
+    score_columns: Sequence[str], components: Sequence[str], survival_models: Sequence[str]
+) -> tuple[list[str], dict[str, str]]:
+    """What of a month's scores the rollup sums and combines, found among `score_columns` by the release's
+    names (no model list here): value columns — cltv, cltv_<k>m and each component's total
+    <component>_<n>m (`components`: the value formula's, overheads included) —, and the survival columns
+    p_<model>_<k>m of every `survival_models` id, each kept under its own name at party level (the
+    probability that at least one member is still in that base). Bounds, value_<k>m and the detail
+    arrays are not summed: the interval of a sum is not the sum of intervals."""
+    totals = [re.compile(r"cltv(_[0-9]+m)?")] + [re.compile(rf"{re.escape(c)}_[0-9]+m") for c in components]
+    survival = [re.compile(rf"p_{re.escape(m)}_[0-9]+m") for m in survival_models]
+    values = [c for c in score_columns if any(r.fullmatch(c) for r in totals)]
+    probabilities = {c: c for c in score_columns if any(r.fullmatch(c) for r in survival)}
+    return values, probabilities
+
+
+def joint_exit_shares(
+    survival_columns: Iterable[str], fitted: Mapping[str, float] | None = None
+) -> dict[str, float]:
+    """ρ per survival column for `party_rollup`: the `fitted` shares (from training history,
+    `fit_joint_exit_share`) where given, else the stated approximation (`approximate_rho`, with its
+    warning) — a release trained without parties carries none."""
+    columns = list(survival_columns)
+    fitted = dict(fitted or {})
+    missing = [c for c in columns if c not in fitted]
+    if missing:
+        why = "release trained without parties" if not fitted else f"no fitted rho for {missing}"
+        rho = approximate_rho(why)
+        fitted.update({c: rho for c in missing})
+    return {c: float(fitted[c]) for c in columns}
+
+
+def party_levels(
+    attached: DataFrame, value_columns: Sequence[str], survival: dict[str, str], rho: dict[str, float]
+) -> dict[str, DataFrame]:
+    """Every level's rollup of one month's scores that already carry person_id / household_id
+    (`attach_parties`, once): level → party rows, one groupBy (one shuffle) each, sorted within its
+    partitions (no second shuffle) so a rerun writes the same rows in the same order. Keep `attached`
+    cached while both are written, or the join runs once per level."""
+    return {
+        level: party_rollup(attached, None, level, value_columns, survival, rho).sortWithinPartitions(PARTY)
+        for level in LEVELS
+    }
 
 
 # ---------------------------------------------------------------- the joint-exit share ρ

@@ -5,15 +5,18 @@ Python worker rebuilds the `Learner` once per release and scores Arrow batches o
 with `mapInArrow` (spark_app.batch): a subscriber's features cross into Python once, the horizon rows are
 built in numpy, CLTV is computed in the same batch, and the batches count what the job checks and reports,
 so the month is read once. The partition is written to a staging directory and swapped in whole, under
-the month's lease. docs/scoring.md describes the output and the method.
+the month's lease. With `paths.parties` set, the written scores are read back and rolled up to persons and
+households (spark_app.parties), each level staged beside the scores and swapped in with them. docs/scoring.md
+describes the output and the method.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -41,10 +44,21 @@ from spark_app.contract import ID, InputContractError, features_spec, read_month
 from spark_app.errors import UserError
 from spark_app.horizons import target_calendar_months
 from spark_app.intervals import IntervalTable
-from spark_app.layout import SCORE_SUMMARY, scores_dir
+from spark_app.layout import SCORE_MONTH, SCORE_SUMMARY, scores_dir
 from spark_app.metrics import push_job_metrics, score_figures
 from spark_app.models import RELEASE_JSON, Learner
 from spark_app.months import fmt
+from spark_app.parties import (
+    CARRIED,
+    LEVELS,
+    attach_parties,
+    joint_exit_shares,
+    party_levels,
+    party_partition,
+    party_scores_root,
+    read_month_parties,
+    rollup_columns,
+)
 from spark_app.progress import StageTimer
 from spark_app.registry import load_release
 from spark_app.session import session_conf
@@ -81,6 +95,7 @@ class ScoreSummary:
     # share of the month's subscribers with a numeric feature outside what the release saw at a horizon
     outside_range_by_horizon: dict[int, float] = field(default_factory=dict)
     outside_range_by_feature: dict[str, float] = field(default_factory=dict)
+    party_rows: dict[str, int] = field(default_factory=dict)  # level → parties written (none: no parties)
 
 
 # ---------------------------------------------------------------- release → plan
@@ -200,6 +215,13 @@ def counts_in_words(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} {v:,}" for k, v in ordered) or "none"
 
 
+def parties_in_words(party_rows: dict[str, int]) -> str:
+    """{'person': 1200, 'household': 800} → '; party scores: 1,200 persons, 800 households' ('' without)."""
+    if not party_rows:
+        return ""
+    return "; party scores: " + ", ".join(f"{n:,} {level}s" for level, n in party_rows.items())
+
+
 def summary_line(summary: ScoreSummary, timing: str) -> str:
     """The job's closing line, in words. It ends with StageTimer.summary() — `; 12.3s total (…)`, which
     benchmarks parse (SUMMARY_TOTAL)."""
@@ -212,7 +234,9 @@ def summary_line(summary: ScoreSummary, timing: str) -> str:
         + (f", quantiles {spread}" if spread else "")
         + f"; inputs: missing {counts_in_words(summary.missing_values)}; non-finite "
         f"{counts_in_words(summary.non_finite_values)}; unseen categories "
-        f"{counts_in_words(summary.unseen_categorical)}; {timing}"
+        f"{counts_in_words(summary.unseen_categorical)}"
+        + parties_in_words(summary.party_rows)
+        + f"; {timing}"
     )
 
 
@@ -331,6 +355,34 @@ def check_enabled_models(release_models: tuple[str, ...], settings: Settings) ->
     log.warning("%s (scoring.models_mismatch: warn)", text)
 
 
+def write_party_scores(
+    spark: SparkSession,
+    scores_path: str,
+    parties_month: DataFrame | None,
+    plan: BatchPlan,
+    staging: dict[str, str],
+    rho: Mapping[str, float] | None = None,
+) -> dict[str, int]:
+    """Read back the month's written subscriber scores at `scores_path` (not scored again), attach the
+    parties once (None: a month before the table's first, every subscriber its own person), roll up every
+    level (one shuffle each, spark_app.parties) and write each to its `staging` directory; level → parties
+    written. `rho`: the fitted joint-exit shares per survival column, when the release has them; else the
+    stated approximation, with its warning."""
+    written = spark.read.parquet(scores_path)
+    values, survival = rollup_columns(written.columns, plan.formula.components, plan.formula.survival)
+    shares = joint_exit_shares(survival, rho)
+    keep = [c for c in (ID, SCORE_MONTH, *CARRIED) if c in written.columns]
+    attached = attach_parties(written.select(*keep, *values, *survival), parties_month).persist()
+    try:
+        rows = {}
+        for level, frame in party_levels(attached, values, survival, shares).items():
+            frame.write.mode("overwrite").parquet(staging[level])
+            rows[level] = spark.read.parquet(staging[level]).count()
+    finally:
+        attached.unpersist()
+    return rows
+
+
 @tracking.guarded
 def log_score_run(settings: Settings, summary: ScoreSummary) -> None:
     """Record the run in the MLflow experiment (params, counts, CLTV quantiles, stage times)."""
@@ -358,6 +410,7 @@ def log_score_run(settings: Settings, summary: ScoreSummary) -> None:
     metrics.update({f"seconds_{k.replace(' ', '_')}": v for k, v in summary.seconds.items()})
     metrics.update({f"outside_range_h{h}": v for h, v in summary.outside_range_by_horizon.items()})
     metrics.update({f"outside_range_{c}": v for c, v in summary.outside_range_by_feature.items()})
+    metrics.update({f"party_rows_{level}": n for level, n in summary.party_rows.items()})
     tracking.log_values(mlflow, run.info.run_id, params=params, metrics=metrics)
     mlflow.set_terminated(run.info.run_id)
 
@@ -368,11 +421,20 @@ def score_month(
     month: dt.date,
     release: str = "champion",
     detail: bool = False,
+    party_rho: Mapping[str, float] | None = None,
 ) -> ScoreSummary:
-    """Score every subscriber in the features of `month` with a registered release; write and summarize."""
+    """Score every subscriber in the features of `month` with a registered release; write and summarize.
+
+    With `paths.parties` set, the month's parties are read and validated with the other inputs, and the
+    written scores are rolled up to persons and households, staged beside the scores and swapped in with
+    them (a failure anywhere leaves every previous partition as it was). `party_rho`: joint-exit shares
+    per survival column fitted at training (None: the stated approximation, `parties.approximate_rho`)."""
     timer = StageTimer()
     storage = Storage(spark)
     target = scores_dir(settings.paths, month)
+    with_parties = settings.paths.parties is not None
+    party_root, parties_month = "", None
+    party_rows: dict[str, int] = {}
     # one run writes a month: taken first, so a second run fails fast and what a killed run of the month
     # left is recovered before anything else
     with storage.lock(target) as lease:
@@ -409,6 +471,9 @@ def score_month(
             )  # fmt: skip
         with timer.stage("check inputs", spark):
             features = read_month_features(spark, settings, month, plan)
+            if with_parties:
+                party_root = party_scores_root(settings.paths)
+                parties_month = read_month_parties(spark, settings.paths.parties, month)
         bundle = spark.sparkContext.broadcast(files)
         accumulator = spark.sparkContext.accumulator({}, StatsAccumulator())
         try:
@@ -416,20 +481,32 @@ def score_month(
                 ARROW_BATCH_CONF: settings.scoring.arrow_batch_rows,
                 "spark.sql.files.minPartitionNum": TASKS_PER_CORE * spark.sparkContext.defaultParallelism,
             }
-            with timer.stage("score and write", spark), session_conf(spark, **job_conf):
-                scores = scoring_parallelism(spark, features).transform(
-                    with_scores,
-                    plan=plan,
-                    bundle=bundle,
-                    accumulator=accumulator,
-                    holdout_salt=settings.scoring.holdout_salt,
-                    holdout_share=settings.scoring.holdout_share,
-                )
-                with storage.staged(target, lease) as staging:
+            # every output of the month is staged, then swapped in on leaving the block (the scores
+            # first, then each party level); a failure anywhere drops every staging directory
+            with contextlib.ExitStack() as outputs:
+                party_staging = {
+                    level: outputs.enter_context(storage.staged(party_partition(party_root, level, month)))
+                    for level in (LEVELS if with_parties else ())
+                }
+                staging = outputs.enter_context(storage.staged(target, lease))
+                with timer.stage("score and write", spark), session_conf(spark, **job_conf):
+                    scores = scoring_parallelism(spark, features).transform(
+                        with_scores,
+                        plan=plan,
+                        bundle=bundle,
+                        accumulator=accumulator,
+                        holdout_salt=settings.scoring.holdout_salt,
+                        holdout_share=settings.scoring.holdout_share,
+                    )
                     scores.write.mode("overwrite").parquet(staging)
                     stats = merged(accumulator.value)
                     check_keys(stats, features, month)
                     storage.write_json(f"{staging}/{SCORE_SUMMARY}", month_summary(stats, plan))
+                if with_parties:
+                    with timer.stage("party rollup and write", spark):
+                        party_rows = write_party_scores(
+                            spark, staging, parties_month, plan, party_staging, party_rho
+                        )
         finally:
             bundle.unpersist()
     report_inputs(stats, month)
@@ -454,6 +531,7 @@ def score_month(
         outside_range_by_feature={
             c: n / stats.rows for c, n in stats.outside_by_feature.most_common() if stats.rows
         },
+        party_rows=party_rows,
     )
     report_ranges(summary)
     with timer.stage("log to mlflow"):

@@ -17,7 +17,10 @@ from spark_app.pipeline import run_demo
 pytestmark = pytest.mark.slow
 
 
-def test_the_prepaid_demo_runs_end_to_end_on_its_example_config(spark, tmp_path):
+def test_the_prepaid_demo_runs_end_to_end_on_its_example_config(spark, tmp_path, monkeypatch):
+    """Through config alone. Not about the gate: 3,000 prepaid SIMs leave 63 OOT rows, where data_gb's
+    bias (±30 % noise) can land either side of 5 % + noise; the 20k demo passes it (README)."""
+    monkeypatch.setenv("CLTV_PROMOTION__MAX_ABS_BIAS", "10")
     summary = run_demo(subscribers=3000, months=40, workdir=tmp_path / "demo", conf=None, profile="prepaid")
     assert summary["promoted"] and len(summary["scores"]) >= 1
     demo_conf = (tmp_path / "demo" / "conf" / "demo.yaml").read_text()
