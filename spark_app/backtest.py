@@ -1,6 +1,8 @@
 """Backtest: every forecast made at T−k (k = 1..24, from the `<model>_h` detail arrays of the scores) for
 month T against the facts of T, per horizon, population (holdout / rest / all) and dimension (segment,
-region, tenure cohort), plus the cumulative value realized over T−k+1..T against its forecast.
+region, tenure cohort), plus the cumulative value realized over T−k+1..T against its forecast. With
+`paths.parties`, the same per person and household (`run_party_backtest`): the members' forecasts summed
+against what their customers realized, by party size, with the coverage of the release's party interval.
 
 The transforms (forecast rows, realized rows, their join, the aggregation) are DataFrame → DataFrame and
 are tested on small frames; `run_backtest` finds the scored months and the facts around them.
@@ -9,20 +11,36 @@ are tested on small frames; `run_backtest` finds the scored months and the facts
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from spark_app.batch import VALUE_BOUNDS_H
 from spark_app.catalog import NULL_CATEGORY, ModelCatalog
 from spark_app.checks import SKIPPED, status_of
 from spark_app.cltv import ValueFormula
-from spark_app.config import MonitoringConfig, Settings
+from spark_app.config import MonitoringConfig, PathsConfig, Settings
 from spark_app.contract import ID, MONTH, month_dirs, read_table
-from spark_app.layout import read_scores
+from spark_app.layout import SCORE_MONTH, SCORE_SUMMARY, read_scores, scores_dir
 from spark_app.months import add_months, fmt, months_between
+from spark_app.parties import (
+    CUSTOMER,
+    GENERATION,
+    HOUSEHOLD,
+    LEVEL,
+    LEVEL_COLUMN,
+    LEVELS,
+    MEMBERS,
+    PARTY,
+    PERSON,
+    PartyModel,
+    read_party_inputs,
+    with_customer,
+)
 from spark_app.storage import Storage
 
 VALUE_CUM = "value_cum"  # pseudo model id of the cumulative value rows of the backtest
@@ -308,11 +326,11 @@ def present_months(spark: SparkSession, path: str, table: str, months: list[dt.d
     return [m for m in months if m in found]
 
 
-def backtest_inputs(
+def detail_scores(
     spark: SparkSession, settings: Settings, month: dt.date
-) -> tuple[DataFrame | None, list[str], list[str], int]:
-    """Union of the scores of T−1..T−k that carry detail arrays, with the breakdown columns from the
-    features of their scoring month. Returns (rows or None, models, notes, deepest horizon found)."""
+) -> tuple[DataFrame | None, list[str], list[str], list[dt.date]]:
+    """Union of the scores of T−1..T−k that carry detail arrays (the columns both backtests read). Returns
+    (rows or None, the models every month carries, notes, the months found)."""
     cfg = settings.monitoring
     catalog = settings.models.catalog()
     notes: list[str] = []
@@ -331,8 +349,8 @@ def backtest_inputs(
         models = found if models is None else [x for x in models if x in found]
         parts.append(scores)
         months.append(m)
-    if not parts:
-        return None, [], notes, 0
+    if not parts or models is None:
+        return None, [], notes, []
     cols = [ID, "score_month", "release_version", "holdout", *[f"{x}_h" for x in models], *VALUE_BOUNDS_H,
             INTERVAL_LEVEL]  # fmt: skip
     union = None
@@ -343,6 +361,19 @@ def backtest_inputs(
         sel = sel.withColumn("release_version", F.col("release_version").cast("string"))
         sel = sel.withColumn("holdout", F.coalesce(F.col("holdout").cast("boolean"), F.lit(False)))
         union = sel if union is None else union.unionByName(sel)
+    return union, models, notes, months
+
+
+def backtest_inputs(
+    spark: SparkSession, settings: Settings, month: dt.date
+) -> tuple[DataFrame | None, list[str], list[str], int]:
+    """Union of the scores of T−1..T−k that carry detail arrays, with the breakdown columns from the
+    features of their scoring month. Returns (rows or None, models, notes, deepest horizon found)."""
+    union, models, notes, months = detail_scores(spark, settings, month)
+    if union is None:
+        return None, [], notes, 0
+    cfg = settings.monitoring
+    catalog = settings.models.catalog()
     present = present_months(spark, settings.paths.features, "features", months)
     features = read_table(spark, settings.paths.features, "features", present)
     dims = [d for d in cfg.backtest_dimensions if d in features.columns]
@@ -387,3 +418,310 @@ def run_backtest(spark: SparkSession, settings: Settings, month: dt.date) -> tup
     )
     rows = backtest_rows(forecasts, realized, models=models)
     return aggregate_backtest(rows, models=models, dimensions=dims), notes
+
+
+# ---------------------------------------------------------------- persons and households (paths.parties)
+SIZE = "size"  # lines of the party in its scored month: "1" .. "4", "5+", or "all"
+MAX_SIZE = 5  # parties of this many lines or more share one size
+ALL_SIZES = "all"
+NO_PARTY_MODEL = "n/a (release fitted no party intervals)"
+PARTY_KEYS = [LEVEL, SCORE_MONTH, "release_version", "horizon"]
+PARTY_BACKTEST_COLUMNS = [
+    LEVEL, SCORE_MONTH, "release_version", "horizon", SIZE, "model_id", "parties", MEMBERS, "forecast_sum",
+    "actual_sum", "forecast_mean", "actual_mean", "wape", "bias", "rmse", "abs_error_sum", "actual_abs_sum",
+    "sq_error_sum", "bounded", "covered", "coverage", INTERVAL_LEVEL, "interval_width_mean",
+]  # fmt: skip
+PARTY_COVERAGE_COLUMNS = [
+    LEVEL, SCORE_MONTH, "horizon", "release_version", "parties", "bounded", "coverage", INTERVAL_LEVEL, "gap",
+    "status", "note",
+]  # fmt: skip
+
+# what the release of a scored month fitted about parties: (model or None, why there is none)
+PartyModelOf = Callable[[str], tuple[PartyModel | None, str]]
+# (level, score month, release version) → the relative (lower, upper) edges of its horizon, or why none
+PartyEdges = Mapping[tuple[str, dt.date, str], tuple[float, float] | str]
+
+
+def continued_members(parties: DataFrame, chains: DataFrame) -> DataFrame:
+    """(subscriber_id, score_month) of the old ids whose successor is in the parties rows of the same month
+    (the overlap month of a number change): their customer's facts are counted once, on the newest id.
+    Only chain members are joined (broadcast) and shuffled: number changes are few."""
+    chained = parties.select(ID, F.col(MONTH).alias(SCORE_MONTH)).join(F.broadcast(chains), ID)
+    newest = chained.groupBy(SCORE_MONTH, CUSTOMER).agg(F.max(GENERATION).alias("_newest"))
+    return (
+        chained.join(newest, [SCORE_MONTH, CUSTOMER])
+        .where(F.col(GENERATION) < F.col("_newest"))
+        .select(ID, SCORE_MONTH, F.lit(True).alias("_continued"))
+    )
+
+
+def party_members(
+    forecasts: DataFrame, parties: DataFrame | None, chains: DataFrame | None, *, models: list[str]
+) -> DataFrame:
+    """Forecast rows (`forecast_rows`) with the person, household and customer of each subscriber in its
+    score month — the parties table's rows of that month (`report_month` = score month); a subscriber
+    without one is its own person, in no household, as `parties.attach_parties` rolls it up — and
+    `_continued` (the old id of a number change in its overlap month, `continued_members`)."""
+    keep = forecasts.select(
+        ID, SCORE_MONTH, "release_version", "horizon", *[f"f_{t}" for t in [*models, VALUE_CUM]]
+    )
+    if parties is None:
+        joined = keep.withColumn(PERSON, F.lit(None).cast("string")).withColumn(
+            HOUSEHOLD, F.lit(None).cast("string")
+        )
+    else:
+        rows = parties.select(ID, F.col(MONTH).alias(SCORE_MONTH), PERSON, HOUSEHOLD)
+        joined = keep.join(rows, [ID, SCORE_MONTH], "left")
+    joined = with_customer(joined.withColumn(PERSON, F.coalesce(PERSON, ID)), chains)
+    if parties is None or chains is None:
+        return joined.withColumn("_continued", F.lit(False))
+    continued = F.broadcast(continued_members(parties, chains))
+    return joined.join(continued, [ID, SCORE_MONTH], "left").withColumn(
+        "_continued", F.coalesce("_continued", F.lit(False))
+    )
+
+
+def customer_realized(
+    facts: DataFrame,
+    chains: DataFrame | None,
+    month: dt.date,
+    *,
+    models: list[str],
+    catalog: ModelCatalog,
+    formula: ValueFormula,
+    max_horizon: int,
+) -> DataFrame:
+    """`realized_rows` per customer (customer_id: the first id of a number-change chain): what the
+    customer realized at T and over the last k months, whichever of its ids carried it. A customer is in
+    a base once, even in the month its old and new ids both are (survival flags capped at 1)."""
+    keyed = with_customer(facts, chains).drop(ID, GENERATION).withColumnRenamed(CUSTOMER, ID)
+    realized = realized_rows(
+        keyed, month, models=models, catalog=catalog, formula=formula, max_horizon=max_horizon
+    )
+    survival = {e.model_id for e in catalog.survival}
+    return realized.select(
+        F.col(ID).alias(CUSTOMER),
+        *[
+            (
+                F.least(F.coalesce(f"a_{m}", F.lit(0.0)), F.lit(1.0)) if m in survival else F.col(f"a_{m}")
+            ).alias(f"a_{m}")
+            for m in models
+        ],
+        "a_value_by_k",
+    )
+
+
+def party_sums(members: DataFrame, realized: DataFrame, *, models: list[str]) -> DataFrame:
+    """One row per (level, score month, release, horizon, party): members (subscribers scored), and per
+    model and the cumulative value the members' forecasts `f_*` and their customers' realizations `a_*`
+    summed. A subscriber joins its person and, when it has one, its household (one explode, one groupBy
+    for both levels); an old id in its overlap month realizes nothing (its successor carries the facts)."""
+    targets = [*models, VALUE_CUM]
+    joined = members.join(realized, CUSTOMER, "left")
+    gone = F.col("_continued")
+    actual = [
+        F.when(gone, F.lit(0.0)).otherwise(F.coalesce(F.col(f"a_{m}"), F.lit(0.0))).alias(f"a_{m}")
+        for m in models
+    ]
+    cum = F.coalesce(F.element_at(F.col("a_value_by_k"), F.col("horizon")), F.lit(0.0))
+    actual.append(F.when(gone, F.lit(0.0)).otherwise(cum).alias(f"a_{VALUE_CUM}"))
+    levels = F.array(
+        *[F.struct(F.lit(level).alias(LEVEL), F.col(LEVEL_COLUMN[level]).alias(PARTY)) for level in LEVELS]
+    )
+    exploded = joined.select(
+        SCORE_MONTH, "release_version", "horizon", F.explode(levels).alias("_p"),
+        *[F.col(f"f_{t}") for t in targets], *actual,
+    ).where(F.col(f"_p.{PARTY}").isNotNull())  # fmt: skip
+    return exploded.groupBy(
+        F.col(f"_p.{LEVEL}").alias(LEVEL), SCORE_MONTH, "release_version", "horizon",
+        F.col(f"_p.{PARTY}").alias(PARTY),
+    ).agg(
+        F.count(F.lit(1)).alias(MEMBERS),
+        *[F.sum(f"f_{t}").alias(f"f_{t}") for t in targets],
+        *[F.sum(f"a_{t}").alias(f"a_{t}") for t in targets],
+    )  # fmt: skip
+
+
+def size_label() -> Column:
+    """'1' .. '4', or '5+' lines (MAX_SIZE)."""
+    members = F.col(MEMBERS)
+    return F.when(members >= MAX_SIZE, F.lit(f"{MAX_SIZE}+")).otherwise(members.cast("string"))
+
+
+def edge_column(edges: PartyEdges, side: int) -> Column:
+    """The relative edge (0: lower, 1: upper) of each party row's (level, score month, release): the
+    release's party interval at the row's horizon; null where it fitted none."""
+    out = F.lit(None).cast("double")
+    for (level, score_month, version), edge in edges.items():
+        if isinstance(edge, tuple):
+            at = (
+                (F.col(LEVEL) == F.lit(level))
+                & (F.col(SCORE_MONTH) == F.lit(score_month))
+                & (F.col("release_version") == F.lit(version))
+            )
+            out = F.when(at, F.lit(float(edge[side]))).otherwise(out)
+    return out
+
+
+def aggregate_party_backtest(
+    parties: DataFrame, *, models: list[str], edges: PartyEdges, interval_level: float
+) -> pd.DataFrame:
+    """Long table per (level, score month, horizon, size, model): parties, members, the sums and WAPE /
+    bias / RMSE over parties, and for the cumulative value the coverage of the party interval (the
+    release's relative edges at the horizon: forecast + |forecast| · edge) — as `aggregate_backtest`
+    computes them per subscriber. One aggregation per size over the party rows; `all` sizes are the sums
+    of the sizes (every figure is a sum), added here."""
+    targets = [*models, VALUE_CUM]
+    lo, hi = edge_column(edges, 0), edge_column(edges, 1)
+    f, a = F.col(f"f_{VALUE_CUM}"), F.col(f"a_{VALUE_CUM}")
+    lower, upper = f + F.abs(f) * lo, f + F.abs(f) * hi
+    bounded = lo.isNotNull() & hi.isNotNull()
+    aggs = [F.count(F.lit(1)).alias("n"), F.sum(MEMBERS).alias(MEMBERS)]
+    for t in targets:
+        ft, at = F.col(f"f_{t}"), F.col(f"a_{t}")
+        aggs += [
+            F.sum(ft).alias(f"{t}__forecast_sum"),
+            F.sum(at).alias(f"{t}__actual_sum"),
+            F.sum(F.abs(at)).alias(f"{t}__actual_abs_sum"),
+            F.sum(F.abs(at - ft)).alias(f"{t}__abs_error_sum"),
+            F.sum((at - ft) * (at - ft)).alias(f"{t}__sq_error_sum"),
+        ]
+    aggs += [
+        F.coalesce(F.sum(bounded.cast("long")), F.lit(0)).alias("bounded"),
+        F.coalesce(F.sum((bounded & (a >= lower) & (a <= upper)).cast("long")), F.lit(0)).alias("covered"),
+        F.sum(F.when(bounded, upper - lower)).alias("width_sum"),
+    ]
+    wide = parties.groupBy(*PARTY_KEYS, size_label().alias(SIZE)).agg(*aggs).toPandas()
+    if wide.empty:
+        return pd.DataFrame(columns=PARTY_BACKTEST_COLUMNS)
+    sums = [c for c in wide.columns if c not in (*PARTY_KEYS, SIZE)]
+    overall = wide.groupby(PARTY_KEYS, as_index=False, dropna=False)[sums].sum(min_count=1)
+    wide = pd.concat([wide, overall.assign(**{SIZE: ALL_SIZES})], ignore_index=True)
+    wide[INTERVAL_LEVEL] = np.where(wide["bounded"] > 0, interval_level, np.nan)
+    members = wide[[*PARTY_KEYS, SIZE, MEMBERS]]
+    renamed = wide.rename(columns={LEVEL: "population", SIZE: "value"}).assign(dimension=SIZE)
+    long = _long_backtest(renamed, targets).rename(
+        columns={"population": LEVEL, "value": SIZE, "n": "parties"}
+    )
+    long = long.merge(members, on=[*PARTY_KEYS, SIZE], how="left")
+    long[MEMBERS] = long[MEMBERS].astype("int64")
+    return long[PARTY_BACKTEST_COLUMNS].sort_values([LEVEL, "model_id", SIZE, "horizon"], ignore_index=True)
+
+
+def party_coverage_checks(
+    backtest: pd.DataFrame, cfg: MonitoringConfig, why: Mapping[tuple[str, dt.date], str]
+) -> pd.DataFrame:
+    """Coverage of the party interval of cumulative value per level and score month (horizon), over
+    parties of every size, judged as the subscribers' (`coverage_checks`): |coverage − level| against
+    `coverage_warn` / `coverage_fail`, skipped under `coverage_min_rows` bounded parties of the level.
+    `note` says why a row is not judged (`why`: the release fitted no party interval there)."""
+    if backtest.empty:
+        return pd.DataFrame(columns=PARTY_COVERAGE_COLUMNS)
+    rows = backtest[(backtest["model_id"] == VALUE_CUM) & (backtest[SIZE] == ALL_SIZES)].copy()
+    rows["gap"] = rows["coverage"] - rows[INTERVAL_LEVEL]
+    judged = rows["bounded"] >= cfg.coverage_min_rows
+    rows["status"] = [
+        status_of(abs(gap), cfg.coverage_warn, cfg.coverage_fail) if ok else SKIPPED
+        for gap, ok in zip(rows["gap"], judged, strict=True)
+    ]
+    rows["note"] = [
+        ""
+        if ok
+        else why.get((level, month)) or f"too few parties to judge ({bounded:,} < {cfg.coverage_min_rows:,})"
+        for level, month, bounded, ok in zip(
+            rows[LEVEL], rows[SCORE_MONTH], rows["bounded"], judged, strict=True
+        )
+    ]
+    return rows[PARTY_COVERAGE_COLUMNS].sort_values([LEVEL, "horizon"], ignore_index=True)
+
+
+def scored_release(spark: SparkSession, paths: PathsConfig, month: dt.date) -> str | None:
+    """The release version that scored `month`, from its `_summary.json` (no Spark job), else one row."""
+    storage = Storage(spark)
+    summary = f"{scores_dir(paths, month)}/{SCORE_SUMMARY}"
+    if storage.exists(summary):
+        version = storage.read_json(summary).get("release_version")
+        if version is not None:
+            return str(version)
+    scores = read_scores(spark, paths, month)
+    if scores is None:
+        return None
+    row = scores.select("release_version").where(F.col("release_version").isNotNull()).limit(1).collect()
+    return str(row[0][0]) if row else None
+
+
+def party_edges(
+    versions: Mapping[dt.date, str | None], month: dt.date, model_of: PartyModelOf, interval_level: float
+) -> tuple[dict[tuple[str, dt.date, str], tuple[float, float] | str], dict[tuple[str, dt.date], str]]:
+    """Per (level, score month, release): the release's relative party edges at the month's horizon
+    (`PartyModel.edges`), or why there are none — and the same reasons by (level, score month)."""
+    edges: dict[tuple[str, dt.date, str], tuple[float, float] | str] = {}
+    why: dict[tuple[str, dt.date], str] = {}
+    for score_month, version in versions.items():
+        h = months_between(score_month, month)
+        model, reason = model_of(version) if version is not None else (None, "n/a (release unknown)")
+        for level in LEVELS:
+            found = model.edges(level, interval_level, h) if model is not None else None
+            if found is None:
+                reason_h = reason or f"n/a (the release fitted no {level} interval at {h} months)"
+                why[(level, score_month)] = reason_h
+                found = reason_h
+            edges[(level, score_month, str(version))] = found
+    return edges, why
+
+
+@dataclass(frozen=True)
+class PartyBacktest:
+    """The party backtest of month T (`run_party_backtest`): the long table, its coverage checks, notes."""
+
+    backtest: pd.DataFrame
+    coverage: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+
+def run_party_backtest(
+    spark: SparkSession, settings: Settings, month: dt.date, model_of: PartyModelOf
+) -> PartyBacktest:
+    """The backtest of T per person and household (paths.parties set): for each score month T−h with detail
+    arrays, its subscribers grouped into the parties of that month, the members' forecasts for T summed
+    against what their customers realized (a number change: the successor's facts count for the old id;
+    chains over the parties table up to T), by party size; and the coverage of the party interval of the
+    cumulative value with the edges of the release that scored the month (`model_of(version)`).
+
+    Spark: the parties' chains (one small job per link, `parties.chain_members`), then one job — the union
+    of the detail scores joined once with the parties of their months and once with the facts per
+    customer, one groupBy per (level, party) for both levels (an explode), one aggregation by size."""
+    cfg = settings.monitoring
+    empty = PartyBacktest(pd.DataFrame(columns=PARTY_BACKTEST_COLUMNS),
+                          pd.DataFrame(columns=PARTY_COVERAGE_COLUMNS))  # fmt: skip
+    scored, models, _, months = detail_scores(spark, settings, month)
+    if scored is None:
+        return empty
+    deepest = max(months_between(m, month) for m in months)
+    window = [add_months(month, -k) for k in range(deepest - 1, -1, -1)]
+    arrived = present_months(spark, settings.paths.facts, "facts", window)
+    if month not in arrived:
+        return empty
+    inputs = read_party_inputs(spark, settings.paths, sorted(months), month, None, validate=False)
+    notes = []
+    if inputs is None:
+        notes.append(
+            f"parties: no rows for the score months {fmt(min(months))}..{fmt(max(months))}: every "
+            "subscriber is its own person, in no household"
+        )
+    parties, chains = (inputs.parties, inputs.chains) if inputs is not None else (None, None)
+    catalog = settings.models.catalog()
+    formula = ValueFormula.from_catalog(catalog.subset(models), settings.costs)
+    facts = read_table(spark, settings.paths.facts, "facts", arrived)
+    forecasts = forecast_rows(scored, month, models=models, formula=formula, max_horizon=deepest)
+    members = party_members(forecasts, parties, chains, models=models)
+    realized = customer_realized(
+        facts, chains, month, models=models, catalog=catalog, formula=formula, max_horizon=deepest
+    )
+    level = settings.scoring.interval_level
+    versions = {m: scored_release(spark, settings.paths, m) for m in months}
+    edges, why = party_edges(versions, month, model_of, level)
+    table = aggregate_party_backtest(
+        party_sums(members, realized, models=models), models=models, edges=edges, interval_level=level
+    )
+    return PartyBacktest(table, party_coverage_checks(table, cfg, why), notes)

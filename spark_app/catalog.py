@@ -23,6 +23,14 @@ CALENDAR_MONTH = "target_calendar_month"
 FEATURE_CALENDAR_MONTH = "feature_calendar_month"
 # computed by the project, not read from the features table
 DERIVED_FEATURES = (HORIZON, CALENDAR_MONTH, FEATURE_CALENDAR_MONTH)
+# computed from the parties table (paths.parties) and the features of the same month, for the models that
+# list them (spark_app.parties.party_feature_rows): lines of the subscriber's person and household, whether
+# the household has home internet (`models.home_internet`), the household's longest customer tenure
+PARTY_PERSON_LINES = "party_person_lines"
+PARTY_HOUSEHOLD_LINES = "party_household_lines"
+PARTY_HOME_INTERNET = "party_household_home_internet"
+PARTY_HOUSEHOLD_TENURE = "party_household_tenure"
+PARTY_FEATURES = (PARTY_PERSON_LINES, PARTY_HOUSEHOLD_LINES, PARTY_HOME_INTERNET, PARTY_HOUSEHOLD_TENURE)
 NULL_CATEGORY = "<null>"  # a missing categorical value, as CatBoost sees it and as drift counts it
 
 
@@ -153,6 +161,8 @@ class ModelCatalog:
     entries: tuple[ModelEntry, ...]
     categorical: tuple[str, ...] = ()
     tenure_column: str | None = None
+    # a line is home internet where this features column has one of these values (party features)
+    home_internet: tuple[str, tuple[str, ...]] | None = None
 
     def __post_init__(self) -> None:
         ordered = sorted(self.entries, key=lambda e: not e.is_survival)  # stable: declared order kept
@@ -185,7 +195,7 @@ class ModelCatalog:
     def subset(self, model_ids: list[str] | tuple[str, ...]) -> ModelCatalog:
         keep = set(model_ids)
         return ModelCatalog(tuple(e for e in self.entries if e.model_id in keep), self.categorical,
-                            self.tenure_column)  # fmt: skip
+                            self.tenure_column, self.home_internet)  # fmt: skip
 
     def cat_features(self, entry: ModelEntry) -> tuple[str, ...]:
         return tuple(c for c in entry.features if c in self.categorical)
@@ -196,15 +206,24 @@ class ModelCatalog:
         return tuple(c for c in entry.features if c not in cats), cats
 
     def input_columns(self) -> list[str]:
-        """Feature-table columns read: model inputs, naive-baseline sources, the tenure column."""
+        """Feature-table columns read: model inputs, naive-baseline sources, the tenure column, and what the
+        party features are computed from (the home-internet column)."""
+        computed = (*DERIVED_FEATURES, *PARTY_FEATURES)
         cols: dict[str, None] = {}
         for entry in self.entries:
-            cols.update((c, None) for c in entry.feature_cols if c not in DERIVED_FEATURES)
+            cols.update((c, None) for c in entry.feature_cols if c not in computed)
         for entry in self.entries:
             cols.update((c, None) for c in entry.naive.columns)
         if self.tenure_column:
             cols[self.tenure_column] = None
+        if self.party_features() and self.home_internet:
+            cols[self.home_internet[0]] = None
         return list(cols)
+
+    def party_features(self) -> tuple[str, ...]:
+        """The party features some model reads (a release with any needs the parties table to score)."""
+        used = {c for e in self.entries for c in e.feature_cols}
+        return tuple(c for c in PARTY_FEATURES if c in used)
 
     def input_categorical(self) -> list[str]:
         return [c for c in self.input_columns() if c in self.categorical]
@@ -240,7 +259,10 @@ class ModelCatalog:
             "models": {e.model_id: e.to_json() for e in self.entries},
             "categorical": list(self.categorical),
             "tenure_column": self.tenure_column,
-        }
+            "home_internet": None if self.home_internet is None else {
+                "column": self.home_internet[0], "values": list(self.home_internet[1])
+            },
+        }  # fmt: skip
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ModelCatalog:
@@ -249,4 +271,12 @@ class ModelCatalog:
             tuple(ModelEntry.from_json(m, data["models"][m]) for m in order),
             tuple(data.get("categorical") or ()),
             data.get("tenure_column"),
+            home_internet_of(data.get("home_internet")),
         )
+
+
+def home_internet_of(rule: Mapping[str, Any] | None) -> tuple[str, tuple[str, ...]] | None:
+    """{'column': 'segment', 'values': ['fmc', 'fttb']} → ('segment', ('fmc', 'fttb'))."""
+    if not rule:
+        return None
+    return str(rule["column"]), tuple(str(v) for v in rule["values"])

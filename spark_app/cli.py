@@ -73,6 +73,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         profile=args.profile,
         acquisition_months=args.acquisition_months,
+        parties=args.parties,
     )
     generate_panel(_spark(settings), args.out, spec, partitions=args.partitions)
     return 0
@@ -298,8 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         return p
 
-    p = command("generate", cmd_generate, "write a synthetic subscriber panel (features + facts)")
-    p.add_argument("--out", required=True, help="directory (any Hadoop path) for features/ and facts/")
+    p = command("generate", cmd_generate, "write a synthetic subscriber panel (features, facts, parties)")
+    p.add_argument(
+        "--out", required=True, help="directory (any Hadoop path) for features/, facts/ and parties/"
+    )
     p.add_argument("--subscribers", type=int, required=True)
     p.add_argument("--months", type=int, required=True)
     p.add_argument("--start", type=_month, default=parse_month("2023-01"), help="first month, YYYY-MM")
@@ -317,6 +320,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=PANEL_PROFILES,
         default="convergent",
         help="which operator's data: convergent (postpaid + FMC + home internet) or prepaid mobile",
+    )
+    p.add_argument(
+        "--no-parties",
+        dest="parties",
+        action="store_false",
+        help="no persons, households, joint exits or number changes, and no parties/: the panel as it was "
+        "before them",
     )
 
     p = command("build-dataset", cmd_build_dataset, "build the horizon-lagged training set", "required")

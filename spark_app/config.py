@@ -34,6 +34,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from spark_app.catalog import (
     METRICS,
+    PARTY_HOME_INTERNET,
     STACKED_PREFIX,
     ModelCatalog,
     ModelEntry,
@@ -419,10 +420,19 @@ class ModelProfile(_Section):
         return params
 
 
+class HomeInternetConfig(_Section):
+    """Which lines are home internet: a features column and its values (the party feature
+    party_household_home_internet; e.g. segment in [fmc, fttb])."""
+
+    column: str = Field(min_length=1)
+    values: list[str] = Field(min_length=1)
+
+
 class ModelsConfig(_Section):
     enabled: list[str] = Field(default_factory=list)
     categorical: list[str] = Field(default_factory=list)
     tenure_column: str | None = "tenure_months"  # tenure in months: naive baselines' bands, cohorts
+    home_internet: HomeInternetConfig | None = None  # party features: which lines are home internet
     profiles: dict[str, ModelProfile] = Field(default_factory=dict)
 
     @field_validator("profiles", mode="before")
@@ -458,6 +468,11 @@ class ModelsConfig(_Section):
             for s in p.stacked:
                 if s not in survival:
                     problems.append(f"{where}.stacked: {s!r} is not an enabled classification model")
+            if PARTY_HOME_INTERNET in p.feature_cols and self.home_internet is None:
+                problems.append(
+                    f"{where}.feature_cols: {PARTY_HOME_INTERNET} needs models.home_internet (the features "
+                    "column and values that mark a home-internet line)"
+                )
             derived = [c for c in p.feature_cols if c.startswith(STACKED_PREFIX) and c[2:] in self.profiles]
             if derived:
                 problems.append(
@@ -517,7 +532,9 @@ class ModelsConfig(_Section):
                     fit_params=dict(p.fit_params),
                 )
             )  # fmt: skip
-        return ModelCatalog(tuple(entries), tuple(self.categorical), self.tenure_column)
+        home = None if self.home_internet is None else (self.home_internet.column,
+                                                         tuple(self.home_internet.values))  # fmt: skip
+        return ModelCatalog(tuple(entries), tuple(self.categorical), self.tenure_column, home)
 
 
 class Settings(BaseSettings):

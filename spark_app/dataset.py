@@ -41,6 +41,20 @@ from spark_app.horizons import feature_calendar_month, target_calendar_month
 from spark_app.layout import LATEST, MANIFEST, dataset_dir, datasets_root, latest_file
 from spark_app.metrics import push_job_metrics, split_figures
 from spark_app.months import add_months, fmt, month_range
+from spark_app.parties import (
+    CUSTOMER,
+    GENERATION,
+    HOUSEHOLD,
+    PERSON,
+    SPLIT_KEY,
+    PartyInputs,
+    carry_tenure,
+    newest_per_customer,
+    party_feature_rows,
+    party_key,
+    read_party_inputs,
+    with_customer,
+)
 from spark_app.progress import StageTimer
 from spark_app.seasonality import monthly_means
 from spark_app.storage import Storage
@@ -136,14 +150,16 @@ def unit_hash(key: str, *salts: str) -> Column:
     return F.pmod(hashed, F.lit(_UNIT)).cast("double") / float(_UNIT)
 
 
-def with_slot(df: DataFrame, *, plan: DatasetPlan) -> DataFrame:
+def with_slot(df: DataFrame, *, plan: DatasetPlan, key: str = ID) -> DataFrame:
     """Add the subscriber's one slot: `target_month`, `horizon` and `feature_month` = T − h.
 
-    slot = xxhash64(id, salt) mod (months × horizons); slot div n_h picks T, slot mod n_h picks h. A
-    contiguous horizon range is plain arithmetic, so the plan is the same for 3 horizons or 24.
+    slot = xxhash64(key, salt) mod (months × horizons); slot div n_h picks T, slot mod n_h picks h. A
+    contiguous horizon range is plain arithmetic, so the plan is the same for 3 horizons or 24. The key is
+    the subscriber, or with parties the customer (`parties.customer_id`: every id of a number change gets
+    the same slot, so a customer enters once whatever id it had at T − h).
     """
     n_h = len(plan.horizons)
-    slot = F.pmod(F.xxhash64(F.col(ID), F.lit(plan.salt)), F.lit(plan.n_slots))
+    slot = F.pmod(F.xxhash64(F.col(key), F.lit(plan.salt)), F.lit(plan.n_slots))
     h_index = F.pmod(slot, F.lit(n_h))
     contiguous = list(plan.horizons) == list(range(plan.horizons[0], plan.horizons[0] + n_h))
     if contiguous:
@@ -159,11 +175,11 @@ def with_slot(df: DataFrame, *, plan: DatasetPlan) -> DataFrame:
     )
 
 
-def keep_sampled(df: DataFrame, *, plan: DatasetPlan) -> DataFrame:
+def keep_sampled(df: DataFrame, *, plan: DatasetPlan, key: str = ID) -> DataFrame:
     """Keep the hash-chosen `sample_rate` share of subscribers (a hash independent of the slot's)."""
     if plan.sample_rate >= 1:
         return df
-    return df.where(unit_hash(ID, plan.salt, "sample") < F.lit(plan.sample_rate))
+    return df.where(unit_hash(key, plan.salt, "sample") < F.lit(plan.sample_rate))
 
 
 def feature_rows(features: DataFrame, *, plan: DatasetPlan, columns: list[str]) -> DataFrame:
@@ -179,26 +195,84 @@ def feature_rows(features: DataFrame, *, plan: DatasetPlan, columns: list[str]) 
     )
 
 
-def fact_rows(facts: DataFrame, *, plan: DatasetPlan, columns: list[str]) -> DataFrame:
+def fact_rows(
+    facts: DataFrame,
+    *,
+    plan: DatasetPlan,
+    columns: list[str],
+    chains: DataFrame | None = None,
+    flags: tuple[str, ...] = (),
+) -> DataFrame:
     """Each sampled subscriber's facts at T of its slot, keyed (subscriber_id, target_month).
 
     With population active/paid the fact row at T − h comes along too, folded into the same row as
     `_population` (the base flag at T − h), so the population needs no second join.
+
+    With parties (`chains`: the number-change chains, `parties.chain_members`) the key is the customer: the
+    facts at T of every id of the customer count (an old id gone and its successor in the base is a customer
+    still in it), keyed (customer_id, target_month): `flags` (0/1) by their maximum, amounts summed.
     """
     months = plan.fact_months
     in_window = facts.where(F.col(MONTH).between(F.lit(months[0]), F.lit(months[-1])))
-    slotted = in_window.transform(keep_sampled, plan=plan).transform(with_slot, plan=plan)
-    if plan.population == "base":
-        return slotted.where(F.col(MONTH) == F.col(TARGET_MONTH)).select(ID, TARGET_MONTH, *columns)
-    flag = plan.population
+    key = ID
+    if chains is not None:
+        in_window, key = with_customer(in_window, chains), CUSTOMER
+    slotted = in_window.transform(keep_sampled, plan=plan, key=key).transform(with_slot, plan=plan, key=key)
     at_target = F.col(MONTH) == F.col(TARGET_MONTH)
+    if plan.population == "base" and key == ID:
+        return slotted.where(at_target).select(ID, TARGET_MONTH, *columns)
+    wanted = at_target if plan.population == "base" else at_target | (F.col(MONTH) == F.col(FEATURE_MONTH))
+    population = (
+        [F.max(F.when(~at_target, F.col(plan.population))).alias("_population")]
+        if plan.population != "base"
+        else []
+    )
+    combine = {c: F.max if c in flags or key == ID else F.sum for c in columns}
     return (
-        slotted.where(at_target | (F.col(MONTH) == F.col(FEATURE_MONTH)))
-        .groupBy(ID, TARGET_MONTH)
-        .agg(
-            *[F.max(F.when(at_target, F.col(c))).alias(c) for c in columns],
-            F.max(F.when(~at_target, F.col(flag))).alias("_population"),
+        slotted.where(wanted)
+        .groupBy(key, TARGET_MONTH)
+        .agg(*[combine[c](F.when(at_target, F.col(c))).alias(c) for c in columns], *population)
+    )
+
+
+def customer_feature_rows(
+    features: DataFrame, *, plan: DatasetPlan, columns: list[str], party: PartyInputs, catalog: ModelCatalog
+) -> DataFrame:
+    """With parties: each sampled customer's feature row at T − h of its slot, as the id it had then (the
+    newest, when an old and a new id were both in the base that month), with the customer's tenure carried
+    (`parties.carry_tenure`), its person and household at T − h, the split key (`parties.party_key`) and,
+    when some model reads them, the party features (`parties.party_feature_rows`)."""
+    months = plan.feature_months
+    window = features.where(F.col(MONTH).between(F.lit(months[0]), F.lit(months[-1])))
+    kept = (
+        window.select(ID, MONTH, *columns)
+        .transform(with_customer, chains=party.chains)
+        .transform(keep_sampled, plan=plan, key=CUSTOMER)
+        .transform(with_slot, plan=plan, key=CUSTOMER)
+        .where(F.col(MONTH) == F.col(FEATURE_MONTH))
+        .transform(newest_per_customer, month_col=MONTH)
+        .transform(carry_tenure, starts=party.starts, tenure_column=catalog.tenure_column, month_col=MONTH)
+    )
+    in_window = party.parties.where(F.col(MONTH).between(F.lit(months[0]), F.lit(months[-1])))
+    if catalog.party_features():
+        party_rows = party_feature_rows(
+            in_window, window, chains=party.chains, starts=party.starts,
+            tenure_column=catalog.tenure_column, home_internet=catalog.home_internet,
+        ).select(ID, MONTH, PERSON, HOUSEHOLD, *catalog.party_features())  # fmt: skip
+    else:  # only the rows of the kept ids: each party row slotted by its own customer, as the features
+        party_rows = (
+            in_window.select(ID, MONTH, PERSON, HOUSEHOLD)
+            .transform(with_customer, chains=party.chains)
+            .transform(keep_sampled, plan=plan, key=CUSTOMER)
+            .transform(with_slot, plan=plan, key=CUSTOMER)
+            .where(F.col(MONTH) == F.col(FEATURE_MONTH))
+            .select(ID, MONTH, PERSON, HOUSEHOLD)
         )
+    return (
+        kept.join(party_rows, [ID, MONTH], "left")
+        .withColumn(PERSON, F.coalesce(PERSON, CUSTOMER))
+        .withColumn(SPLIT_KEY, party_key())
+        .drop(MONTH, GENERATION)
     )
 
 
@@ -221,9 +295,11 @@ def with_targets(df: DataFrame, *, targets: dict[str, str], flags: tuple[str, ..
     return out
 
 
-def with_split(df: DataFrame, *, plan: DatasetPlan) -> DataFrame:
-    """oot = T2; the rest by a third independent hash: test, val, then train_reg / train_surv."""
-    u = unit_hash(ID, plan.salt, "split")
+def with_split(df: DataFrame, *, plan: DatasetPlan, key: str = ID) -> DataFrame:
+    """oot = T2; the rest by a third independent hash: test, val, then train_reg / train_surv. The key is
+    the subscriber, or with parties its household (else person, customer: `parties.party_key`), so the
+    members of one household never straddle train / val / test."""
+    u = unit_hash(key, plan.salt, "split")
     held_out = plan.val_share + plan.test_share
     train_u = (u - F.lit(held_out)) / F.lit(1.0 - held_out)
     split = (
@@ -237,23 +313,42 @@ def with_split(df: DataFrame, *, plan: DatasetPlan) -> DataFrame:
 
 
 def training_rows(
-    features: DataFrame, facts: DataFrame, *, plan: DatasetPlan, catalog: ModelCatalog
+    features: DataFrame,
+    facts: DataFrame,
+    *,
+    plan: DatasetPlan,
+    catalog: ModelCatalog,
+    party: PartyInputs | None = None,
 ) -> DataFrame:
-    """The whole training set with its `split` column: one features scan, one facts scan, one join."""
+    """The whole training set with its `split` column: one features scan, one facts scan, one join.
+
+    With `party` (paths.parties set) history follows the customer across number changes — slots and the
+    sample by customer, targets from every id of the customer at T, the tenure carried — and the splits
+    hash the household; the rows gain customer_id, person_id, household_id (and the party features some
+    model reads)."""
     feature_cols = catalog.input_columns()
     targets = catalog.targets()
     fact_cols = sorted(set(targets.values()))
-    joined = feature_rows(features, plan=plan, columns=feature_cols).join(
-        fact_rows(facts, plan=plan, columns=fact_cols), on=[ID, TARGET_MONTH], how="left"
-    )
+    if party is None:
+        joined = feature_rows(features, plan=plan, columns=feature_cols).join(
+            fact_rows(facts, plan=plan, columns=fact_cols), on=[ID, TARGET_MONTH], how="left"
+        )
+        split_key, extra = ID, []
+    else:
+        rows = customer_feature_rows(features, plan=plan, columns=feature_cols, party=party, catalog=catalog)
+        customer_facts = fact_rows(
+            facts, plan=plan, columns=fact_cols, chains=party.chains, flags=catalog.flags()
+        )
+        joined = rows.join(customer_facts, on=[CUSTOMER, TARGET_MONTH], how="left")
+        split_key, extra = SPLIT_KEY, [*catalog.party_features(), CUSTOMER, PERSON, HOUSEHOLD]
     if plan.population != "base":
         joined = joined.where(F.col("_population") == 1)
     return (
         joined.withColumn(CALENDAR_MONTH, target_calendar_month(F.col(TARGET_MONTH)))
         .withColumn(FEATURE_CALENDAR_MONTH, feature_calendar_month(F.col(FEATURE_MONTH)))
         .transform(with_targets, targets=targets, flags=catalog.flags())
-        .transform(with_split, plan=plan)
-        .select(ID, FEATURE_MONTH, TARGET_MONTH, *DERIVED_FEATURES, *feature_cols, *targets, SPLIT)
+        .transform(with_split, plan=plan, key=split_key)
+        .select(ID, FEATURE_MONTH, TARGET_MONTH, *DERIVED_FEATURES, *feature_cols, *extra, *targets, SPLIT)
     )
 
 
@@ -471,13 +566,32 @@ def build_dataset(spark: SparkSession, settings: Settings, target_end: dt.date) 
     )
     with timer.stage("check inputs", spark):
         features, facts = read_inputs(spark, settings, plan)
+        if catalog.party_features() and settings.paths.parties is None:
+            raise UserError(
+                f"models read the party features {list(catalog.party_features())} (models.profiles.*."
+                "feature_cols) but paths.parties is not set: set it, or take them out of the profiles"
+            )
+        party = read_party_inputs(
+            spark, settings.paths, sorted(set(plan.feature_months) | set(plan.target_months)),
+            plan.last_target, catalog.tenure_column,
+        )  # fmt: skip
     with timer.stage("season history", spark):
         history = fact_history(spark, settings, plan, catalog)
     targets = catalog.targets()
     feature_cols = catalog.input_columns()
+    party_features = list(catalog.party_features()) if party is not None else []
+    party_cols = [*party_features, CUSTOMER, PERSON, HOUSEHOLD] if party is not None else []
+    parties_manifest = None
+    if party is not None and settings.paths.parties:
+        parties_manifest = {
+            "path": storage.qualify(settings.paths.parties),
+            "split_key": "household_id, else person_id, else customer_id",
+            "number_changes": party.chains is not None,
+            "party_features": party_features,
+        }
     with storage.staged(target) as staging:
         with timer.stage("build and write splits", spark):
-            rows = training_rows(features, facts, plan=plan, catalog=catalog)
+            rows = training_rows(features, facts, plan=plan, catalog=catalog, party=party)
             rows.write.mode("overwrite").partitionBy(SPLIT).parquet(staging)
         with timer.stage("check and summarize splits", spark):
             written = read_splits(spark, storage, staging)
@@ -510,8 +624,10 @@ def build_dataset(spark: SparkSession, settings: Settings, target_end: dt.date) 
                     "months": [fmt(m) for m in plan.fact_months],
                 },
             },
-            "columns": [ID, FEATURE_MONTH, TARGET_MONTH, *DERIVED_FEATURES, *feature_cols, *targets],
-            "feature_columns": [*DERIVED_FEATURES, *feature_cols],
+            "columns": [ID, FEATURE_MONTH, TARGET_MONTH, *DERIVED_FEATURES, *feature_cols, *party_cols,
+                        *targets],
+            "feature_columns": [*DERIVED_FEATURES, *feature_cols, *party_features],
+            "parties": parties_manifest,
             "categorical_columns": catalog.input_categorical(),
             "target_columns": {name.removesuffix("_fact"): name for name in targets},
             "rows": sum(s["rows"] for s in stats.values()),

@@ -5,11 +5,16 @@ is the same whatever partition or batch simulates it. Spark splits the id range;
 is simulated month by month with numpy over all its subscribers at once. docs/synthetic_panel.md
 describes the generating process and the signal a model should find. `replay_with_effect` replays the
 months after a campaign with a planted effect on churn, the same draws otherwise, and reports its size.
+With `PanelSpec.parties` (the default) subscribers also belong to persons and households (a function of
+the simulated id alone), members of a household sometimes leave together, and a few customers change their
+number: the `parties` table says who is who and which id continues which.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import functools
 import logging
 import math
 from collections.abc import Callable, Iterator
@@ -18,11 +23,13 @@ from typing import Protocol
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from spark_app.contract import ID, MONTH, month_dirs, read_table
 from spark_app.months import add_months, days_in_month_index, fmt, month_index, month_range, months_between
+from spark_app.parties import HOUSEHOLD, PERSON, PREVIOUS
+from spark_app.parties import TABLE as PARTIES
 from spark_app.progress import StageTimer
 from spark_app.storage import Storage, write_parquet_staged
 
@@ -96,6 +103,81 @@ COST_PER_MB = 0.0004
 COST_PER_MIN = 0.006  # interconnect, averaged over on- and off-net calls
 CREDIT_VALIDITY = 2  # months after its top-up that unused credit expires
 DISCONNECT_AFTER = 6  # months without a top-up after which the operator disconnects a SIM
+
+# ---------------------------------------------------------------- persons and households (`parties`)
+# Consecutive simulated ids are cut into blocks of PARTY_BLOCK; a hash of the block splits it into units,
+# one after the other: households of 1-5 lines, or persons whose household the operator does not know
+# (household_id null). Membership is a function of the simulated id alone, so every batch, partition or
+# replay of a subset finds the same households.
+PARTY_BLOCK = 64
+HOUSEHOLD_LINES = (1, 2, 3, 4, 5)
+HOUSEHOLD_LINES_SHARE = (0.42, 0.26, 0.16, 0.11, 0.05)  # households by lines: many single, some families
+UNKNOWN_LINES = (1, 2)
+UNKNOWN_LINES_SHARE = (0.8, 0.2)  # a person without a known household: one SIM, sometimes two
+SECOND_LINE_SHARE = 0.25  # line 2k+1 of a household is held by the person of line 2k (a data SIM, a 2nd SIM)
+MAX_NUMBER_CHANGES = 2  # per customer: continuation chains stay short
+NUMBER_CHANGE_OVERLAP = 0.5  # share of number changes whose old id is still in the base in the change month
+OVERLAP_OLD_SHARE = 0.5  # of the change month's amounts booked on the old id (the new id books the rest)
+# Ids: a customer's first id, and the id it continues as after a number change (the yyyymm of its first
+# month follows the simulated id, so it never collides with a first id); persons and households are named
+# by the simulated id of their first line.
+PANEL_ID = "S%09d"
+SUCCESSOR_ID = "S%09d-%06d"
+PERSON_ID = "P%09d"
+HOUSEHOLD_ID = "H%09d"
+
+
+@dataclass(frozen=True)
+class HouseholdProcess:
+    """How one profile's subscribers form persons and households, leave together and change numbers.
+
+    In a (unit, month) chosen with probability `joint_move_share` every member takes the unit's uniform
+    draw for its state transition instead of its own: each member's monthly probabilities stay what they
+    were (a uniform either way), but a draw low enough to end one line ends every line whose churn
+    probability is at least as high — one move ends the household. Where most exits are silent (prepaid:
+    a quitting SIM lingers until the operator disconnects it, months later, so joint quits are seldom
+    joint exits), a unit also moves away with probability `move_rate` a month, every line gone at once
+    (its numbers ported out): an exit on top of the others, whatever the lines' states, so it leaves the
+    paid and active shares as they were and adds `move_rate` to the monthly churn. Streams
+    `stream`..`stream + 7`.
+    """
+
+    no_household_share: float  # units that are a person whose household is unknown
+    joint_move_share: float
+    change_rate: float  # monthly probability of a number change for a customer who may have one
+    min_change_tenure: int  # months in the base before a customer may change number
+    stream: int
+    fixed_share: float = 0.0  # lines that are a household's home internet (fmc or fttb): convergent
+    move_rate: float = 0.0  # monthly probability that a unit moves away, ending every line at once
+
+    @property
+    def unit_sizes(self) -> np.ndarray:
+        return np.array(HOUSEHOLD_LINES + UNKNOWN_LINES)
+
+    @property
+    def unit_known(self) -> np.ndarray:
+        return np.array([True] * len(HOUSEHOLD_LINES) + [False] * len(UNKNOWN_LINES))
+
+    @property
+    def unit_shares(self) -> tuple[float, ...]:
+        known = np.array(HOUSEHOLD_LINES_SHARE) / sum(HOUSEHOLD_LINES_SHARE) * (1 - self.no_household_share)
+        unknown = np.array(UNKNOWN_LINES_SHARE) / sum(UNKNOWN_LINES_SHARE) * self.no_household_share
+        return tuple(np.concatenate([known, unknown]))
+
+    @property
+    def home_internet_share(self) -> float:
+        """Share of known households with home internet (one fixed line each) that makes `fixed_share` of
+        all lines fixed: fixed_share x lines per unit / known households per unit."""
+        shares = np.array(self.unit_shares)
+        return self.fixed_share * float(shares @ self.unit_sizes) / float(shares[self.unit_known].sum())
+
+
+HOUSEHOLD_PROCESSES: dict[str, HouseholdProcess] = {
+    # convergent: a fixed line has an address, so few households are unknown; number changes ~0.3 %/month
+    "convergent": HouseholdProcess(0.08, 0.35, 0.003, 3, 50, fixed_share=SEGMENT_SHARE[1] + SEGMENT_SHARE[2]),
+    # prepaid: many owners unregistered; a change only in a month with a top-up (about half the base)
+    "prepaid": HouseholdProcess(0.35, 0.35, 0.006, 2, 150, move_rate=0.002),
+}
 
 
 @dataclass(frozen=True)
@@ -214,6 +296,9 @@ class PanelSpec:
     seed: int = 7
     acquisition_months: int | None = None  # months over which newcomers join (default: the panel's)
     profile: str = "convergent"  # which operator is simulated: a key of PROFILES
+    # persons, households, joint exits and number changes, and the `parties` table; False is the panel as
+    # it was before them, bit for bit
+    parties: bool = True
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -231,6 +316,11 @@ class PanelSpec:
     def acquisition_span(self) -> int:
         return BURN_IN + (self.acquisition_months or self.months)
 
+    @property
+    def tables(self) -> tuple[str, ...]:
+        """The tables `generate_panel` writes."""
+        return ("features", "facts", PARTIES) if self.parties else ("features", "facts")
+
 
 # ---------------------------------------------------------------- counter-based random numbers
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -245,8 +335,8 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def uniform(seed: int, ids: np.ndarray, month: int, stream: int) -> np.ndarray:
-    """U(0,1) draws that depend only on (seed, subscriber id, month, stream)."""
+def uniform(seed: int, ids: np.ndarray, month: int | np.ndarray, stream: int) -> np.ndarray:
+    """U(0,1) draws that depend only on (seed, subscriber id, month, stream); `month` may be one per id."""
     with np.errstate(over="ignore"):
         key = _mix(np.uint64(seed) * _GOLDEN + np.uint64(stream + 1) * _M1 + np.uint64(month + 4096) * _M2)
         x = _mix(ids.astype(np.uint64) * _GOLDEN ^ key)
@@ -277,6 +367,114 @@ def _poisson_small(u: np.ndarray, lam: np.ndarray) -> np.ndarray:
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
+
+
+# ---------------------------------------------------------------- persons, households, number changes
+STATIC = -1  # month key of draws made once per subscriber (or per block, unit)
+
+
+@dataclass(frozen=True)
+class Parties:
+    """Who each simulated subscriber is, static: its unit (household, or person when the household is
+    unknown), household, person, and whether it is its household's home internet line."""
+
+    unit: np.ndarray  # simulated id of the unit's first line: the key of its joint draws
+    household: np.ndarray  # simulated id of the household's first line, -1 when unknown
+    person: np.ndarray  # simulated id of the person's first line
+    fixed_line: np.ndarray  # bool: the fixed line of a household with home internet (convergent)
+    units: np.ndarray  # the distinct units, so that a unit's draw is made once, not once per member
+    unit_row: np.ndarray  # each subscriber's unit as an index into `units`
+
+    def as_sim(self) -> Sim:
+        return {"unit": self.unit, "household": self.household, "person": self.person}
+
+
+def party_structure(ids: np.ndarray, spec: PanelSpec) -> Parties:
+    """The persons and households of the simulated ids `ids`, from hashes of their blocks alone.
+
+    A block of PARTY_BLOCK consecutive ids is filled by units one after the other, each of a size drawn
+    for its slot (the last unit of a block is cut at its end); a unit's lines are consecutive ids. In a
+    known household, line 2k+1 is held by the person of line 2k with probability SECOND_LINE_SHARE; the
+    lines of a person without a known household are one person. Vectorized over the ids' blocks.
+    """
+    model = HOUSEHOLD_PROCESSES[spec.profile]
+    seed = spec.seed
+    block = ids // PARTY_BLOCK
+    blocks, row = np.unique(block, return_inverse=True)
+    slots = (blocks[:, None] * PARTY_BLOCK + np.arange(PARTY_BLOCK)).ravel()
+    kind = _choice(uniform(seed, slots, STATIC, model.stream), model.unit_shares).reshape(-1, PARTY_BLOCK)
+    size = model.unit_sizes[kind]
+    end = np.cumsum(size, axis=1)  # where each unit of a block ends (exclusive)
+    offset = ids % PARTY_BLOCK
+    j = (end[row] <= offset[:, None]).sum(axis=1)  # the unit of each id within its block
+    first = end[row, j] - size[row, j]
+    unit = block * PARTY_BLOCK + first
+    position = offset - first
+    known = model.unit_known[kind[row, j]]
+    second = (position % 2 == 1) & (uniform(seed, ids, STATIC, model.stream + 1) < SECOND_LINE_SHARE)
+    person = np.where(known, np.where(second, ids - 1, ids), unit)
+    internet = known & (uniform(seed, unit, STATIC, model.stream + 2) < model.home_internet_share)
+    units, unit_row = np.unique(unit, return_inverse=True)
+    return Parties(
+        unit=unit,
+        household=np.where(known, unit, -1),
+        person=person,
+        fixed_line=internet & (position == 0),
+        units=units,
+        unit_row=unit_row,
+    )
+
+
+def _household_segments(u: np.ndarray, parties: Parties) -> np.ndarray:
+    """Segments with households: a household's home internet line is FMC or FTTB (in SEGMENT_SHARE's
+    ratio, from the subscriber's own segment draw `u`), every other line is mobile."""
+    fmc = SEGMENT_SHARE[1] / (SEGMENT_SHARE[1] + SEGMENT_SHARE[2])
+    return np.where(parties.fixed_line, np.where(u < fmc, 1, 2), 0)
+
+
+def _joint_draw(u: np.ndarray, parties: Parties, spec: PanelSpec, key: int) -> np.ndarray:
+    """`u` (each subscriber's transition draw of month `key`), where the unit moves together this month
+    replaced by the unit's draw: the same marginal U(0, 1), so every member keeps its probabilities."""
+    model = HOUSEHOLD_PROCESSES[spec.profile]
+    joint = np.flatnonzero(uniform(spec.seed, parties.units, key, model.stream + 5) < model.joint_move_share)
+    drawn = np.full(len(parties.units), np.nan)
+    drawn[joint] = uniform(spec.seed, parties.units[joint], key, model.stream + 6)
+    shared = drawn[parties.unit_row]
+    return np.where(np.isnan(shared), u, shared)
+
+
+def _household_moves(parties: Parties, spec: PanelSpec, key: int, factor: np.ndarray | float) -> np.ndarray:
+    """Subscribers whose unit moves away in month `key`, ending every line at once (numbers ported out);
+    `factor` multiplies the probability, subscriber by subscriber, as every move to OUT."""
+    model = HOUSEHOLD_PROCESSES[spec.profile]
+    moves = uniform(spec.seed, parties.units, key, model.stream + 7)[parties.unit_row]
+    return moves < factor * model.move_rate
+
+
+def _number_changes(ids: np.ndarray, spec: PanelSpec, eligible: np.ndarray) -> Sim:
+    """The months (simulation columns) in which a customer gets a new subscriber id ("change"), and those
+    of them in which its old id is still in the base ("overlap"), at most MAX_NUMBER_CHANGES a customer.
+
+    Drawn after the simulation from what it did (`eligible`: in the base and free to change that month),
+    so a number change alters nothing the customer does; only the id its rows carry.
+    """
+    model = HOUSEHOLD_PROCESSES[spec.profile]
+    first = spec.first_index - BURN_IN
+    seed, stream = spec.seed, model.stream
+    rows, cols = np.nonzero(eligible[:, 1:])  # never in the first simulated month: the old id had one
+    cols += 1
+    change = np.zeros(eligible.shape, dtype=bool)
+    change[rows, cols] = uniform(seed, ids[rows], first + cols, stream + 3) < model.change_rate
+    change &= np.cumsum(change, axis=1) <= MAX_NUMBER_CHANGES
+    rows, cols = np.nonzero(change)
+    overlap = np.zeros_like(change)
+    overlap[rows, cols] = uniform(seed, ids[rows], first + cols, stream + 4) < NUMBER_CHANGE_OVERLAP
+    return {"change": change, "overlap": overlap}
+
+
+def _tenure(acq: np.ndarray, total: int) -> np.ndarray:
+    """Months since joining, (subscribers, months)."""
+    return np.arange(total) - acq[:, None]
 
 
 # ---------------------------------------------------------------- the simulation
@@ -331,16 +529,24 @@ def simulate_convergent(ids: np.ndarray, spec: PanelSpec, churn_factor: np.ndarr
     multiplies the probability of every move to OUT — from paid, dormant and idle — in its month; the other
     moves keep their bands of the same draw, so a churner it saves stays where it was. None (or 1.0) gives
     the unchanged simulation, bit for bit.
+
+    With `spec.parties` the segments follow the households (`_household_segments`), a household
+    sometimes moves together (`_joint_draw`), and number changes are drawn for paid customers
+    (`_number_changes`); without, none of this code runs.
     """
     n, total = len(ids), BURN_IN + spec.months
     seed = spec.seed
     first = spec.first_index - BURN_IN
     static = -1  # month key of draws made once per subscriber
     factors = _churn_factors(churn_factor, n, total)
+    parties = party_structure(ids, spec) if spec.parties else None
 
     # --- who, when, what
     _, acq = _acquisition(ids, spec, (1, 2, 3), initial_share=0.35, mean_tenure=28.0, season=ACQ_SEASON)
-    segment = _choice(uniform(seed, ids, static, 4), SEGMENT_SHARE)
+    if parties is None:
+        segment = _choice(uniform(seed, ids, static, 4), SEGMENT_SHARE)
+    else:
+        segment = _household_segments(uniform(seed, ids, static, 4), parties)
     u_tariff = uniform(seed, ids, static, 5)
     tariff = np.zeros(n, dtype=np.int64)
     for s, (codes, shares) in enumerate(zip(SEGMENT_TARIFFS, SEGMENT_TARIFF_SHARE, strict=True)):
@@ -418,6 +624,8 @@ def simulate_convergent(ids: np.ndarray, spec: PanelSpec, churn_factor: np.ndarr
             + CHURN_SEASON[moy]
         )
         u = uniform(seed, ids, key, 24)
+        if parties is not None:
+            u = _joint_draw(u, parties, spec, key)
         p_churn = _sigmoid(churn_logit)
         p_doze = _sigmoid(-4.8 + 2.5 * (1.0 - engagement) + 0.3 * frailty)
         f = 1.0 if factors is None else factors[:, m]  # x 1.0 is exact: no factor changes no draw
@@ -472,7 +680,7 @@ def simulate_convergent(ids: np.ndarray, spec: PanelSpec, churn_factor: np.ndarr
         complaints[:, m] = np.where(state != OUT, complaints_now, 0)
         price_change[:, m] = increase
 
-    return {
+    sim = {
         "ids": ids,
         "status": status,
         "price": price,
@@ -491,6 +699,11 @@ def simulate_convergent(ids: np.ndarray, spec: PanelSpec, churn_factor: np.ndarr
         "consent": consent,
         "manager": manager,
     }
+    if parties is not None:  # a paying customer past its first months may take a new number
+        model = HOUSEHOLD_PROCESSES[spec.profile]
+        eligible = (status == PAID) & (_tenure(acq, total) >= model.min_change_tenure)
+        sim.update(parties.as_sim(), **_number_changes(ids, spec, eligible))
+    return sim
 
 
 def _trailing(x: np.ndarray, window: int) -> np.ndarray:
@@ -517,12 +730,29 @@ def _months_since_active(active: np.ndarray) -> np.ndarray:
     return out
 
 
+NO_PREVIOUS = -2  # `Cells.previous_start` of a customer's first id: it continues no id
+
+
 @dataclass(frozen=True)
 class Cells:
-    """The (subscriber, month) cells of a simulation that become rows: those in the base in a panel month."""
+    """The (subscriber, month) cells of a simulation that become rows: those in the base in a panel month.
+
+    With number changes a row is one id of the customer: `start` is the first month column of the row's
+    id when it continues another (its history, as the operator's warehouse shows it, starts there), -1
+    for the customer's first id; a customer in an overlap month has two rows (old and new id). Without
+    number changes (`start` None) every value is the plain simulation's.
+    """
 
     sub_idx: np.ndarray
     col: np.ndarray  # month column of the simulation (burn-in included)
+    start: np.ndarray | None = None
+    previous_start: np.ndarray | None = None  # `start` of the id the row's id continues; NO_PREVIOUS: none
+    share: np.ndarray | None = None  # the row's share of its month's amounts (two ids in an overlap month)
+
+    def split(self, values: np.ndarray) -> np.ndarray:
+        """Monthly amounts of the rows: in an overlap month the old and the new id each book their part of
+        the customer's month (OVERLAP_OLD_SHARE / the rest), so the customer's month is counted once."""
+        return values if self.share is None else values * self.share
 
     def at(self, x: np.ndarray) -> np.ndarray:
         """Values of a (subscribers, months) array at the cells."""
@@ -532,6 +762,90 @@ class Cells:
         """Values of a per-subscriber array at the cells."""
         return x[self.sub_idx]
 
+    @functools.cached_property
+    def _successors(self) -> np.ndarray:
+        """Rows of an id that continues another: their own history starts at `start`."""
+        return np.zeros(0, dtype=np.int64) if self.start is None else np.flatnonzero(self.start >= 0)
+
+    @functools.cached_property
+    def _successor_subscribers(self) -> tuple[np.ndarray, np.ndarray]:
+        """The subscribers of `_successors` (distinct) and each row's index among them."""
+        return np.unique(self.sub_idx[self._successors], return_inverse=True)
+
+    def trailing(self, x: np.ndarray, window: int, lag: int = 0) -> np.ndarray:
+        """Sum of `x` over the `window` months ending `lag` months before each row's month, counting only
+        the months of the row's id (a new id's trailing features start at its number change)."""
+        full = _trailing(x, window)
+        values = self.at(_lag(full, lag) if lag else full)
+        rows = self._successors
+        if len(rows):
+            subs, inv = self._successor_subscribers
+            c = np.zeros((len(subs), x.shape[1] + 1))
+            np.cumsum(x[subs], axis=1, dtype=np.float64, out=c[:, 1:])
+            hi = self.col[rows] - lag  # the window's last month, inclusive
+            lo = np.maximum(hi - window + 1, self.start[rows])
+            values[rows] = np.where(hi >= lo, c[inv, hi + 1] - c[inv, np.maximum(lo, 0)], 0.0)
+        return values
+
+    def lag(self, x: np.ndarray, k: int) -> np.ndarray:
+        """`x` k months before each row's month; 0 before the row's id existed."""
+        values = self.at(_lag(x, k))
+        rows = self._successors
+        if len(rows):
+            before = self.col[rows] - k
+            values[rows] = np.where(before >= self.start[rows], x[self.sub_idx[rows], before], 0)
+        return values
+
+    def tenure(self, acq: np.ndarray) -> np.ndarray:
+        """Months since the row's id joined: the customer's tenure, restarting at 0 on a new number."""
+        tenure = self.col - self.of(acq)
+        return tenure if self.start is None else np.where(self.start >= 0, self.col - self.start, tenure)
+
+    def own_cost(self, values: np.ndarray) -> np.ndarray:
+        """Acquisition cost of the rows: none on an id that continues another (no dealer is paid for a
+        number change)."""
+        return values if self.start is None else np.where(self.start >= 0, 0.0, values)
+
+
+def _number_change_cells(sim: Sim, sub_idx: np.ndarray, month_off: np.ndarray) -> Cells:
+    """The rows of a simulation with number changes: every cell in the base under the id in use then,
+    and the old id's row in each overlap month."""
+    change = sim["change"]
+    start = np.maximum.accumulate(np.where(change, np.arange(change.shape[1]), -1), axis=1)
+    old_sub, old_off = np.nonzero(sim["overlap"][:, BURN_IN:])  # a change month: in the base
+    subs = np.concatenate([sub_idx, old_sub])
+    cols = np.concatenate([month_off, old_off]) + BURN_IN
+    id_start = np.concatenate([start[sub_idx, month_off + BURN_IN], start[old_sub, old_off + BURN_IN - 1]])
+    previous = np.where(id_start >= 0, start[subs, np.maximum(id_start - 1, 0)], NO_PREVIOUS)
+    new_in_overlap = sim["overlap"][sub_idx, month_off + BURN_IN]
+    share = np.concatenate(
+        [np.where(new_in_overlap, 1.0 - OVERLAP_OLD_SHARE, 1.0), np.full(len(old_sub), OVERLAP_OLD_SHARE)]
+    )
+    return Cells(subs, cols, id_start, previous, share)
+
+
+def _id_month(start: np.ndarray, spec: PanelSpec) -> np.ndarray:
+    """yyyymm of the first month of an id that continues another (SUCCESSOR_ID), 0 for a customer's first
+    id (PANEL_ID), -1 for none (`start` NO_PREVIOUS)."""
+    key = spec.first_index - BURN_IN + start
+    yyyymm = (key // 12) * 100 + key % 12 + 1
+    return np.where(start >= 0, yyyymm, np.where(start == -1, 0, -1)).astype(np.int32)
+
+
+ID_MONTH = "id_month"  # what the simulated rows carry to name their id: `_id_month` of its start
+PREVIOUS_MONTH = "previous_month"  # the same of the id it continues (parties rows)
+PARTY_VALUES = ("person", "household", PREVIOUS_MONTH)
+
+
+def party_values(sim: Sim, cells: Cells, spec: PanelSpec) -> dict[str, np.ndarray]:
+    """The parties table's own columns: person and household (simulated id of their first line, -1 for
+    no household) and the `_id_month` of the id the row's id continues."""
+    return {
+        "person": cells.of(sim["person"]),
+        "household": cells.of(sim["household"]),
+        PREVIOUS_MONTH: _id_month(cells.previous_start, spec),
+    }
+
 
 def convergent_facts(sim: Sim, cells: Cells) -> dict[str, np.ndarray]:
     status = sim["status"]
@@ -540,12 +854,12 @@ def convergent_facts(sim: Sim, cells: Cells) -> dict[str, np.ndarray]:
     return {
         "in_paid_base": cells.at(status == PAID).astype(np.int32),
         "in_active_base": cells.at((status == PAID) | (status == DORMANT)).astype(np.int32),
-        "sm_mobile": np.where(segment == 0, margin, 0.0),
-        "sm_fmc": np.where(segment == 1, margin, 0.0),
-        "sm_fttb": np.where(segment == 2, margin, 0.0),
-        "data_gb": cells.at(sim["data"]),
-        "voice_min": cells.at(sim["voice"]),
-        "sac": cells.at(sim["sac"]),
+        "sm_mobile": cells.split(np.where(segment == 0, margin, 0.0)),
+        "sm_fmc": cells.split(np.where(segment == 1, margin, 0.0)),
+        "sm_fttb": cells.split(np.where(segment == 2, margin, 0.0)),
+        "data_gb": cells.split(cells.at(sim["data"])),
+        "voice_min": cells.split(cells.at(sim["voice"])),
+        "sac": cells.split(cells.own_cost(cells.at(sim["sac"]))),
     }
 
 
@@ -553,34 +867,34 @@ def convergent_features(sim: Sim, cells: Cells) -> dict[str, np.ndarray]:
     status = sim["status"]
     paid = status == PAID
     active = (status == PAID) | (status == DORMANT)
-    at = cells.at
+    at, trailing = cells.at, cells.trailing
     data, voice, margin = sim["data"], sim["voice"], sim["margin"]
     return {
         "segment_code": cells.of(sim["segment"]).astype(np.int32),
         "tariff_code": cells.of(sim["tariff"]).astype(np.int32),
         "region_code": cells.of(sim["region"]).astype(np.int32),
         "device_type_code": cells.of(sim["device"]).astype(np.int32),
-        "tenure_months": (cells.col - cells.of(sim["acq"])).astype(np.int32),
+        "tenure_months": cells.tenure(sim["acq"]).astype(np.int32),
         "n_services": cells.of(sim["n_services"]).astype(np.int32),
         "price": np.round(at(sim["price"]), 2),
-        "price_change_3m": np.round(at(_trailing(sim["price_change"], 3)), 2),
-        "complaints_3m": at(_trailing(sim["complaints"], 3)).astype(np.int32),
+        "price_change_3m": np.round(trailing(sim["price_change"], 3), 2),
+        "complaints_3m": trailing(sim["complaints"], 3).astype(np.int32),
         "data_gb_1m": at(data),
-        "data_gb_3m": at(_trailing(data, 3)),
-        "data_gb_6m": at(_trailing(data, 6)),
+        "data_gb_3m": trailing(data, 3),
+        "data_gb_6m": trailing(data, 6),
         "voice_min_1m": at(voice),
-        "voice_min_3m": at(_trailing(voice, 3)),
-        "voice_min_6m": at(_trailing(voice, 6)),
+        "voice_min_3m": trailing(voice, 3),
+        "voice_min_6m": trailing(voice, 6),
         "margin_1m": at(margin),
-        "margin_3m": at(_trailing(margin, 3)),
-        "margin_6m": at(_trailing(margin, 6)),
-        "data_trend_3m": (at(data) + 0.1) / (at(_lag(data, 3)) + 0.1),
-        "voice_trend_3m": (at(voice) + 1.0) / (at(_lag(voice, 3)) + 1.0),
+        "margin_3m": trailing(margin, 3),
+        "margin_6m": trailing(margin, 6),
+        "data_trend_3m": (at(data) + 0.1) / (cells.lag(data, 3) + 0.1),
+        "voice_trend_3m": (at(voice) + 1.0) / (cells.lag(voice, 3) + 1.0),
         "months_since_active": at(_months_since_active(active)).astype(np.int32),
-        "paid_months_6m": at(_trailing(paid.astype(np.int64), 6)).astype(np.int32),
+        "paid_months_6m": trailing(paid.astype(np.int64), 6).astype(np.int32),
         "is_paid": at(paid).astype(np.int32),
         "is_active": at(active).astype(np.int32),
-        "sac_6m": at(_trailing(sim["sac"], 6)),
+        "sac_6m": cells.own_cost(trailing(sim["sac"], 6)),
         "marketing_consent": cells.of(sim["consent"]).astype(np.int32),
         "has_personal_manager": cells.of(sim["manager"]).astype(np.int32),
     }
@@ -594,13 +908,16 @@ def simulate_prepaid(ids: np.ndarray, spec: PanelSpec, churn_factor: np.ndarray 
     without revenue until the operator disconnects it DISCONNECT_AFTER months after its last top-up.
     `churn_factor` (as in `simulate_convergent`) multiplies the quitting hazard — porting out, abandoning a
     SIM in use or at rest — in its month; the disconnection of a SIM without top-ups is the operator's rule
-    and stays.
+    and stays. `spec.parties` adds households moving together (`_joint_draw`) and moving away
+    (`_household_moves`, whose probability `churn_factor` multiplies too), and number changes as in
+    `simulate_convergent` (only in a month the SIM is used and topped up).
     """
     n, total = len(ids), BURN_IN + spec.months
     seed = spec.seed
     first = spec.first_index - BURN_IN
     static = -1  # month key of draws made once per subscriber; streams 100+ are the prepaid profile's
     factors = _churn_factors(churn_factor, n, total)
+    parties = party_structure(ids, spec) if spec.parties else None
 
     # --- who, when, what
     initial, acq = _acquisition(
@@ -694,6 +1011,8 @@ def simulate_prepaid(ids: np.ndarray, spec: PanelSpec, churn_factor: np.ndarray 
         p_port = 0.1 * p_quit  # the number is ported out: gone at once, not silently
         p_rest = _sigmoid(-3.4 + 2.2 * (1.0 - engagement) + 0.4 * frailty + 0.3 * (moy == 0))
         u = uniform(seed, ids, key, 122)
+        if parties is not None:
+            u = _joint_draw(u, parties, spec, key)
         f = 1.0 if factors is None else factors[:, m]  # x 1.0 is exact: no factor changes no draw
         new_state = state.copy()
         using = in_base & (state == USING)
@@ -706,6 +1025,8 @@ def simulate_prepaid(ids: np.ndarray, spec: PanelSpec, churn_factor: np.ndarray 
         woke = resting & (u >= 0.92 - 0.25 * engagement)
         new_state[woke] = USING
         engagement = np.where(woke, np.maximum(engagement, 0.7), engagement)
+        if parties is not None:
+            new_state[in_base & _household_moves(parties, spec, key, f)] = OUT
         state = new_state
 
         # top-ups: a using SIM tops up unless its credit still covers the month; a resting owner who
@@ -784,7 +1105,7 @@ def simulate_prepaid(ids: np.ndarray, spec: PanelSpec, churn_factor: np.ndarray 
         days_since[:, m] = month_start + days - 1 - last_topup_day
         months_since[:, m] = m - last_topup
 
-    return {
+    sim = {
         "ids": ids,
         "status": status,
         "topups": topups,
@@ -805,6 +1126,11 @@ def simulate_prepaid(ids: np.ndarray, spec: PanelSpec, churn_factor: np.ndarray 
         "channel": channel,
         "consent": consent,
     }
+    if parties is not None:  # a SIM in use may take a new number in a month it is topped up
+        model = HOUSEHOLD_PROCESSES[spec.profile]
+        eligible = (status == USING) & (topup_value > 0) & (_tenure(acq, total) >= model.min_change_tenure)
+        sim.update(parties.as_sim(), **_number_changes(ids, spec, eligible))
+    return sim
 
 
 def _prepaid_flags(sim: Sim) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -820,46 +1146,46 @@ def prepaid_facts(sim: Sim, cells: Cells) -> dict[str, np.ndarray]:
     return {
         "is_paying": cells.at(revenue & usage).astype(np.int32),
         "is_live": cells.at(live).astype(np.int32),
-        "margin_prepaid": cells.at(sim["margin"]),
-        "data_volume_gb": cells.at(sim["data_mb"]) / 1024.0,
-        "voice_out_minutes": cells.at(sim["voice_out"]),
-        "dealer_commission": cells.at(sim["commission"]),
+        "margin_prepaid": cells.split(cells.at(sim["margin"])),
+        "data_volume_gb": cells.split(cells.at(sim["data_mb"]) / 1024.0),
+        "voice_out_minutes": cells.split(cells.at(sim["voice_out"])),
+        "dealer_commission": cells.split(cells.own_cost(cells.at(sim["commission"]))),
     }
 
 
 def prepaid_features(sim: Sim, cells: Cells) -> dict[str, np.ndarray]:
     revenue, usage, _ = _prepaid_flags(sim)
     in_base = sim["status"] != OUT
-    at = cells.at
+    at, trailing = cells.at, cells.trailing
     used = sim["credit_used"]
-    used_3m = _trailing(used, 3)
+    used_3m = trailing(used, 3)
     return {
         "plan_code_code": cells.of(sim["plan"]).astype(np.int32),
         "province_code": cells.of(sim["province"]).astype(np.int32),
         "handset_tier_code": cells.of(sim["tier"]).astype(np.int32),
         "channel_code": cells.of(sim["channel"]).astype(np.int32),
-        "sim_age_months": (cells.col - cells.of(sim["acq"])).astype(np.int32),
+        "sim_age_months": cells.tenure(sim["acq"]).astype(np.int32),
         "topups_1m": at(sim["topups"]).astype(np.int32),
-        "topups_3m": at(_trailing(sim["topups"], 3)).astype(np.int32),
+        "topups_3m": trailing(sim["topups"], 3).astype(np.int32),
         "topup_value_1m": at(sim["topup_value"]),
-        "topup_value_3m": at(_trailing(sim["topup_value"], 3)),
-        "topup_value_6m": at(_trailing(sim["topup_value"], 6)),
+        "topup_value_3m": trailing(sim["topup_value"], 3),
+        "topup_value_6m": trailing(sim["topup_value"], 6),
         "days_since_topup": at(sim["days_since"]).astype(np.int32),
         "months_since_last_topup": at(sim["months_since"]).astype(np.int32),
         "credit_used_1m": at(used),
-        "credit_used_3m": at(used_3m),
-        "usage_trend_3m": (at(used_3m) + 1.0) / (at(_lag(used_3m, 3)) + 1.0),
+        "credit_used_3m": used_3m,
+        "usage_trend_3m": (used_3m + 1.0) / (trailing(used, 3, lag=3) + 1.0),
         "data_mb_1m": at(sim["data_mb"]),
-        "data_mb_3m": at(_trailing(sim["data_mb"], 3)),
+        "data_mb_3m": trailing(sim["data_mb"], 3),
         "voice_out_min_1m": at(sim["voice_out"]),
-        "voice_out_min_3m": at(_trailing(sim["voice_out"], 3)),
+        "voice_out_min_3m": trailing(sim["voice_out"], 3),
         "voice_in_min_1m": at(sim["voice_in"]),
-        "voice_in_min_3m": at(_trailing(sim["voice_in"], 3)),
+        "voice_in_min_3m": trailing(sim["voice_in"], 3),
         "balance_end": at(sim["balance_end"]),
-        "inactive_months_6m": at(_trailing(in_base & ~revenue & ~usage, 6)).astype(np.int32),
+        "inactive_months_6m": trailing(in_base & ~revenue & ~usage, 6).astype(np.int32),
         "is_revenue_month": at(revenue).astype(np.int32),
         "is_usage_month": at(usage).astype(np.int32),
-        "dealer_fee_6m": at(_trailing(sim["commission"], 6)),
+        "dealer_fee_6m": cells.own_cost(trailing(sim["commission"], 6)),
         "marketing_consent": cells.of(sim["consent"]).astype(np.int32),
     }
 
@@ -878,33 +1204,49 @@ class Simulator:
 
 
 def panel_rows(sim: Sim, spec: PanelSpec, table: str) -> pd.DataFrame:
-    """Rows of `table` ('features' or 'facts') for every (subscriber, panel month) in the base."""
+    """Rows of `table` (one of `spec.tables`) for every (subscriber id, panel month) in the base: with
+    parties, a customer's rows carry the id in use (`id_month`), two in an overlap month."""
+    if table not in spec.tables:
+        raise ValueError(f"unknown table {table!r}")
     keep = sim["status"][:, BURN_IN:] != OUT
     sub_idx, month_off = np.nonzero(keep)
-    cells = Cells(sub_idx, month_off + BURN_IN)
-    if table not in ("features", "facts"):
-        raise ValueError(f"unknown table {table!r}")
     simulator = SIMULATORS[spec.profile]
-    values = simulator.facts(sim, cells) if table == "facts" else simulator.features(sim, cells)
-    cols = {"sid": sim["ids"][sub_idx], "month_offset": month_off.astype(np.int32)}
+    if not spec.parties:
+        cells = Cells(sub_idx, month_off + BURN_IN)
+        values = simulator.facts(sim, cells) if table == "facts" else simulator.features(sim, cells)
+        cols = {"sid": sim["ids"][sub_idx], "month_offset": month_off.astype(np.int32)}
+    else:
+        cells = _number_change_cells(sim, sub_idx, month_off)
+        builders = {"features": simulator.features, "facts": simulator.facts}
+        values = party_values(sim, cells, spec) if table == PARTIES else builders[table](sim, cells)
+        cols = {
+            "sid": sim["ids"][cells.sub_idx],
+            "month_offset": (cells.col - BURN_IN).astype(np.int32),
+            ID_MONTH: _id_month(cells.start, spec),
+        }
     cols.update((name, values[name]) for name in _value_columns(spec.columns, table))
     return pd.DataFrame(cols)
 
 
 def _value_columns(columns: ProfileColumns, table: str) -> tuple[str, ...]:
     """The columns a row builder must return for `table`, in the order of the Spark schema."""
+    if table == PARTIES:
+        return PARTY_VALUES
     if table == "facts":
         return columns.facts
     return (*[f"{c}_code" for c in columns.categorical], *columns.numeric)
 
 
-def _spark_schema(columns: ProfileColumns, table: str) -> str:
-    """DDL of what `panel_rows` yields: flags, codes and declared int features are int, the rest double."""
+def _spark_schema(spec: PanelSpec, table: str) -> str:
+    """DDL of what `panel_rows` yields: flags, codes and declared int features are int, the rest double;
+    with parties the id's `id_month`, and the parties' keys (long) and `previous_month`."""
+    columns = spec.columns
+    head = "sid long, month_offset int, " + (f"{ID_MONTH} int, " if spec.parties else "")
+    if table == PARTIES:
+        return head + f"person long, household long, {PREVIOUS_MONTH} int"
     ints = set(columns.fact_flags) | columns.int_numeric | {f"{c}_code" for c in columns.categorical}
     names = _value_columns(columns, table)
-    return "sid long, month_offset int, " + ", ".join(
-        f"{c} {'int' if c in ints else 'double'}" for c in names
-    )
+    return head + ", ".join(f"{c} {'int' if c in ints else 'double'}" for c in names)
 
 
 def _label(codes: str, names: tuple[str, ...]):
@@ -914,6 +1256,20 @@ def _label(codes: str, names: tuple[str, ...]):
 def panel_table(spark: SparkSession, spec: PanelSpec, table: str, partitions: int) -> DataFrame:
     """The `table` of the panel as a lazy DataFrame in the input contract."""
     return _simulated_table(spark.range(0, spec.subscribers, numPartitions=partitions), spec, table)
+
+
+def _panel_id(sid: Column, id_month: Column | None) -> Column:
+    """The subscriber id of a simulated id: PANEL_ID, or SUCCESSOR_ID for an id that continues another
+    (`id_month` > 0); null where `id_month` < 0 (no such id)."""
+    first = F.format_string(PANEL_ID, sid)
+    if id_month is None:
+        return first
+    return F.when(id_month == 0, first).when(id_month > 0, F.format_string(SUCCESSOR_ID, sid, id_month))
+
+
+def panel_sid(subscriber_id: Column) -> Column:
+    """The simulated id (the customer) of a panel subscriber id, first or successor: its digits 2-10."""
+    return F.substring(subscriber_id, 2, 9).cast("long")
 
 
 def _simulated_table(
@@ -931,12 +1287,23 @@ def _simulated_table(
             sids = batch["id"].to_numpy(dtype=np.int64)
             yield panel_rows(simulate(sids, spec, churn_factor), spec, table)
 
-    raw = ids.mapInPandas(simulate_batches, _spark_schema(columns, table))
+    raw = ids.mapInPandas(simulate_batches, _spark_schema(spec, table))
+    sid = F.col("sid")
     keyed = raw.select(
-        F.format_string("S%09d", F.col("sid")).alias(ID),
+        _panel_id(sid, F.col(ID_MONTH) if spec.parties else None).alias(ID),
         F.add_months(F.lit(spec.start), F.col("month_offset")).alias(MONTH),
-        *[c for c in raw.columns if c not in ("sid", "month_offset")],
+        *[c for c in raw.columns if c not in ("sid", "month_offset", ID_MONTH)],
+        *([sid] if table == PARTIES else []),
     )
+    if table == PARTIES:
+        household = F.col("household")
+        return keyed.select(
+            ID,
+            MONTH,
+            F.format_string(PERSON_ID, "person").alias(PERSON),
+            F.when(household >= 0, F.format_string(HOUSEHOLD_ID, household)).alias(HOUSEHOLD),
+            _panel_id(sid, F.col(PREVIOUS_MONTH)).alias(PREVIOUS),
+        )
     if table == "facts":
         return keyed
     labels = [_label(f"{c}_code", names).alias(c) for c, names in columns.categorical.items()]
@@ -946,23 +1313,27 @@ def _simulated_table(
 def generate_panel(
     spark: SparkSession, out: str, spec: PanelSpec, *, partitions: int | None = None
 ) -> dict[str, object]:
-    """Write `{out}/features` and `{out}/facts`, each staged and swapped in; return a summary."""
+    """Write `{out}/features`, `{out}/facts` and (`spec.parties`) `{out}/parties`, each staged and swapped
+    in; return a summary. Without parties an older `{out}/parties` is removed: another panel's."""
     # ~50k subscribers a task: progress in the log stays fine-grained and a task's memory stays small
     partitions = partitions or max(spark.sparkContext.defaultParallelism * 2, -(-spec.subscribers // 50_000))
     storage = Storage(spark)
     storage.delete(f"{out.rstrip('/')}/{EFFECT_FILE}")  # a replay's truth does not hold for a new panel
+    if not spec.parties:
+        storage.delete(f"{out.rstrip('/')}/{PARTIES}")
     timer = StageTimer()
     log.info(
-        "generating %s: %d subscribers x %d months from %s (seed %d) in %d partitions into %s",
+        "generating %s: %d subscribers x %d months from %s (seed %d, %s) in %d partitions into %s",
         spec.profile,
         spec.subscribers,
         spec.months,
         fmt(spec.start),
         spec.seed,
+        "with parties" if spec.parties else "without parties",
         partitions,
         out,
     )
-    for table in ("features", "facts"):
+    for table in spec.tables:
         with timer.stage(f"write {table}", spark):
             df = panel_table(spark, spec, table, partitions)
             write_parquet_staged(storage, df, f"{out.rstrip('/')}/{table}", partition_by=[MONTH])
@@ -1025,7 +1396,7 @@ def panel_summary(facts: DataFrame, columns: ProfileColumns = CONVERGENT) -> dic
 
 # ---------------------------------------------------------------- a campaign with a known effect
 EFFECT_FILE = "_effect.json"  # beside the tables: the underscore keeps Spark's readers off it
-TABLES = ("features", "facts")
+SID = "_sid"  # the simulated id (customer) of a row, while the replay picks the treated rows
 
 
 @dataclass(frozen=True)
@@ -1033,10 +1404,12 @@ class EffectTruth:
     """What `replay_with_effect` planted, measured on the treated subscribers without and with it.
 
     `facts_*` hold the treated subscribers' facts rows of the window months (subscriber_id, report_month as
-    a date, every facts column), so the true effect on any value formula is the difference of two sums.
+    a date, every facts column), so the true effect on any value formula is the difference of two sums. A
+    treated subscriber is a simulated customer: with parties, the rows of every id it has (a number change
+    in the window continues it under a new id) count, and a customer counts once in a month.
     """
 
-    treated: int  # distinct treated subscribers, whether in the base or not
+    treated: int  # distinct treated subscribers (customers), whether in the base or not
     first_month: dt.date
     months: int
     churn_factor: float
@@ -1065,12 +1438,13 @@ class EffectTruth:
 
 
 def _treated_sids(treated_ids: list[str] | pd.Series, spec: PanelSpec) -> np.ndarray:
-    """The simulation's int ids of panel ids `S%09d`, distinct and sorted; any other id is refused."""
+    """The simulation's int ids (customers) of panel ids `S%09d` or, after a number change,
+    `S%09d-yyyymm`, distinct and sorted; any other id is refused."""
     text = pd.Series(treated_ids, dtype="string")
-    valid = text.str.fullmatch(r"S[0-9]{9}").fillna(False).astype(bool)
+    valid = text.str.fullmatch(r"S[0-9]{9}(-[0-9]{6})?").fillna(False).astype(bool)
     if not valid.all():
         raise ValueError(f"treated_ids: not panel subscriber ids (S%09d): {list(text[~valid].head(5))}")
-    sids = np.unique(text.str.slice(1).astype("int64").to_numpy())
+    sids = np.unique(text.str.slice(1, 10).astype("int64").to_numpy())
     if len(sids) == 0:
         raise ValueError("treated_ids: no subscriber to treat")
     if sids[-1] >= spec.subscribers:
@@ -1078,10 +1452,19 @@ def _treated_sids(treated_ids: list[str] | pd.Series, spec: PanelSpec) -> np.nda
     return sids
 
 
-def _check_panel_months(storage: Storage, base: str, spec: PanelSpec) -> None:
+def _replayed_tables(storage: Storage, base: str, spec: PanelSpec) -> tuple[str, ...]:
+    """The panel's tables a replay rewrites: the spec's, but the parties table only where the panel has
+    one (a copy of features and facts alone is replayed as it is: the table is an optional input)."""
+    if PARTIES in spec.tables and not storage.exists(f"{base}/{PARTIES}"):
+        log.info("%s has no %s table: the replay rewrites features and facts only", base, PARTIES)
+        return tuple(t for t in spec.tables if t != PARTIES)
+    return spec.tables
+
+
+def _check_panel_months(storage: Storage, base: str, spec: PanelSpec, tables: tuple[str, ...]) -> None:
     """Refuse a panel whose month partitions are not the spec's: its replay would not be the panel's."""
     expected = month_range(spec.start, add_months(spec.start, spec.months - 1))
-    for table in TABLES:
+    for table in tables:
         found, _ = month_dirs(storage, f"{base}/{table}", table)
         if sorted(found) != expected:
             held = f"{fmt(min(found))}..{fmt(max(found))} ({len(found)} months)" if found else "no months"
@@ -1102,7 +1485,9 @@ def _facts_frame(facts: DataFrame, columns: ProfileColumns) -> pd.DataFrame:
 
 
 def _retained(facts: pd.DataFrame, columns: ProfileColumns, month: dt.date) -> int:
-    return int(((facts[MONTH] == month) & (facts[columns.active_flag] == 1)).sum())
+    """Customers in the active base in `month`: once each, though an overlap month holds two of its ids."""
+    rows = facts.loc[(facts[MONTH] == month) & (facts[columns.active_flag] == 1), ID]
+    return int(rows.str.slice(1, 10).nunique())
 
 
 def replay_with_effect(
@@ -1120,11 +1505,14 @@ def replay_with_effect(
     `simulate_convergent`, `simulate_prepaid`) times `churn_factor` in the months [first_month,
     first_month + months), every draw otherwise the same (common random numbers): the difference between
     the panel and the replay is the effect and nothing else. From `first_month` to the panel's end the
-    treated subscribers' rows of `{out}/features` and `{out}/facts` are replaced by their replayed ones (a
-    subscriber may appear or disappear in a month); every other row is kept. Both tables are rewritten
-    whole (one file a month), staged and swapped in only once both are written, so a failure leaves the old
-    panel; simpler than swapping partitions, and fast enough: 15-25 s for 20k subscribers x 40 months on two
-    busy cores (generating that panel takes ~45 s).
+    treated subscribers' rows of `{out}/features`, `{out}/facts` and, with parties, `{out}/parties`
+    (where the panel has it) are replaced by their replayed ones (a subscriber may appear or disappear in
+    a month); every other row is kept. A treated id (first or successor) stands for its customer: the
+    rows of all its ids are replayed (a number change, its overlap month, or one it no longer lives to
+    make, follow the replayed base). The tables are rewritten whole (one file a month), staged and swapped
+    in only once all are written, so a failure leaves the old panel; simpler than swapping partitions, and
+    fast enough: 15-25 s for 20k subscribers x 40 months on two busy cores (generating that panel takes
+    ~45 s).
 
     The truth compares the replay with the simulation without any effect, i.e. the panel as generated.
     `spec` must be the one that generated it (its months are checked, and the treated rows before the
@@ -1144,20 +1532,26 @@ def replay_with_effect(
         raise ValueError(f"churn_factor must be finite and >= 0, got {churn_factor}")
     sids = _treated_sids(treated_ids, spec)
     storage = Storage(spark)
-    _check_panel_months(storage, base, spec)
+    tables = _replayed_tables(storage, base, spec)
+    _check_panel_months(storage, base, spec, tables)
     last_month = add_months(first_month, months - 1)
 
     factor = np.ones((1, BURN_IN + spec.months))
     factor[:, BURN_IN + offset : BURN_IN + offset + months] = churn_factor
     treated = spark.createDataFrame(pd.DataFrame({"id": sids}))
-    keys = F.broadcast(treated.select(F.format_string("S%09d", "id").alias(ID), F.lit(True).alias("_t")))
-    replayed = {table: _simulated_table(treated, spec, table, factor) for table in TABLES}
-    old = {table: read_table(spark, f"{base}/{table}", table) for table in TABLES}
+    keys = F.broadcast(treated.select(F.col("id").alias(SID), F.lit(True).alias("_t")))
+
+    def marked(rows: DataFrame) -> DataFrame:
+        """`rows` with `_t` true on the treated customers' rows (whichever of their ids), else null."""
+        return rows.withColumn(SID, panel_sid(F.col(ID))).join(keys, SID, "left").drop(SID)
+
+    replayed = {table: _simulated_table(treated, spec, table, factor) for table in tables}
+    old = {table: read_table(spark, f"{base}/{table}", table) for table in tables}
     since = F.col(MONTH) >= F.lit(first_month)
     window = since & (F.col(MONTH) <= F.lit(last_month))
     replayed_facts = replayed["facts"].cache()
     try:
-        old_treated = old["facts"].join(keys, ID).drop("_t")
+        old_treated = marked(old["facts"]).where(F.col("_t").isNotNull()).drop("_t")
         before = _flag_counts(old_treated.where(~since), columns)
         if before != _flag_counts(replayed_facts.where(~since), columns):
             raise ValueError(
@@ -1169,10 +1563,11 @@ def replay_with_effect(
         facts_with = _facts_frame(replayed_facts.where(window), columns)
 
         storage.delete(f"{base}/{EFFECT_FILE}")  # the tables are about to change: an older truth is void
-        with storage.staged(f"{base}/features") as features_at, storage.staged(f"{base}/facts") as facts_at:
-            for table, staging in (("features", features_at), ("facts", facts_at)):
+        with contextlib.ExitStack() as stack:
+            staged = {t: stack.enter_context(storage.staged(f"{base}/{t}")) for t in tables}
+            for table, staging in staged.items():
                 new = replayed_facts if table == "facts" else replayed[table]
-                kept = old[table].join(keys, ID, "left").where(F.col("_t").isNull() | ~since).drop("_t")
+                kept = marked(old[table]).where(F.col("_t").isNull() | ~since).drop("_t")
                 rows = kept.unionByName(new.where(since)).select(*new.columns)
                 rows.repartition(MONTH).write.mode("overwrite").partitionBy(MONTH).parquet(staging)
     finally:

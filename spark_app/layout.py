@@ -29,13 +29,15 @@ LATEST = "latest"  # under paths.datasets: the id of the newest training set
 MANIFEST = "manifest.json"  # in a training set's directory: how it was built
 
 
-def workdir_layers(workdir: Path, panel: Path) -> dict[str, dict[str, str]]:
+def workdir_layers(workdir: Path, panel: Path, *, parties: bool = False) -> dict[str, dict[str, str]]:
     """Config layers that put every output and a local MLflow store (SQLite + artifacts) inside `workdir`,
-    reading the input tables of `panel`: the demo, the tests and the benchmarks run in such a directory."""
+    reading the input tables of `panel`: the demo, the tests and the benchmarks run in such a directory.
+    `parties`: read the panel's parties table too (persons and households; `cltv generate` writes it)."""
     return {
         "paths": {
             "features": str(panel / "features"),
             "facts": str(panel / "facts"),
+            **({"parties": str(panel / "parties")} if parties else {}),
             "datasets": str(workdir / "datasets"),
             "scores": str(workdir / "scores"),
             "monitoring": str(workdir / "monitoring"),

@@ -79,6 +79,10 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
                           ("population", "horizon")),
     "interval_level": ("nominal level of the interval", ()),
     "survival_gap": ("predicted minus realized share in base of a survival model", ("model", "horizon")),
+    "party_backtest_bias": ("aggregate bias of earlier forecasts of the month summed per person / household",
+                            ("level", "model", "horizon")),
+    "party_interval_coverage": ("share of persons / households whose realized cumulative value lies inside "
+                                "the party interval", ("level", "horizon")),
     "model_quality": ("a release's main metric per model on the OOT split", ("model", "metric")),
     "model_naive": ("the naive baseline's value of that metric", ("model", "metric")),
     "model_beats_naive": ("1 if the model beats its naive baseline", ("model",)),
@@ -321,7 +325,8 @@ def monitor_figures(
     tables: Mapping[str, Any], failures: int, warnings: int, horizons: Iterable[int]
 ) -> list[Figure]:
     """PSI, bias, coverage and survival gaps of `cltv monitor`'s tables (pandas), at `horizons` only
-    (monitoring.metric_horizons: a few series per model, not 24)."""
+    (monitoring.metric_horizons: a few series per model, not 24); with parties, the party backtest's bias
+    and the party interval coverage per level."""
     keep = set(horizons)
     out = [Figure("monitor_failures", failures), Figure("monitor_warnings", warnings)]
     drift = _rows(tables.get("drift"))
@@ -346,6 +351,18 @@ def monitor_figures(
         if int(r["horizon"]) in keep:
             labels = (("model", str(r["model_id"])), ("horizon", str(int(r["horizon"]))))
             out.append(Figure("survival_gap", r["gap"], labels))
+    for r in _rows(tables.get("party_backtest")):  # with paths.parties only
+        if r["size"] == "all" and int(r["horizon"]) in keep and r["model_id"] not in ("paid", "active"):
+            labels = (
+                ("level", str(r["level"])),
+                ("model", str(r["model_id"])),
+                ("horizon", str(int(r["horizon"]))),
+            )
+            out.append(Figure("party_backtest_bias", r["bias"], labels))
+    for r in _rows(tables.get("party_coverage")):
+        if int(r["horizon"]) in keep:
+            labels = (("level", str(r["level"])), ("horizon", str(int(r["horizon"]))))
+            out.append(Figure("party_interval_coverage", r["coverage"], labels))
     return [f for f in out if f.value is not None]
 
 

@@ -1,6 +1,7 @@
 """The monthly monitoring job: drift (spark_app.drift) and the backtest (spark_app.backtest) of month T,
 their tables under `{paths.monitoring}/month=T/`, one MLflow run with metrics and plots, and the verdict
-(`failed` when a check crosses a fail threshold: `cltv monitor` exits 1).
+(`failed` when a check crosses a fail threshold: `cltv monitor` exits 1). With `paths.parties` the backtest
+and the interval coverage are also per person and household (`party_backtest`, `party_coverage`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from spark_app import tracking
-from spark_app.backtest import coverage_checks, run_backtest, survival_checks
+from spark_app.backtest import (
+    NO_PARTY_MODEL,
+    VALUE_CUM,
+    PartyModelOf,
+    coverage_checks,
+    run_backtest,
+    run_party_backtest,
+    survival_checks,
+)
 from spark_app.checks import FAIL, OK, WARN, MonitoringError
 from spark_app.config import MonitoringConfig, Settings
 from spark_app.contract import (
@@ -24,15 +33,20 @@ from spark_app.contract import (
     read_months,
 )
 from spark_app.drift import drift_columns, feature_drift, prediction_columns, prediction_drift, read_reference
+from spark_app.errors import Unreachable
 from spark_app.figures import close, monitoring_figures
 from spark_app.layout import monitoring_dir, read_scores
 from spark_app.metrics import monitor_figures, push_job_metrics
 from spark_app.months import add_months, fmt
+from spark_app.parties import LEVELS, PartyModel
 from spark_app.progress import StageTimer
 from spark_app.registry import Release, load_release
 from spark_app.storage import Storage
 
 log = logging.getLogger(__name__)
+
+# the month's tables (`party_*` only with paths.parties: per person and household)
+TABLES = ("drift", "prediction_drift", "backtest", "coverage", "survival", "party_backtest", "party_coverage")
 
 
 @dataclass(frozen=True)
@@ -89,7 +103,7 @@ def read_monitoring(spark: SparkSession, settings: Settings, month: dt.date) -> 
             f"monitoring: no output for {fmt(month)} under {target}; run `cltv monitor` first"
         )
     out: dict[str, Any] = {"summary": storage.read_json(f"{target}/summary.json")}
-    for name in ("drift", "prediction_drift", "backtest", "coverage", "survival"):
+    for name in TABLES:
         path = f"{target}/{name}"
         out[name] = spark.read.parquet(path).toPandas() if storage.exists(path) else pd.DataFrame()
     return out
@@ -125,6 +139,60 @@ def _metrics(
     return {k: v for k, v in out.items() if np.isfinite(v)}
 
 
+def _party_metrics(backtest: pd.DataFrame, cfg: MonitoringConfig) -> dict[str, float]:
+    """`party.<level>.hNN.<model>.{bias,wape}` (and the survival models' expected / realized lines in base)
+    over parties of every size, `party.<level>.hNN.value_cum.{coverage,interval_width_mean}`, and the
+    cumulative value's bias per size (`party.<level>.size<k>.hNN.value_cum.bias`), at `metric_horizons`."""
+    out: dict[str, float] = {}
+    if backtest is None or backtest.empty:
+        return out
+    rows = backtest[backtest["horizon"].isin(cfg.metric_horizons)]
+    for r in rows.itertuples():
+        if r.size != "all":
+            if r.model_id == VALUE_CUM:
+                size = r.size.rstrip("+")
+                out[f"party.{r.level}.size{size}.h{r.horizon:02d}.{VALUE_CUM}.bias"] = float(r.bias)
+            continue
+        key = f"party.{r.level}.h{r.horizon:02d}.{r.model_id}"
+        if r.model_id in ("paid", "active"):
+            out[f"{key}.predicted_lines"] = float(r.forecast_mean)
+            out[f"{key}.realized_lines"] = float(r.actual_mean)
+        else:
+            out[f"{key}.bias"] = float(r.bias)
+            out[f"{key}.wape"] = float(r.wape)
+        if np.isfinite(r.coverage):
+            out[f"{key}.coverage"] = float(r.coverage)
+            out[f"{key}.interval_width_mean"] = float(r.interval_width_mean)
+    return {k: v for k, v in out.items() if np.isfinite(v)}
+
+
+def party_model_of(settings: Settings, release: Release | None) -> PartyModelOf:
+    """What the release of a scored month fitted about parties (`PartyModel` in its release.json), by its
+    version: the release monitor loaded already when it is that one, else loaded once per version. A
+    release trained without parties has none (NO_PARTY_MODEL); one that cannot be loaded is named (a
+    registry that cannot be reached stays an error: exit 75)."""
+    found: dict[str, tuple[PartyModel | None, str]] = {}
+
+    def of(version: str) -> tuple[PartyModel | None, str]:
+        if version not in found:
+            try:
+                same = release is not None and str(getattr(release, "version", "")) == version
+                manifest = release.manifest if same else load_release(settings, version).manifest
+            except Unreachable:
+                raise
+            except Exception as exc:
+                found[version] = (
+                    None,
+                    f"n/a (release v{version} not loadable: {str(exc).splitlines()[0][:120]})",
+                )
+            else:
+                model = PartyModel.from_json((manifest or {}).get("parties"))
+                found[version] = model, "" if model is not None else NO_PARTY_MODEL
+        return found[version]
+
+    return of
+
+
 @tracking.guarded
 def log_monitoring_run(
     settings: Settings, month: dt.date, result_tables: dict[str, pd.DataFrame], summary: dict[str, Any]
@@ -155,6 +223,7 @@ def log_monitoring_run(
             result_tables["backtest"],
             settings.monitoring,
         )
+        metrics.update(_party_metrics(result_tables.get("party_backtest"), settings.monitoring))
         tracking.log_values(mlflow, run_id, params=params, metrics=metrics)
         mlflow.log_dict(run_id, summary, "monitoring/summary.json")
         for name, pdf in result_tables.items():
@@ -229,6 +298,12 @@ def monitor_month(
         coverage = coverage_checks(backtest, cfg)
         survival = survival_checks(backtest, [e.model_id for e in settings.models.catalog().survival], cfg)
 
+    parties = None
+    if settings.paths.parties is not None:
+        with timer.stage("party backtest", spark):
+            parties = run_party_backtest(spark, settings, month, party_model_of(settings, release))
+        warnings += parties.notes
+
     for r in drift.itertuples():
         detail = f"psi {r.psi:.3f}" + (
             f", unseen {r.unseen_share:.2%} [{r.unseen_values}]" if r.kind == "categorical" else ""
@@ -256,6 +331,15 @@ def monitor_month(
                 f"{r.status} beyond {100 * (r.fail if r.status == FAIL else r.warn):.0f})"
             )
 
+    if parties is not None:
+        for r in parties.coverage.itertuples():
+            if r.status in (WARN, FAIL):
+                (failures if r.status == FAIL else warnings).append(
+                    f"{r.level} interval coverage of {r.horizon}-month cumulative value (scored "
+                    f"{fmt(r.score_month)}): {r.coverage:.1%} of {r.bounded:,} {r.level}s inside the "
+                    f"{r.interval_level:.0%} interval ({r.gap:+.1%})"
+                )
+
     status = FAIL if failures else WARN if warnings else OK
     target = monitoring_dir(settings.paths, month)
     summary = {
@@ -271,6 +355,13 @@ def monitor_month(
     }
     tables = {"drift": drift, "prediction_drift": pred, "backtest": backtest, "coverage": coverage,
               "survival": survival}  # fmt: skip
+    if parties is not None:
+        tables.update(party_backtest=parties.backtest, party_coverage=parties.coverage)
+        summary["parties"] = {
+            "levels": list(LEVELS),
+            "score_months": sorted({str(m) for m in parties.backtest.get("score_month", [])}),
+            "not_judged": sorted({n for n in parties.coverage.get("note", []) if n}),
+        }
     with timer.stage("log to MLflow"):
         run_id = log_monitoring_run(settings, month, tables, summary)
     summary["run_id"] = run_id

@@ -28,12 +28,20 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import pandas as pd
 from pyspark.sql import Column, DataFrame, Row, SparkSession, Window
 from pyspark.sql import functions as F
 
 from spark_app.batch import RELEASE_DIGEST
+from spark_app.catalog import (
+    PARTY_HOME_INTERNET,
+    PARTY_HOUSEHOLD_LINES,
+    PARTY_HOUSEHOLD_TENURE,
+    PARTY_PERSON_LINES,
+)
 from spark_app.config import PathsConfig
 from spark_app.contract import (
     DATE,
@@ -472,6 +480,227 @@ def dedupe_continuations(base: DataFrame, roots: DataFrame, month_col: str) -> D
     return alone.unionByName(kept).drop(GENERATION).select(*base.columns, CUSTOMER)
 
 
+def chain_members(parties: DataFrame, max_chain: int = DEFAULT_MAX_CHAIN) -> DataFrame:
+    """(subscriber_id, customer_id, generation) of the ids that belong to a continuation chain only — the
+    first id (generation 0) and every id continuing it — found from the links of `parties` (one small job
+    per link, `_follow_chains`). Number changes are few, so this is small: broadcast it (`with_customer`).
+    Leakage-safe at any month: an id's chain runs only to its predecessors, whose links were stated in the
+    id's own first month or before. A cycle or an over-long chain is an InputContractError."""
+    chains = _follow_chains(_edges(parties).localCheckpoint(eager=False), max_chain)
+    raise_problems(chains.problems())
+    successors = chains.roots.select(SUBSCRIBER, CUSTOMER, GENERATION)
+    firsts = successors.select(F.col(CUSTOMER).alias(SUBSCRIBER), CUSTOMER, F.lit(0).alias(GENERATION))
+    return successors.unionByName(firsts).distinct()
+
+
+def with_customer(df: DataFrame, chains: DataFrame | None) -> DataFrame:
+    """`df` (keyed by subscriber_id) with customer_id and generation: an id of a chain (`chain_members`) gets
+    its chain's first id, every other id itself (generation 0). One broadcast join, no shuffle."""
+    if chains is None:
+        return df.withColumn(CUSTOMER, F.col(SUBSCRIBER)).withColumn(GENERATION, F.lit(0))
+    joined = df.join(F.broadcast(chains), SUBSCRIBER, "left")
+    return joined.withColumn(CUSTOMER, F.coalesce(CUSTOMER, SUBSCRIBER)).withColumn(
+        GENERATION, F.coalesce(GENERATION, F.lit(0))
+    )
+
+
+def newest_per_customer(df: DataFrame, month_col: str) -> DataFrame:
+    """One row per (customer_id, `month_col`) of rows that carry customer_id and generation (`with_customer`):
+    an old and a new id of one customer both in the base in one month count once, as the newest id (the
+    highest generation; a chain is one line). Only customers with two ids in one month change anything, but
+    the window shuffles every row: apply it to rows already cut down (one per sampled customer)."""
+    newest_first = Window.partitionBy(CUSTOMER, month_col).orderBy(F.desc(GENERATION), F.desc(SUBSCRIBER))
+    return df.withColumn("_rank", F.row_number().over(newest_first)).where(F.col("_rank") == 1).drop("_rank")
+
+
+def continued_in_month(ids: DataFrame, chains: DataFrame | None) -> DataFrame | None:
+    """The ids of `ids` (one month's subscriber_id column) that a newer id of the same customer continues in
+    the same month: the old id of a number change in its overlap month. Scoring drops them (the customer is
+    scored once, as its newest id); None without chains."""
+    if chains is None:
+        return None
+    chained = ids.select(SUBSCRIBER).join(F.broadcast(chains), SUBSCRIBER, "inner")
+    newest = chained.groupBy(CUSTOMER).agg(F.max(GENERATION).alias("_newest"))
+    return (
+        chained.join(newest, CUSTOMER)
+        .where(F.col(GENERATION) < F.col("_newest"))
+        .select(SUBSCRIBER)
+    )
+
+
+CUSTOMER_START = "customer_start"  # month index (months.month_index) the customer's first id joined
+
+
+def customer_starts(
+    features: DataFrame, parties: DataFrame, chains: DataFrame, tenure_column: str
+) -> DataFrame:
+    """(customer_id, customer_start): the month index at which each chain's first id joined the base, read off
+    that id's features row in the month before its successor's link was first stated (or in that month, when
+    both were in the base): month − tenure. The tenure carried to a continuing id is then the customer's
+    (`carry_tenure`). One small job for the months, then a read of those months' ids and tenure only.
+    Customers whose first id has no such row (the link is stated in the features' first month) are absent:
+    their ids keep their own tenure."""
+    links = _edges(parties).join(F.broadcast(chains), SUBSCRIBER).where(F.col(GENERATION) == 1)
+    wanted = links.select(F.col(PREVIOUS).alias(SUBSCRIBER), F.col(MONTH).alias("_link")).distinct()
+    at = wanted.select(SUBSCRIBER, F.add_months("_link", -1).alias(MONTH)).unionByName(
+        wanted.select(SUBSCRIBER, F.col("_link").alias(MONTH))
+    )
+    months = [r[MONTH] for r in at.select(MONTH).distinct().collect()]
+    if not months:
+        return features.sparkSession.createDataFrame([], f"{CUSTOMER} string, {CUSTOMER_START} double")
+    index = F.year(MONTH) * 12 + F.month(MONTH) - 1
+    rows = (
+        features.where(F.col(MONTH).isin(months))
+        .select(SUBSCRIBER, MONTH, F.col(tenure_column).cast("double").alias("_tenure"))
+        .join(F.broadcast(at), [SUBSCRIBER, MONTH], "inner")
+    )
+    return rows.groupBy(F.col(SUBSCRIBER).alias(CUSTOMER)).agg(
+        F.min(index - F.col("_tenure")).alias(CUSTOMER_START)
+    )
+
+
+def carry_tenure(
+    df: DataFrame, starts: DataFrame | None, tenure_column: str | None, month_col: str
+) -> DataFrame:
+    """The tenure column of a continuing id (generation > 0) replaced by its customer's tenure at `month_col`:
+    months since the customer's first id joined (`customer_starts`), so a number change does not make an old
+    customer look new. The first id keeps its own tenure; so does an id whose customer start is unknown.
+    Only the tenure carries over: the other features are the operator's, per id (trailing windows refill
+    within their window). Leakage-safe: the start is read before the id's first month."""
+    if starts is None or tenure_column is None or tenure_column not in df.columns:
+        return df
+    index = F.year(month_col) * 12 + F.month(month_col) - 1
+    own = df.schema[tenure_column].dataType
+    carried = (index - F.col(CUSTOMER_START)).cast(own)
+    joined = df.join(F.broadcast(starts), CUSTOMER, "left")
+    use = (F.col(GENERATION) > 0) & F.col(CUSTOMER_START).isNotNull()
+    return joined.withColumn(tenure_column, F.when(use, carried).otherwise(F.col(tenure_column))).drop(
+        CUSTOMER_START
+    )
+
+
+# ---------------------------------------------------------------- what a job reads
+@dataclass(frozen=True)
+class PartyInputs:
+    """The parties table as a build reads it (paths.parties set): the covered months' rows, validated; the
+    number-change chains (`parties.chain_members`, small; None without any change) and the customers'
+    first months (`parties.customer_starts`, for the carried tenure)."""
+
+    parties: DataFrame
+    chains: DataFrame | None
+    starts: DataFrame | None
+    covered: tuple[dt.date, ...] = ()  # the months asked for that the table has (earlier: per subscriber)
+
+
+def read_party_inputs(
+    spark: SparkSession,
+    paths: PathsConfig,
+    months: list[dt.date],
+    last_month: dt.date,
+    tenure_column: str | None,
+    *,
+    validate: bool = True,
+) -> PartyInputs | None:
+    """The parties table for a job reading `months` (None when paths.parties is unset, or when it covers none
+    of them: everything per subscriber, with the coverage warning of `parties.read_parties`).
+
+    Validated over `months`; the number-change chains are followed over every month of the table up to
+    `last_month` (a change stated before the window still carries its customer), and the customers' first
+    months are read off the features of the months before their links."""
+    path = paths.parties
+    if path is None:
+        return None
+    table, cov = read_parties(spark, path, months)
+    if table is None:
+        return None
+    if validate:
+        validate_parties(table, months)
+    dirs, _ = month_dirs(Storage(spark), path, TABLE)
+    history = read_table(spark, path, TABLE, sorted(m for m in dirs if m <= last_month))
+    chains = chain_members(history).localCheckpoint()
+    changes = chains.where(F.col(GENERATION) > 0).count()
+    if not changes:
+        log.info("parties: %s months covered, no number change", len(cov.covered))
+        return PartyInputs(table, None, None, cov.covered)
+    starts = None
+    if tenure_column:
+        features = read_table(spark, paths.features, "features")
+        starts = customer_starts(features, history, chains, tenure_column).localCheckpoint()
+    log.info(
+        "parties: %s months covered; %s ids continue another (number changes), their customers' history "
+        "and tenure followed", len(cov.covered), f"{changes:,}",
+    )  # fmt: skip
+    return PartyInputs(table, chains, starts, cov.covered)
+
+
+# ---------------------------------------------------------------- party keys and features
+SPLIT_KEY = "split_key"  # what training splits, the scoring holdout and campaign groups hash
+
+
+def party_key() -> Column:
+    """The unit whose members must never straddle train / test, holdout / scored or treatment / control:
+    the household, else the person, else the customer (its first id), else the subscriber."""
+    return F.coalesce(*[F.col(c) for c in (HOUSEHOLD, PERSON, CUSTOMER, SUBSCRIBER)])
+
+
+def party_feature_rows(
+    parties: DataFrame,
+    features: DataFrame,
+    *,
+    chains: DataFrame | None,
+    starts: DataFrame | None,
+    tenure_column: str | None,
+    home_internet: tuple[str, tuple[str, ...]] | None,
+) -> DataFrame:
+    """(subscriber_id, report_month, person_id, household_id, party features) for every row of `parties`
+    whose subscriber is in `features` that month — each party feature computed from that month only, so it
+    is leakage-safe wherever a feature of the same month is:
+
+    - party_person_lines, party_household_lines: the person's / household's lines (customers: an old and
+      a new id of one number change count once);
+    - party_household_home_internet: 1 when a line of the household is home internet (`home_internet`:
+      column, values), else 0;
+    - party_household_tenure: the longest customer tenure (`carry_tenure`) among the household's lines.
+
+    A subscriber without a household takes its person's figures. Two groupBys (person, household) and their
+    joins back: a shuffle of the month's parties and features."""
+    wanted = [c for c in (tenure_column, home_internet[0] if home_internet else None) if c]
+    members = parties.select(SUBSCRIBER, MONTH, PERSON, HOUSEHOLD).join(
+        features.select(SUBSCRIBER, MONTH, *dict.fromkeys(wanted)), [SUBSCRIBER, MONTH], "inner"
+    )
+    members = with_customer(members, chains)
+    members = carry_tenure(members, starts, tenure_column, MONTH)
+    home = (
+        F.col(home_internet[0]).cast("string").isin(list(home_internet[1])).cast("int")
+        if home_internet
+        else F.lit(None).cast("int")
+    )
+    tenure = F.col(tenure_column).cast("double") if tenure_column else F.lit(None).cast("double")
+    members = members.withColumn("_home", home).withColumn("_tenure", tenure)
+
+    def figures(key: str, prefix: str) -> DataFrame:
+        rows = members.where(F.col(key).isNotNull()) if key == HOUSEHOLD else members
+        return rows.groupBy(key, MONTH).agg(
+            F.countDistinct(CUSTOMER).alias(f"{prefix}_lines"),
+            F.max("_home").alias(f"{prefix}_home"),
+            F.max("_tenure").alias(f"{prefix}_tenure"),
+        )
+
+    joined = members.join(figures(PERSON, "_p"), [PERSON, MONTH], "left").join(
+        figures(HOUSEHOLD, "_h"), [HOUSEHOLD, MONTH], "left"
+    )
+    return joined.select(
+        SUBSCRIBER,
+        MONTH,
+        PERSON,
+        HOUSEHOLD,
+        F.col("_p_lines").cast("double").alias(PARTY_PERSON_LINES),
+        F.coalesce("_h_lines", "_p_lines").cast("double").alias(PARTY_HOUSEHOLD_LINES),
+        F.coalesce("_h_home", "_p_home").cast("double").alias(PARTY_HOME_INTERNET),
+        F.coalesce("_h_tenure", "_p_tenure").alias(PARTY_HOUSEHOLD_TENURE),
+    )
+
+
 # ---------------------------------------------------------------- party rollup
 def parties_of_month(parties: DataFrame, month: dt.date) -> DataFrame:
     """One month's rows of the table: subscriber_id, person_id, household_id."""
@@ -565,12 +794,13 @@ def rollup_columns(
     score_columns: Sequence[str], components: Sequence[str], survival_models: Sequence[str]
 ) -> tuple[list[str], dict[str, str]]:
     """What of a month's scores the rollup sums and combines, found among `score_columns` by the release's
-    names (no model list here): value columns — cltv, cltv_<k>m and each component's total
-    <component>_<n>m (`components`: the value formula's, overheads included) —, and the survival columns
-    p_<model>_<k>m of every `survival_models` id, each kept under its own name at party level (the
-    probability that at least one member is still in that base). Bounds, value_<k>m and the detail
-    arrays are not summed: the interval of a sum is not the sum of intervals."""
-    totals = [re.compile(r"cltv(_[0-9]+m)?")] + [re.compile(rf"{re.escape(c)}_[0-9]+m") for c in components]
+    names (no model list here): value columns — cltv, cltv_<k>m, the cumulative value value_<k>m and each
+    component's total <component>_<n>m (`components`: the value formula's, overheads included) —, and the
+    survival columns p_<model>_<k>m of every `survival_models` id, each kept under its own name at party
+    level (the probability that at least one member is still in that base). Bounds and the detail arrays
+    are not summed: the interval of a sum is not the sum of intervals (`with_party_intervals`)."""
+    totals = [re.compile(r"(cltv|value)(_[0-9]+m)?")]
+    totals += [re.compile(rf"{re.escape(c)}_[0-9]+m") for c in components]
     survival = [re.compile(rf"p_{re.escape(m)}_[0-9]+m") for m in survival_models]
     values = [c for c in score_columns if any(r.fullmatch(c) for r in totals)]
     probabilities = {c: c for c in score_columns if any(r.fullmatch(c) for r in survival)}
@@ -594,16 +824,55 @@ def joint_exit_shares(
 
 
 def party_levels(
-    attached: DataFrame, value_columns: Sequence[str], survival: dict[str, str], rho: dict[str, float]
+    attached: DataFrame,
+    value_columns: Sequence[str],
+    survival: dict[str, str],
+    rho: Mapping[str, dict[str, float]],
 ) -> dict[str, DataFrame]:
     """Every level's rollup of one month's scores that already carry person_id / household_id
-    (`attach_parties`, once): level → party rows, one groupBy (one shuffle) each, sorted within its
-    partitions (no second shuffle) so a rerun writes the same rows in the same order. Keep `attached`
-    cached while both are written, or the join runs once per level."""
+    (`attach_parties`, once): level → party rows, one groupBy (one shuffle) each with that level's joint-exit
+    shares (`rho[level]`), sorted within its partitions (no second shuffle) so a rerun writes the same rows
+    in the same order. Keep `attached` cached while both are written, or the join runs once per level."""
     return {
-        level: party_rollup(attached, None, level, value_columns, survival, rho).sortWithinPartitions(PARTY)
+        level: party_rollup(attached, None, level, value_columns, survival, rho[level]).sortWithinPartitions(
+            PARTY
+        )
         for level in LEVELS
     }
+
+
+VALUE_POINTS = (12, 24)  # party value_<k>m with bounds (as the subscribers', spark_app.batch)
+BOUND_RATIO = (0.5, 2.5)  # CLTV bounds scale the 24-month ones by cltv / value_24m within these (intervals)
+
+
+def with_party_intervals(
+    parties: DataFrame, model: PartyModel | None, level: str, interval_level: float, horizons: int
+) -> DataFrame:
+    """Party rows (`party_rollup`) with value_<k>m_lower / _upper (k = 12, 24) from the release's party edges
+    at `interval_level` — value + |value| · edge — and cltv_lower / cltv_upper from the 24-month bounds as
+    `intervals.cltv_bounds` scales a subscriber's; NaN where the release fitted none (trained without
+    parties, or too few held-out parties at that horizon)."""
+    nan = F.lit(float("nan"))
+    out = parties.withColumn("interval_level", F.lit(interval_level if model is not None else float("nan")))
+    last = None
+    for k in VALUE_POINTS:
+        column = f"value_{k}m"
+        if k > horizons or column not in parties.columns:
+            continue
+        edges = model.edges(level, interval_level, k) if model is not None else None
+        value = F.col(column)
+        lower = value + F.abs(value) * F.lit(edges[0]) if edges else nan
+        upper = value + F.abs(value) * F.lit(edges[1]) if edges else nan
+        out = out.withColumn(f"{column}_lower", lower).withColumn(f"{column}_upper", upper)
+        last = column
+    if last is None or "cltv" not in parties.columns:
+        return out
+    cltv, value = F.col("cltv"), F.col(last)
+    ratio = F.when((cltv > 0) & (value > 0), cltv / value).otherwise(F.lit(1.0))
+    ratio = F.least(F.greatest(ratio, F.lit(BOUND_RATIO[0])), F.lit(BOUND_RATIO[1]))
+    return out.withColumn("cltv_lower", cltv + ratio * (F.col(f"{last}_lower") - value)).withColumn(
+        "cltv_upper", cltv + ratio * (F.col(f"{last}_upper") - value)
+    )
 
 
 # ---------------------------------------------------------------- the joint-exit share ρ
@@ -662,24 +931,146 @@ def fit_joint_exit_share(history: DataFrame, horizon_months: int) -> float:
         F.sum("independent").alias("independent"),
         F.sum("comonotone").alias("comonotone"),
     ).first()
-    parties = int(found["parties"])
+    return rho_from_sums(
+        int(found["parties"]), found["observed"], found["independent"], found["comonotone"], horizon_months
+    )
+
+
+def rho_from_sums(
+    parties: int, observed: float, independent: float, comonotone: float, horizon_months: int, what: str = ""
+) -> float:
+    """The method-of-moments ρ of `fit_joint_exit_share` from its sums over parties of two or more members:
+    parties with no member left observed, and expected if exits were independent / joint."""
+    where = f" ({what})" if what else ""
     if not parties:
         return approximate_rho(f"no party of two or more members in the history at {horizon_months} months")
-    spread = found["comonotone"] - found["independent"]
+    spread = comonotone - independent
     if spread < MIN_SEPARATION * parties:
         log.info(
-            "rho at %d months: joint and independent exits predict alike on %d parties: 0",
-            horizon_months,
-            parties,
-        )
+            "rho at %d months%s: joint and independent exits predict alike on %d parties: 0",
+            horizon_months, where, parties,
+        )  # fmt: skip
         return 0.0
-    rho = min(max((found["observed"] - found["independent"]) / spread, 0.0), 1.0)
+    rho = min(max((observed - independent) / spread, 0.0), 1.0)
     log.info(
-        "rho at %d months = %.3f from %d parties (no member left: %.0f observed, %.1f if independent, "
-        "%.1f if joint)", horizon_months, rho, parties, found["observed"], found["independent"],
-        found["comonotone"],
+        "rho at %d months%s = %.3f from %d parties (no member left: %.0f observed, %.1f if independent, "
+        "%.1f if joint)", horizon_months, where, rho, parties, observed, independent, comonotone,
     )  # fmt: skip
     return float(rho)
+
+
+# ---------------------------------------------------------------- what a release fits about parties
+FORECAST_CUM = "forecast_cum_{h}"  # held-out rows: a member's forecast cumulative value of months 1..h
+REALIZED_CUM = "realized_cum_{h}"  # what it realized (NaN: not observable yet)
+PREDICTED_P = "p:{column}"  # predicted probability behind a survival score column (p_active_12m …)
+REALIZED_IN = "in:{column}"  # realized 0/1 at that horizon (NaN: not observable yet)
+FEATURE_MONTH_COL = "feature_month"
+MIN_PARTIES = 30  # held-out parties per horizon and level below this: no interval edges at that horizon
+
+
+@dataclass(frozen=True)
+class PartyModel:
+    """What a release fitted about parties at training, from held-out households (never fitted on):
+
+    - `rho`: level → survival score column (p_active_12m, …) → the share of joint exits (`rho_from_sums`)
+      that party survival uses;
+    - `lower` / `upper`: level → interval level → the relative conformal edge per cumulative horizon
+      1..H (`party_interval_edges`; None where too few parties were observable);
+    - `parties`: level → held-out parties (party × feature month) fitted on."""
+
+    rho: dict[str, dict[str, float]]
+    lower: dict[str, dict[str, list[float | None]]]
+    upper: dict[str, dict[str, list[float | None]]]
+    parties: dict[str, int]
+    feature_month: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rho": self.rho, "lower": self.lower, "upper": self.upper, "parties": self.parties,
+                "feature_month": self.feature_month, "method": "split-conformal on relative residuals of "
+                "held-out parties; rho by the method of moments (common-shock mixture)"}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> PartyModel | None:
+        if not data:
+            return None
+        return cls(
+            {lv: {c: float(v) for c, v in r.items()} for lv, r in data.get("rho", {}).items()},
+            data.get("lower", {}), data.get("upper", {}), dict(data.get("parties", {})),
+            str(data.get("feature_month", "")),
+        )  # fmt: skip
+
+    def edges(self, level: str, interval_level: float, horizon: int) -> tuple[float, float] | None:
+        """The relative (lower, upper) edge of cumulative value at `horizon` months, or None (not fitted)."""
+        key = f"{interval_level:g}"
+        lower = self.lower.get(level, {}).get(key) or []
+        upper = self.upper.get(level, {}).get(key) or []
+        if not 1 <= horizon <= len(lower) or lower[horizon - 1] is None or upper[horizon - 1] is None:
+            return None
+        return float(lower[horizon - 1]), float(upper[horizon - 1])
+
+
+def fit_party_model(
+    rows: pd.DataFrame,
+    horizons: int,
+    survival: Mapping[str, int],
+    levels: Sequence[float],
+    feature_month: str = "",
+) -> PartyModel:
+    """The release's PartyModel from held-out rows: one per (member, feature month) with person_id,
+    household_id (None: no household), feature_month, `FORECAST_CUM` / `REALIZED_CUM` for h = 1..`horizons`
+    and, per survival score column in `survival` (column → the horizon its ρ is fitted at), `PREDICTED_P`
+    and `REALIZED_IN`. Whole households are held out (the split hashes the household), so a party's sum
+    is over all of its members. A party realizes its value only where every member is observable; its
+    survival at h (none of its members in the base, or at least one) likewise."""
+    rho: dict[str, dict[str, float]] = {}
+    lower: dict[str, dict[str, list[float | None]]] = {}
+    upper: dict[str, dict[str, list[float | None]]] = {}
+    counts: dict[str, int] = {}
+    for level in LEVELS:
+        key = LEVEL_COLUMN[level]
+        members = rows[rows[key].notna()]
+        groups = members.groupby([FEATURE_MONTH_COL, key], sort=False)
+        sums = groups[[FORECAST_CUM.format(h=h) for h in range(1, horizons + 1)]].sum()
+        realized = groups[[REALIZED_CUM.format(h=h) for h in range(1, horizons + 1)]].sum(min_count=1)
+        observable = groups[[REALIZED_CUM.format(h=h) for h in range(1, horizons + 1)]].count()
+        size = groups.size()
+        counts[level] = len(size)
+        lower[level], upper[level] = {}, {}
+        for interval_level in levels:
+            lo: list[float | None] = []
+            hi: list[float | None] = []
+            for h in range(1, horizons + 1):
+                seen = (observable[REALIZED_CUM.format(h=h)] == size).to_numpy()
+                if seen.sum() < MIN_PARTIES:
+                    lo.append(None)
+                    hi.append(None)
+                    continue
+                edge = party_interval_edges(
+                    realized[REALIZED_CUM.format(h=h)].to_numpy()[seen],
+                    sums[FORECAST_CUM.format(h=h)].to_numpy()[seen],
+                    interval_level,
+                )
+                lo.append(edge[0] if math.isfinite(edge[0]) else None)
+                hi.append(edge[1] if math.isfinite(edge[1]) else None)
+            lower[level][f"{interval_level:g}"], upper[level][f"{interval_level:g}"] = lo, hi
+        rho[level] = {}
+        for column, horizon in survival.items():
+            p = members[PREDICTED_P.format(column=column)].clip(0.0, 1.0 - P_CLIP)
+            stay = members[REALIZED_IN.format(column=column)]
+            frame = pd.DataFrame({
+                FEATURE_MONTH_COL: members[FEATURE_MONTH_COL], key: members[key],
+                "log_out": np.log1p(-p), "out": 1.0 - p, "stay": stay, "seen": stay.notna(),
+            })  # fmt: skip
+            per = frame.groupby([FEATURE_MONTH_COL, key], sort=False).agg(
+                n=("out", "size"), seen=("seen", "sum"), stayed=("stay", "max"),
+                independent=("log_out", "sum"), comonotone=("out", "min"),
+            )  # fmt: skip
+            per = per[(per["n"] >= 2) & (per["seen"] == per["n"])]
+            rho[level][column] = rho_from_sums(
+                len(per), float((per["stayed"] == 0).sum()), float(np.exp(per["independent"]).sum()),
+                float(per["comonotone"].sum()), horizon, f"{level}, {column}",
+            )  # fmt: skip
+    return PartyModel(rho, lower, upper, counts, feature_month)
 
 
 # ---------------------------------------------------------------- party intervals

@@ -97,7 +97,7 @@ def write_demo_conf(workdir: Path, conf: Path | None, env_file: Traversable | No
     source = conf if conf is not None else env_file or default_conf_file()
     env = read_config_file(source) if source.name not in BASE_FILES else {}
     root = workdir.resolve()
-    layers = workdir_layers(root, root / "panel")
+    layers = workdir_layers(root, root / "panel", parties=True)
     env["paths"] = layers["paths"]
     env.setdefault("mlflow", {}).update(layers["mlflow"])
     demo_conf = conf_dir / "demo.yaml"

@@ -2,9 +2,10 @@
 
 It shows what a reviewer needs to trust (or question) the month's CLTV: the release's metrics by horizon,
 the CLTV distribution and deciles, the top drivers (CatBoost importance and SHAP values of a sample),
-input and prediction drift, and the backtest of earlier forecasts (holdout and rest apart). It reads what
-`cltv monitor` wrote, so it never recomputes a check; the page is logged to the month's monitoring run
-in MLflow and the model version gets a tag pointing at it.
+input and prediction drift, and the backtest of earlier forecasts (holdout and rest apart); with party
+scores, persons and households (value by household size, the party backtest and interval coverage). It
+reads what `cltv monitor` wrote, so it never recomputes a check; the page is logged to the month's
+monitoring run in MLflow and the model version gets a tag pointing at it.
 
 Sections are lists of blocks (a note, a table, an image, a details fold); templates/report.html.j2 lays
 them out, escaping every value.
@@ -29,13 +30,13 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from spark_app import tracking
-from spark_app.backtest import VALUE_CUM, tenure_cohort
+from spark_app.backtest import ALL_SIZES, MAX_SIZE, NO_PARTY_MODEL, SIZE, VALUE_CUM, size_label, tenure_cohort
 from spark_app.campaigns.evaluate import review_tables
 from spark_app.catalog import ModelCatalog
 from spark_app.checks import FAIL, OK, SKIPPED, WARN, worst
 from spark_app.config import Settings
 from spark_app.contract import ID, MONTH
-from spark_app.errors import Unreachable
+from spark_app.errors import Unreachable, UserError
 from spark_app.evaluation import (
     NA,
     Z95,
@@ -70,6 +71,14 @@ from spark_app.metrics import push_job_metrics
 from spark_app.models import Learner
 from spark_app.monitoring import read_monitoring, read_month_features
 from spark_app.months import add_months, fmt, month_index
+from spark_app.parties import (
+    HOUSEHOLD_LEVEL,
+    LEVELS,
+    MEMBERS,
+    PERSON_LEVEL,
+    party_partition,
+    party_scores_root,
+)
 from spark_app.registry import (
     CHALLENGER,
     CHAMPION,
@@ -1063,6 +1072,36 @@ def check_coverage(coverage: pd.DataFrame | None) -> Check:
     )
 
 
+def check_party_coverage(coverage: pd.DataFrame | None) -> Check:
+    """The party interval coverage (monitor's `party_coverage`): judged as the subscribers'; not judged
+    (n/a) where the release fitted no party intervals."""
+    name = "Party interval coverage"
+    if coverage is None or not len(coverage):
+        return Check(name, SKIPPED, "no party backtest (no earlier detailed scores, or monitor ran without "
+                     "paths.parties)", "", "")  # fmt: skip
+    judged, status, r = _largest_gap(coverage)
+    if judged is None:
+        notes = sorted({n for n in coverage["note"] if n}) if "note" in coverage else []
+        return Check(name, SKIPPED, "; ".join(notes[:2]) or "too few parties to judge", "", "")
+    finding = (
+        f"worst {r['level']} h{int(r['horizon'])}: {fmt_pct(r['coverage'], 1, False)} of "
+        f"{fmt_number(r['bounded'])} inside an interval of level {fmt_pct(r['interval_level'], 0, False)} "
+        f"({fmt_points(r['gap'])})"
+    )
+    if status == OK:
+        return Check(
+            name, OK, finding, "Household and person ranges hold as often as they claim.", "Nothing."
+        )
+    return Check(
+        name,
+        status,
+        finding,
+        "The intervals of a household's (or person's) value are too narrow or too wide: members do not move "
+        "together the way the release learned.",
+        "Quote household ranges with care; refit the party intervals at the next training.",
+    )
+
+
 def check_drift(drift: pd.DataFrame, pred: pd.DataFrame) -> Check:
     name = "Drift"
     statuses = [*(drift["status"] if len(drift) else []), *(pred["status"] if len(pred) else [])]
@@ -1095,15 +1134,22 @@ def check_drift(drift: pd.DataFrame, pred: pd.DataFrame) -> Check:
     )
 
 
-def month_checks(settings: Settings, info: dict[str, Any], monitored: dict[str, Any]) -> list[Check]:
+def month_checks(
+    settings: Settings, info: dict[str, Any], monitored: dict[str, Any], parties: bool = False
+) -> list[Check]:
+    """Every check of the month; `parties` (party scores or a party backtest exist) adds the party
+    interval coverage."""
     quality = info.get("quality", pd.DataFrame())
-    return [
+    checks = [
         check_bias(settings, quality, monitored["backtest"]),
         check_naive(quality),
         check_survival(monitored.get("survival")),
         check_coverage(monitored["coverage"]),
         check_drift(monitored["drift"], monitored["prediction_drift"]),
     ]
+    if parties:
+        checks.insert(4, check_party_coverage(monitored.get("party_coverage")))
+    return checks
 
 
 def checks_table(checks: list[Check]) -> Table:
@@ -1270,6 +1316,253 @@ def section_value(
     return blocks
 
 
+# ===================================================================== persons and households
+def party_scores(spark: SparkSession, settings: Settings, month: dt.date) -> dict[str, DataFrame]:
+    """The month's party scores per level, where `cltv score` wrote them (paths.parties); {} when none."""
+    try:
+        root = party_scores_root(settings.paths)
+    except UserError:  # paths.scores at a filesystem root and no paths.party_scores: there are none
+        return {}
+    storage = Storage(spark)
+    paths = {level: party_partition(root, level, month) for level in LEVELS}
+    return {level: spark.read.parquet(p) for level, p in paths.items() if storage.has_success_marker(p)}
+
+
+def party_figures(levels: dict[str, DataFrame]) -> dict[str, dict[str, float]]:
+    """Per level: parties, lines (members), total and mean CLTV — one aggregation each."""
+    out = {}
+    for level, frame in levels.items():
+        row = frame.agg(
+            F.count(F.lit(1)).alias("parties"),
+            F.sum(MEMBERS).alias("lines"),
+            F.sum("cltv").alias("total"),
+            F.avg("cltv").alias("mean"),
+        ).first()
+        out[level] = {k: float(v) if v is not None else float("nan") for k, v in row.asDict().items()}
+    return out
+
+
+def households_by_size(households: DataFrame) -> pd.DataFrame:
+    """CLTV of the households by size (1..4, 5+ lines): households, lines, total, share, mean and the mean
+    of the households' own interval bounds — one aggregation, one row per size reaches the driver."""
+    bounds = [c for c in ("cltv_lower", "cltv_upper") if c in households.columns]
+    t = (
+        households.groupBy(size_label().alias(SIZE))
+        .agg(
+            F.count(F.lit(1)).alias("households"),
+            F.sum(MEMBERS).alias("lines"),
+            F.sum("cltv").alias("total"),
+            F.avg("cltv").alias("mean"),
+            *[F.avg(c).alias(f"mean_{c}") for c in bounds],
+        )
+        .toPandas()
+    )
+    t["share"] = t["total"] / t["total"].sum() if t["total"].sum() else np.nan
+    return numeric_order(t, SIZE)
+
+
+def _ratio(a: Any, b: Any) -> float:
+    return float(a) / float(b) if finite(a) and finite(b) and float(b) else float("nan")
+
+
+def _interval(lower: Any, upper: Any, digits: int = 2) -> str:
+    return (
+        f"{fmt_number(lower, digits)} … {fmt_number(upper, digits)}"
+        if finite(lower) and finite(upper)
+        else NA
+    )
+
+
+def household_size_table(frame: pd.DataFrame, currency: str, level: float) -> Table:
+    """CLTV by household size, in words and formatted numbers, with the mean interval."""
+    rows = [
+        [
+            Cell(f"{r[SIZE]} line{'' if r[SIZE] == '1' else 's'}"),
+            Cell(fmt_number(r["households"])),
+            Cell(fmt_number(r["lines"])),
+            Cell(fmt_money(r["total"], currency)),
+            Cell(fmt_pct(r["share"], 1, signed=False)),
+            Cell(fmt_number(r["mean"], 2)),
+            Cell(_interval(r.get("mean_cltv_lower"), r.get("mean_cltv_upper"))),
+        ]
+        for r in frame.to_dict("records")
+    ]
+    columns = ["household size", "households", "lines", "total CLTV", "share of total", f"mean ({currency})",
+               f"mean interval at {level:.0%} ({currency})"]  # fmt: skip
+    note = (
+        "Interval: the mean of the households' own CLTV bounds (the release's party intervals, fitted on "
+        f"held-out households); n/a where it fitted none. {MAX_SIZE}+: {MAX_SIZE} lines or more."
+    )
+    return Table(columns, rows, "CLTV by household size", note)
+
+
+def party_bias_status(bias: Any, parties: Any, settings: Settings) -> str:
+    """The party backtest's bias judged as the subscribers' at the shortest horizon (`check_bias`): warn
+    beyond twice `promotion.max_abs_bias` (no noise estimate), skipped under `coverage_min_rows` parties."""
+    if not finite(bias) or not finite(parties) or parties < settings.monitoring.coverage_min_rows:
+        return SKIPPED
+    return WARN if abs(float(bias)) > 2 * settings.promotion.max_abs_bias else OK
+
+
+def party_backtest_table(settings: Settings, backtest: pd.DataFrame) -> Table:
+    """Per level, horizon and model (parties of every size): the members' forecasts summed against what
+    their customers realized, bias and WAPE, with a status for the bias."""
+    t = backtest[
+        (backtest[SIZE] == ALL_SIZES) & backtest["horizon"].isin(settings.monitoring.metric_horizons)
+    ]
+    rows = [
+        [
+            Cell(str(r["level"])),
+            Cell(f"h{int(r['horizon'])}"),
+            Cell(str(r["score_month"])),
+            Cell(str(r["model_id"])),
+            Cell(fmt_number(r["parties"])),
+            Cell(fmt_number(r[MEMBERS])),
+            Cell(fmt_number(r["forecast_sum"], 1)),
+            Cell(fmt_number(r["actual_sum"], 1)),
+            Cell(fmt_pct(r["bias"])),
+            Cell(fmt_pct(r["wape"], 1, signed=False)),
+            Cell(party_bias_status(r["bias"], r["parties"], settings), status=True),
+        ]
+        for r in t.sort_values(["level", "model_id", "horizon"]).to_dict("records")
+    ]
+    columns = [
+        "level", "horizon", "scored", "model", "parties", "lines", "forecast", "realized", "bias", "WAPE",
+        "status",
+    ]  # fmt: skip
+    note = (
+        "Each party's members' forecasts for this month summed, against what their customers realized (a "
+        "number change: the new number's facts count for the old); value_cum = the value realized since the "
+        "forecast; paid / active = lines in the base. Bias = (Σ forecast − Σ realized) / Σ |realized|; warn "
+        f"beyond ±{fmt_pct(2 * settings.promotion.max_abs_bias, 0, signed=False)}."
+    )
+    return Table(columns, rows, "Backtest per person and household", note)
+
+
+def party_size_table(backtest: pd.DataFrame) -> Table | None:
+    """The cumulative value's backtest by party size at the shortest horizon."""
+    t = backtest[(backtest["model_id"] == VALUE_CUM) & (backtest[SIZE] != ALL_SIZES)]
+    if t.empty:
+        return None
+    h = int(t["horizon"].min())
+    t = numeric_order(t[t["horizon"] == h], SIZE, by=["level"])
+    rows = [
+        [
+            Cell(str(r["level"])),
+            Cell(str(r[SIZE])),
+            Cell(fmt_number(r["parties"])),
+            Cell(fmt_number(r["forecast_mean"], 2)),
+            Cell(fmt_number(r["actual_mean"], 2)),
+            Cell(fmt_pct(r["bias"])),
+            Cell(fmt_pct(r["coverage"], 1, signed=False)),
+        ]
+        for r in t.to_dict("records")
+    ]
+    columns = ["level", "lines", "parties", "forecast per party", "realized per party", "bias", "coverage"]
+    return Table(columns, rows, f"Cumulative value by party size at horizon {h}")
+
+
+def party_coverage_table(coverage: pd.DataFrame, settings: Settings) -> Table:
+    rows = [
+        [
+            Cell(str(r["level"])),
+            Cell(f"h{int(r['horizon'])}"),
+            Cell(str(r["score_month"])),
+            Cell(fmt_number(r["parties"])),
+            Cell(fmt_number(r["bounded"])),
+            Cell(fmt_pct(r["coverage"], 1, signed=False)),
+            Cell(fmt_pct(r["interval_level"], 0, signed=False)),
+            Cell(fmt_points(r["gap"])),
+            Cell(str(r["status"]), status=True),
+            Cell(str(r["note"] or "")),
+        ]
+        for r in coverage.sort_values(["level", "horizon"]).to_dict("records")
+    ]
+    cfg = settings.monitoring
+    columns = [
+        "level", "horizon", "scored", "parties", "with an interval", "coverage", "interval level", "gap",
+        "status", "note",
+    ]  # fmt: skip
+    note = (
+        "The share of the parties scored h months ago whose realized cumulative value lies inside the party "
+        f"interval (the release's relative edges at h); judged as the subscribers' (a gap beyond "
+        f"±{100 * cfg.coverage_warn:g} points warns, ±{100 * cfg.coverage_fail:g} fails) from "
+        f"{cfg.coverage_min_rows:,} parties on."
+    )
+    return Table(columns, rows, "Party interval coverage", note)
+
+
+def section_parties(
+    settings: Settings,
+    levels: dict[str, DataFrame],
+    monitored: dict[str, Any],
+    base: dict[str, float] | None,
+) -> list[Any]:
+    """Persons and households: how many, what a household is worth (by size, with its interval), and the
+    party backtest and coverage monitor wrote."""
+    currency = settings.costs.currency
+    blocks: list[Any] = []
+    found = party_figures(levels)
+    persons, households = found.get(PERSON_LEVEL), found.get(HOUSEHOLD_LEVEL)
+    cards = []
+    if persons:
+        cards.append(
+            Card(
+                "Persons",
+                fmt_number(persons["parties"]),
+                f"{fmt_number(_ratio(persons['lines'], persons['parties']), 2)} lines per person; mean CLTV "
+                f"{fmt_money(persons['mean'], currency, 2)}",
+            )
+        )
+    if households:
+        share = _ratio(households["total"], base["total"]) if base else float("nan")
+        cards += [
+            Card(
+                "Households",
+                fmt_number(households["parties"]),
+                f"{fmt_number(households['lines'])} lines in households",
+            ),
+            Card(
+                "Total CLTV of the households",
+                fmt_money(households["total"], currency),
+                f"{fmt_pct(share, 0, signed=False)} of the base's total" if finite(share) else "",
+            ),
+            Card(
+                "Mean CLTV per household",
+                fmt_money(households["mean"], currency, 2),
+                f"{fmt_number(_ratio(households['lines'], households['parties']), 2)} lines per household",
+            ),
+        ]
+    if cards:
+        blocks.append(Cards(cards))
+    if HOUSEHOLD_LEVEL in levels:
+        blocks.append(
+            household_size_table(
+                households_by_size(levels[HOUSEHOLD_LEVEL]), currency, settings.scoring.interval_level
+            )
+        )
+    backtest = monitored.get("party_backtest", pd.DataFrame())
+    if backtest is None or backtest.empty:
+        blocks.append(Note("No party backtest: no earlier scores with detail arrays, or monitor ran without "
+                           "paths.parties."))  # fmt: skip
+    else:
+        blocks.append(party_backtest_table(settings, backtest))
+        by_size = party_size_table(backtest)
+        if by_size is not None:
+            blocks.append(by_size)
+    coverage = monitored.get("party_coverage", pd.DataFrame())
+    if coverage is not None and set(coverage.get("note", [])) == {NO_PARTY_MODEL}:
+        blocks.append(
+            Note(
+                f"Party interval coverage: {NO_PARTY_MODEL}. The release was trained without parties, so "
+                "persons and households have no interval and its coverage cannot be checked."
+            )
+        )
+    elif coverage is not None and not coverage.empty:
+        blocks.append(party_coverage_table(coverage, settings))
+    return blocks
+
+
 # ===================================================================== the job
 def build_report(
     spark: SparkSession, settings: Settings, month: dt.date, *, release: Release | None = None
@@ -1295,16 +1588,22 @@ def build_report(
     )
     scores = read_scores(spark, settings.paths, month)
     previous = read_scores(spark, settings.paths, add_months(month, -1))
-    checks = month_checks(settings, info, monitored)
-    headline = section_headline(
-        settings, month, base_figures(scores), base_figures(previous), checks, summary
-    )
+    levels = party_scores(spark, settings, month)
+    with_parties = bool(levels) or not monitored.get("party_coverage", pd.DataFrame()).empty
+    checks = month_checks(settings, info, monitored, parties=with_parties)
+    now = base_figures(scores)
+    headline = section_headline(settings, month, now, base_figures(previous), checks, summary)
     pair = section_releases(settings, info)
     sections = [
         Section("The month at a glance", headline),
         Section(
             "Value of the base: over 60 months, by segment, by tenure",
             section_value(spark, settings, scores, month),
+        ),
+        *(
+            [Section("Persons and households", section_parties(settings, levels, monitored, now))]
+            if with_parties
+            else []
         ),
         *([Section("Champion and challenger", pair)] if pair else []),
         Section("Release metrics by horizon", section_release(settings, info)),

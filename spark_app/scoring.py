@@ -16,7 +16,7 @@ import contextlib
 import datetime as dt
 import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -34,13 +34,13 @@ from spark_app.batch import (
     output_schema,
     score_arrow_batches,
 )
-from spark_app.catalog import ModelCatalog
+from spark_app.catalog import PARTY_FEATURES, ModelCatalog
 from spark_app.cltv import (
     Extrapolation,
     ValueFormula,
 )
 from spark_app.config import Settings
-from spark_app.contract import ID, InputContractError, features_spec, read_months, schema_problems
+from spark_app.contract import ID, MONTH, InputContractError, features_spec, read_months, schema_problems
 from spark_app.errors import UserError
 from spark_app.horizons import target_calendar_months
 from spark_app.intervals import IntervalTable
@@ -50,14 +50,26 @@ from spark_app.models import RELEASE_JSON, Learner
 from spark_app.months import fmt
 from spark_app.parties import (
     CARRIED,
+    HOUSEHOLD,
     LEVELS,
+    PERSON,
+    SPLIT_KEY,
+    PartyInputs,
+    PartyModel,
     attach_parties,
+    carry_tenure,
+    continued_in_month,
     joint_exit_shares,
+    parties_of_month,
+    party_feature_rows,
+    party_key,
     party_levels,
     party_partition,
     party_scores_root,
-    read_month_parties,
+    read_party_inputs,
     rollup_columns,
+    with_customer,
+    with_party_intervals,
 )
 from spark_app.progress import StageTimer
 from spark_app.registry import load_release
@@ -134,7 +146,8 @@ def make_plan(
     file_digests: dict[str, str] | None = None,
 ) -> BatchPlan:
     catalog = release_catalog(manifest)
-    model_inputs = [c for e in catalog for c in e.feature_cols if c in catalog.input_columns()]
+    readable = {*catalog.input_columns(), *catalog.party_features()}
+    model_inputs = [c for e in catalog for c in e.feature_cols if c in readable]
     cols = tuple(dict.fromkeys(model_inputs))
     return BatchPlan(
         release_key=f"{version}:{digest}",
@@ -168,9 +181,10 @@ def model_files(files: dict[str, bytes]) -> dict[str, bytes]:
 
 
 # ---------------------------------------------------------------- Spark side
-def holdout_flag(salt: str, share: float) -> Column:
-    """Hash-chosen control group: the same subscribers every month for a given salt and share."""
-    bucket = F.pmod(F.xxhash64(F.col(ID), F.lit(salt)), F.lit(1_000_000))
+def holdout_flag(salt: str, share: float, key: str = ID) -> Column:
+    """Hash-chosen control group: the same subscribers every month for a given salt and share. With parties
+    the key is the household (`parties.party_key`), so a household is held out whole."""
+    bucket = F.pmod(F.xxhash64(F.col(key), F.lit(salt)), F.lit(1_000_000))
     return bucket < F.lit(round(share * 1_000_000))
 
 
@@ -189,8 +203,9 @@ def with_scores(
     def body(batches: Iterator[Any]) -> Iterator[Any]:
         return score_arrow_batches(batches, plan, bundle, accumulator)
 
-    flagged = features.withColumn(HOLDOUT, holdout_flag(holdout_salt, holdout_share))
-    return flagged.mapInArrow(body, output_schema(plan))
+    key = SPLIT_KEY if SPLIT_KEY in features.columns else ID
+    flagged = features.withColumn(HOLDOUT, holdout_flag(holdout_salt, holdout_share, key))
+    return flagged.select(ID, *plan.input_cols, HOLDOUT).mapInArrow(body, output_schema(plan))
 
 
 def read_month_features(
@@ -199,14 +214,95 @@ def read_month_features(
     """The month's features, checked before any job against the contract for the columns the release
     reads: every file of the month present, readable, with those columns and kinds (contract.read_months).
     Null ids and duplicate keys are counted by the scoring pass itself (`check_keys`)."""
-    numeric = [c for c in plan.input_cols if c not in plan.categorical]
+    numeric = [c for c in table_columns(plan) if c not in plan.categorical]
     spec = features_spec(numeric, plan.categorical)
     context = f"scoring {fmt(month)}, release v{plan.release_version}"
     (features,) = read_months(spark, [(settings.paths.features, spec, [month])], context=context)
     problems = schema_problems(features, spec)
     if problems:
         raise InputContractError(f"input contract violated ({context}):\n  " + "\n  ".join(problems))
-    return features.select(ID, *plan.input_cols)
+    return features.select(ID, *table_columns(plan))
+
+
+def check_party_inputs(
+    catalog: ModelCatalog, version: int, with_parties: bool, model: PartyModel | None
+) -> None:
+    """A release that reads party features cannot score without the parties table (exit 2, before any
+    work); a release trained without parties scored with them falls back to the stated approximation."""
+    if catalog.party_features() and not with_parties:
+        raise ScoringError(
+            f"release v{version} reads the party features {list(catalog.party_features())}: it cannot score "
+            "without the parties table (set paths.parties)"
+        )
+    if with_parties and model is None:
+        log.warning(
+            "release v%s was trained without parties: party survival uses the stated joint-exit share "
+            "(rho = 0.5) and party scores get no intervals; train a release with paths.parties set", version,
+        )  # fmt: skip
+
+
+def table_columns(plan: BatchPlan) -> list[str]:
+    """The release's inputs read from the features table (the party features are computed, not read)."""
+    return [c for c in plan.input_cols if c not in PARTY_FEATURES]
+
+
+@dataclass(frozen=True)
+class PartyScoring:
+    """The month's parties as scoring uses them: the table's rows of the month (None: a month before its
+    coverage), the number-change chains and customer starts, and how many old ids were dropped because
+    their successor is in the base the same month."""
+
+    parties_month: DataFrame | None
+    inputs: PartyInputs | None
+    continued: int = 0
+
+
+def with_party_inputs(
+    features: DataFrame,
+    month: dt.date,
+    party: PartyScoring,
+    catalog: ModelCatalog,
+) -> tuple[DataFrame, PartyScoring]:
+    """The month's features as the release scores them with parties: an old id whose successor is in the
+    base the same month is dropped (the customer is scored once, as its newest id; counted), a continuing
+    id carries its customer's tenure, every row gets its split key (the holdout hashes the household) and
+    the party features the release reads."""
+    inputs = party.inputs
+    chains = inputs.chains if inputs is not None else None
+    keyed = features.transform(with_customer, chains=chains)
+    continued = 0
+    if chains is not None:
+        old = continued_in_month(features.select(ID), chains).localCheckpoint()
+        continued = old.count()
+        if continued:
+            keyed = keyed.join(F.broadcast(old), ID, "left_anti")
+            log.info(
+                "%s ids continued by a newer id in %s are scored once, as the newer id", continued, fmt(month)
+            )
+        keyed = carry_tenure(
+            keyed.withColumn(MONTH, F.lit(month)), inputs.starts, catalog.tenure_column, MONTH
+        ).drop(MONTH)
+    if party.parties_month is not None:
+        keyed = keyed.join(party.parties_month.select(ID, PERSON, HOUSEHOLD), ID, "left")
+    else:
+        keyed = keyed.withColumn(PERSON, F.lit(None).cast("string")).withColumn(
+            HOUSEHOLD, F.lit(None).cast("string")
+        )
+    keyed = keyed.withColumn(SPLIT_KEY, party_key())
+    wanted = catalog.party_features()
+    if wanted:
+        if party.parties_month is None:
+            raise ScoringError(
+                f"release reads the party features {list(wanted)}, but the parties table has no rows for "
+                f"{fmt(month)} (a month before its first): it cannot be scored for this month"
+            )
+        figures = party_feature_rows(
+            party.parties_month.withColumn(MONTH, F.lit(month)), features.withColumn(MONTH, F.lit(month)),
+            chains=chains, starts=inputs.starts if inputs else None, tenure_column=catalog.tenure_column,
+            home_internet=catalog.home_internet,
+        ).select(ID, *wanted)  # fmt: skip
+        keyed = keyed.join(figures, ID, "left")
+    return keyed, replace(party, continued=continued)
 
 
 def counts_in_words(counts: dict[str, int]) -> str:
@@ -304,11 +400,13 @@ def scoring_parallelism(spark: SparkSession, features: DataFrame) -> DataFrame:
     return features
 
 
-def month_summary(stats: BatchStats, plan: BatchPlan) -> dict[str, Any]:
-    """What the review page reads about the scoring of the month without scanning it again."""
+def month_summary(stats: BatchStats, plan: BatchPlan, continued: int = 0) -> dict[str, Any]:
+    """What the review page (and validate-output) reads about the scoring of the month without scanning it
+    again. `continued`: old ids not scored because their successor is in the base that month (parties)."""
     rows = max(stats.rows, 1)
     return {
         "rows": stats.rows,
+        "continued_ids": continued,
         "holdout_rows": stats.holdout,
         "cltv_sum": stats.cltv_sum,
         "release_version": plan.release_version,
@@ -361,21 +459,23 @@ def write_party_scores(
     parties_month: DataFrame | None,
     plan: BatchPlan,
     staging: dict[str, str],
-    rho: Mapping[str, float] | None = None,
+    model: PartyModel | None = None,
 ) -> dict[str, int]:
     """Read back the month's written subscriber scores at `scores_path` (not scored again), attach the
     parties once (None: a month before the table's first, every subscriber its own person), roll up every
-    level (one shuffle each, spark_app.parties) and write each to its `staging` directory; level → parties
-    written. `rho`: the fitted joint-exit shares per survival column, when the release has them; else the
-    stated approximation, with its warning."""
+    level (one shuffle each, spark_app.parties), add the party intervals and write each level to its
+    `staging` directory; level → parties written. `model`: what the release fitted about parties (the
+    joint-exit shares per level and the party intervals); without it the stated approximation ρ (with its
+    warning) and no party intervals."""
     written = spark.read.parquet(scores_path)
     values, survival = rollup_columns(written.columns, plan.formula.components, plan.formula.survival)
-    shares = joint_exit_shares(survival, rho)
     keep = [c for c in (ID, SCORE_MONTH, *CARRIED) if c in written.columns]
     attached = attach_parties(written.select(*keep, *values, *survival), parties_month).persist()
+    shares = {level: joint_exit_shares(survival, model.rho.get(level) if model else None) for level in LEVELS}
     try:
         rows = {}
         for level, frame in party_levels(attached, values, survival, shares).items():
+            frame = with_party_intervals(frame, model, level, plan.interval_level, plan.horizons)
             frame.write.mode("overwrite").parquet(staging[level])
             rows[level] = spark.read.parquet(staging[level]).count()
     finally:
@@ -421,14 +521,14 @@ def score_month(
     month: dt.date,
     release: str = "champion",
     detail: bool = False,
-    party_rho: Mapping[str, float] | None = None,
 ) -> ScoreSummary:
     """Score every subscriber in the features of `month` with a registered release; write and summarize.
 
-    With `paths.parties` set, the month's parties are read and validated with the other inputs, and the
-    written scores are rolled up to persons and households, staged beside the scores and swapped in with
-    them (a failure anywhere leaves every previous partition as it was). `party_rho`: joint-exit shares
-    per survival column fitted at training (None: the stated approximation, `parties.approximate_rho`)."""
+    With `paths.parties` set, the month's parties are read and validated with the other inputs (an old id
+    whose successor is in the base that month is scored as the successor, a continuing id carries its
+    customer's tenure, the holdout hashes the household), and the written scores are rolled up to persons
+    and households with the release's party model (joint exits, party intervals), staged beside the scores
+    and swapped in with them (a failure anywhere leaves every previous partition as it was)."""
     timer = StageTimer()
     storage = Storage(spark)
     target = scores_dir(settings.paths, month)
@@ -447,6 +547,7 @@ def score_month(
                 {name: loaded.digests[name] for name in files},
             )  # fmt: skip
             plan = replace(plan, threads=int(spark.conf.get("spark.task.cpus", "1")))
+            party_model = PartyModel.from_json(loaded.manifest.get("parties"))
             check_enabled_models(plan.models, settings)
             seen = loaded.manifest.get("calendar_months_seen")
             if seen:
@@ -469,11 +570,17 @@ def score_month(
                 fmt(month), plan.release_version, release, ",".join(plan.models), plan.horizons,
                 plan.total_months, ", with detail" if detail else "",
             )  # fmt: skip
+        catalog = release_catalog(loaded.manifest)
+        check_party_inputs(catalog, plan.release_version, with_parties, party_model)
         with timer.stage("check inputs", spark):
             features = read_month_features(spark, settings, month, plan)
+            party = PartyScoring(None, None)
             if with_parties:
                 party_root = party_scores_root(settings.paths)
-                parties_month = read_month_parties(spark, settings.paths.parties, month)
+                inputs = read_party_inputs(spark, settings.paths, [month], month, catalog.tenure_column)
+                parties_month = parties_of_month(inputs.parties, month) if inputs is not None else None
+                party = PartyScoring(parties_month, inputs)
+                features, party = with_party_inputs(features, month, party, catalog)
         bundle = spark.sparkContext.broadcast(files)
         accumulator = spark.sparkContext.accumulator({}, StatsAccumulator())
         try:
@@ -501,11 +608,13 @@ def score_month(
                     scores.write.mode("overwrite").parquet(staging)
                     stats = merged(accumulator.value)
                     check_keys(stats, features, month)
-                    storage.write_json(f"{staging}/{SCORE_SUMMARY}", month_summary(stats, plan))
+                    storage.write_json(
+                        f"{staging}/{SCORE_SUMMARY}", month_summary(stats, plan, party.continued)
+                    )
                 if with_parties:
                     with timer.stage("party rollup and write", spark):
                         party_rows = write_party_scores(
-                            spark, staging, parties_month, plan, party_staging, party_rho
+                            spark, staging, parties_month, plan, party_staging, party_model
                         )
         finally:
             bundle.unpersist()

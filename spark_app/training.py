@@ -29,11 +29,12 @@ from spark_app.catalog import (
     DERIVED_FEATURES,
     HORIZON,
     NULL_CATEGORY,
+    PARTY_FEATURES,
     REGRESSION,
     ModelCatalog,
 )
-from spark_app.cltv import ValueFormula
-from spark_app.config import Settings
+from spark_app.cltv import SURVIVAL_POINTS, ValueFormula
+from spark_app.config import INTERVAL_LEVELS, Settings
 from spark_app.contract import ID, MONTH, month_dirs, read_table
 from spark_app.dataset import read_dataset, unit_hash
 from spark_app.errors import UserError
@@ -67,6 +68,26 @@ from spark_app.intervals import IntervalTable, cumulative_values, fit_intervals
 from spark_app.metrics import push_job_metrics, release_figures
 from spark_app.models import Learner
 from spark_app.months import add_months, fmt, month_index, month_range, months_between, parse_month
+from spark_app.parties import (
+    CUSTOMER,
+    FEATURE_MONTH_COL,
+    FORECAST_CUM,
+    HOUSEHOLD,
+    PERSON,
+    PREDICTED_P,
+    REALIZED_CUM,
+    REALIZED_IN,
+    SPLIT_KEY,
+    PartyInputs,
+    PartyModel,
+    carry_tenure,
+    fit_party_model,
+    newest_per_customer,
+    party_feature_rows,
+    party_key,
+    read_party_inputs,
+    with_customer,
+)
 from spark_app.progress import StageTimer
 from spark_app.registry import OOT_SAMPLE, log_release, model_input
 from spark_app.scoring import make_plan
@@ -314,50 +335,152 @@ def interval_months(
     ]
 
 
+@dataclass
+class HeldOutHistory:
+    """Held-out subscribers at the interval months, as the driver holds them: their features rows (`sample`:
+    ID, MONTH, the release's inputs; with parties also customer, person and household at that month) and
+    what their customers realized after (`realized`: `key`, MONTH, the month's value and every survival
+    fact). Without parties the key is the subscriber."""
+
+    sample: pd.DataFrame
+    realized: pd.DataFrame
+    key: str
+
+
+def held_out_history(
+    spark: SparkSession,
+    settings: Settings,
+    months: list[dt.date],
+    last_target: dt.date,
+    plan: Any,
+    catalog: ModelCatalog,
+    party: PartyInputs | None,
+) -> HeldOutHistory:
+    """The test split's subscribers (never fitted on; at most `training.interval_subscribers`) at `months`,
+    with what they realized up to `last_target`. With parties the split hashes the household (whole
+    households are held out, so their sums are the party's), the continuing id of a number change carries
+    its customer's tenure, an old id in its overlap month is not a second subscriber, and what a customer
+    realized counts every id it had."""
+    cfg = settings.dataset
+    features = read_table(spark, settings.paths.features, "features", months)
+    after = month_range(add_months(months[0], 1), last_target)
+    facts = read_table(spark, settings.paths.facts, "facts", after)
+    survival_facts = [e.fact for e in catalog.survival]
+    value = F.lit(0.0) + plan.formula.monthly_value(
+        lambda m: F.coalesce(F.col(catalog[m].fact).cast("double"), F.lit(0.0)), set(catalog.ids)
+    )
+    if party is None:
+        held_out = features.select(ID).distinct().where(unit_hash(ID, cfg.salt, "split") < cfg.test_share)
+        held_out = capped(
+            held_out, rows=held_out.count(), cap=settings.training.interval_subscribers, salt=cfg.salt
+        )
+        with session_conf(spark, **{ARROW_CONF: "true"}):
+            sample = features.join(held_out, ID, "left_semi").select(ID, MONTH, *plan.input_cols).toPandas()
+            realized = (
+                facts.join(held_out, ID, "left_semi")
+                .select(ID, MONTH, value.alias("value"), *[F.col(c).cast("double") for c in survival_facts])
+                .toPandas()
+            )
+        return HeldOutHistory(sample, realized, ID)
+    covered = [m for m in months if m in set(party.covered)]
+    by_party = (
+        party.parties.where(F.col(MONTH).isin(covered))
+        .select(ID, MONTH, PERSON, HOUSEHOLD)
+        .transform(with_customer, chains=party.chains)
+    )
+    uncovered = [m for m in months if m not in set(covered)]
+    by_id = (
+        features.where(F.col(MONTH).isin(uncovered)).select(ID, MONTH)
+        .transform(with_customer, chains=party.chains)
+        .withColumn(PERSON, F.col(CUSTOMER)).withColumn(HOUSEHOLD, F.lit(None).cast("string"))
+    )  # fmt: skip
+    keyed = (
+        by_party.unionByName(by_id.select(*by_party.columns))
+        .withColumn(SPLIT_KEY, party_key())
+        .where(unit_hash(SPLIT_KEY, cfg.salt, "split") < cfg.test_share)
+    )
+    subscribers = keyed.select(ID).distinct().count()
+    cap = settings.training.interval_subscribers
+    if subscribers > cap:  # whole households: the cap hashes the split key too
+        keyed = keyed.where(unit_hash(SPLIT_KEY, cfg.salt, "train-cap") < float(cap) / subscribers)
+    keyed = keyed.localCheckpoint()
+    ids = keyed.select(ID).distinct()
+    rows = (
+        features.join(F.broadcast(ids), ID, "left_semi")
+        .select(ID, MONTH, *[c for c in plan.input_cols if c not in PARTY_FEATURES])
+        .join(keyed.drop(SPLIT_KEY), [ID, MONTH], "inner")
+        .transform(newest_per_customer, month_col=MONTH)
+        .transform(carry_tenure, starts=party.starts, tenure_column=catalog.tenure_column, month_col=MONTH)
+    )
+    wanted = catalog.party_features()
+    if wanted:
+        figures = party_feature_rows(
+            keyed.select(ID, MONTH, PERSON, HOUSEHOLD), features.join(F.broadcast(ids), ID, "left_semi"),
+            chains=party.chains, starts=party.starts, tenure_column=catalog.tenure_column,
+            home_internet=catalog.home_internet,
+        ).select(ID, MONTH, *wanted)  # fmt: skip
+        rows = rows.join(figures, [ID, MONTH], "left")
+    customers = keyed.select(CUSTOMER).distinct()
+    per_customer = (
+        facts.transform(with_customer, chains=party.chains)
+        .join(F.broadcast(customers), CUSTOMER, "left_semi")
+        .groupBy(CUSTOMER, MONTH)
+        .agg(
+            *[F.max(F.col(c).cast("double")).alias(c) for c in survival_facts],
+            *[F.sum(F.col(c).cast("double")).alias(c) for c in sorted({e.fact for e in catalog.amounts})],
+        )
+    )
+    with session_conf(spark, **{ARROW_CONF: "true"}):
+        sample = rows.select(ID, MONTH, *plan.input_cols, CUSTOMER, PERSON, HOUSEHOLD).toPandas()
+        realized = per_customer.select(
+            CUSTOMER, MONTH, value.alias("value"), *[F.col(c) for c in survival_facts]
+        ).toPandas()
+    return HeldOutHistory(sample, realized, CUSTOMER)
+
+
 def fit_release_intervals(
-    spark: SparkSession, settings: Settings, learner: Learner, last_target: dt.date
-) -> IntervalTable | None:
-    """The release's interval table (spark_app.intervals): the test split's subscribers (a hash of the id,
-    never fitted on; at most `training.interval_subscribers` of them) at the recent feature months F of
-    `interval_months`, forecast by the scoring batch's own functions, beside the value they realized over
-    F+1..F+h (value formula on the facts, a month without facts worth 0)."""
+    spark: SparkSession,
+    settings: Settings,
+    learner: Learner,
+    last_target: dt.date,
+    party: PartyInputs | None = None,
+) -> tuple[IntervalTable | None, PartyModel | None]:
+    """The release's interval table (spark_app.intervals) and, with parties, its PartyModel: the test split's
+    subscribers (a hash of the id — with parties of the household —, never fitted on; at most
+    `training.interval_subscribers` of them) at the recent feature months F of `interval_months`, forecast
+    by the scoring batch's own functions, beside the value they realized over F+1..F+h (value formula on
+    the facts, a month without facts worth 0) and, for the parties, whether they were still in each base."""
     cfg, per_horizon = settings.dataset, settings.training.interval_months
     horizons = max(learner.meta.get("horizons") or cfg.horizons)
     months = interval_months(spark, settings, last_target, horizons, per_horizon)
     if not months or cfg.test_share <= 0:
         log.warning("intervals: no held-out subscribers followed by facts (test_share %s)", cfg.test_share)
-        return None
+        return None, None
     plan = make_plan(settings, learner.manifest(), 0, "intervals", months[0], detail=False)
     catalog = learner.catalog.subset(list(learner.models))
-    features = read_table(spark, settings.paths.features, "features", months)
-    held_out = features.select(ID).distinct().where(unit_hash(ID, cfg.salt, "split") < cfg.test_share)
-    held_out = capped(
-        held_out, rows=held_out.count(), cap=settings.training.interval_subscribers, salt=cfg.salt
-    )
-    facts = read_table(
-        spark, settings.paths.facts, "facts", month_range(add_months(months[0], 1), last_target)
-    )
-    value = F.lit(0.0) + plan.formula.monthly_value(
-        lambda m: F.coalesce(F.col(catalog[m].fact).cast("double"), F.lit(0.0)), set(catalog.ids)
-    )
-    with session_conf(spark, **{ARROW_CONF: "true"}):
-        sample = features.join(held_out, ID, "left_semi").select(ID, MONTH, *plan.input_cols).toPandas()
-        realized = facts.join(held_out, ID, "left_semi").select(ID, MONTH, value.alias("value")).toPandas()
+    history = held_out_history(spark, settings, months, last_target, plan, catalog, party)
+    sample, realized = history.sample, history.realized
     if not len(sample):
         log.warning("intervals: no held-out subscribers in the features of %s", ", ".join(map(fmt, months)))
-        return None
-    # realized monthly value: subscriber × month index (absent → 0)
-    ids = pd.Index(sample[ID].unique())
+        return None, None
+    # realized monthly value and base flags: customer (or subscriber) × month index (absent → 0)
+    keys = pd.Index(sample[history.key].unique())
     base = month_index(add_months(months[0], 1))
-    grid = np.zeros((len(ids), month_index(last_target) - base + 1))
-    row = ids.get_indexer(realized[ID])
+    width = month_index(last_target) - base + 1
+    row = keys.get_indexer(realized[history.key])
     when = pd.to_datetime(realized[MONTH])
     col = (when.dt.year * 12 + when.dt.month - 1).to_numpy() - base  # months.month_index, vectorized
     known = row >= 0
-    grid[row[known], col[known]] = realized["value"].to_numpy()[known]
+    grids = {}
+    for name in ["value", *[e.fact for e in catalog.survival]]:
+        grids[name] = np.zeros((len(keys), width))
+        grids[name][row[known], col[known]] = np.nan_to_num(realized[name].to_numpy(dtype=np.float64))[known]
+    grid = grids["value"]
     pooled_f: list[list[np.ndarray]] = [[] for _ in range(horizons)]
     pooled_a: list[list[np.ndarray]] = [[] for _ in range(horizons)]
     pooled_s: list[list[np.ndarray]] = [[] for _ in range(horizons)]
+    party_rows: list[pd.DataFrame] = []
+    survival_points = party_survival_points(catalog, horizons) if party is not None else {}
     segment = settings.training.interval_segment
     if segment is not None and segment not in plan.categorical:
         log.warning("intervals: training.interval_segment %r is not a categorical input: by decile", segment)
@@ -373,7 +496,9 @@ def fit_release_intervals(
         forecasts = monthly_forecasts(learner.predict(horizon_rows(inputs, plan_f)), len(inputs), plan_f)
         forecast_cum = cumulative_values(forecasts, plan.formula)
         start = month_index(month) + 1 - base
-        realized_cum = np.cumsum(grid[ids.get_indexer(rows[ID]), start : start + max(usable)], axis=1)
+        at = keys.get_indexer(rows[history.key])
+        observed = min(horizons, ahead)
+        realized_cum = np.cumsum(grid[at, start : start + observed], axis=1)
         labels = None
         if segment:
             values = rows[segment].astype(object)
@@ -383,9 +508,21 @@ def fit_release_intervals(
             pooled_a[h - 1].append(realized_cum[:, h - 1])
             if labels is not None:
                 pooled_s[h - 1].append(labels)
+        if party is not None:
+            frame = {FEATURE_MONTH_COL: np.full(len(rows), fmt(month)), PERSON: rows[PERSON].to_numpy(),
+                     HOUSEHOLD: rows[HOUSEHOLD].to_numpy()}  # fmt: skip
+            for h in range(1, horizons + 1):
+                frame[FORECAST_CUM.format(h=h)] = forecast_cum[:, h - 1]
+                frame[REALIZED_CUM.format(h=h)] = realized_cum[:, h - 1] if h <= observed else np.nan
+            for column, (model_id, h) in survival_points.items():
+                frame[PREDICTED_P.format(column=column)] = forecasts[model_id][:, h - 1]
+                frame[REALIZED_IN.format(column=column)] = (
+                    grids[catalog[model_id].fact][at, start + h - 1] if h <= observed else np.nan
+                )
+            party_rows.append(pd.DataFrame(frame))
     fitted = next((h for h in range(horizons) if not pooled_f[h]), horizons)
     if not fitted:
-        return None
+        return None, None
     table = fit_intervals(
         [np.concatenate(x) for x in pooled_f[:fitted]],
         [np.concatenate(x) for x in pooled_a[:fitted]],
@@ -400,9 +537,56 @@ def fit_release_intervals(
     log.info(
         "intervals: %s held-out subscribers at %d feature months %s; %s..%s residuals per horizon, "
         "horizons 1..%d fitted",
-        f"{len(ids):,}", len(months), table.feature_month, f"{fewest:,}", f"{table.subscribers:,}", fitted,
+        f"{sample[ID].nunique():,}", len(months), table.feature_month, f"{fewest:,}",
+        f"{table.subscribers:,}", fitted,
     )  # fmt: skip
-    return table
+    if party is None or not party_rows:
+        return table, None
+    model = fit_party_model(
+        pd.concat(party_rows, ignore_index=True),
+        horizons,
+        {column: h for column, (_, h) in survival_points.items()},
+        INTERVAL_LEVELS,
+        table.feature_month,
+    )
+    log.info(
+        "parties: intervals and joint exits fitted on %s held-out persons and %s households (party × feature "
+        "month); rho %s", f"{model.parties.get('person', 0):,}", f"{model.parties.get('household', 0):,}",
+        "; ".join(f"{lv}: " + ", ".join(f"{c} {v:.2f}" for c, v in r.items()) for lv, r in model.rho.items()),
+    )  # fmt: skip
+    return table, model
+
+
+def read_training_parties(
+    spark: SparkSession, settings: Settings, manifest: dict[str, Any], last_target: dt.date
+) -> PartyInputs | None:
+    """The parties for the release's held-out history (None without paths.parties, or when the training
+    set was built without it): the chains and customer starts up to the last target month; the table is
+    validated by build-dataset already."""
+    if settings.paths.parties is None:
+        return None
+    if not manifest.get("parties"):
+        log.warning(
+            "paths.parties is set but training set %s was built without it: the release fits no party "
+            "model (rebuild the training set to fit one)", manifest.get("dataset_id"),
+        )  # fmt: skip
+        return None
+    months = month_range(add_months(last_target, -(settings.dataset.max_horizon
+                                                   + settings.training.interval_months)), last_target)
+    return read_party_inputs(
+        spark, settings.paths, months, last_target, settings.models.tenure_column, validate=False
+    )
+
+
+def party_survival_points(catalog: ModelCatalog, horizons: int) -> dict[str, tuple[str, int]]:
+    """Survival score column (p_<model>_<k>m) → (model, the horizon its joint-exit share is fitted at):
+    k itself within the trained horizons, else the longest (the 60-month survival takes the 24-month ρ,
+    assumed not to change beyond what history shows)."""
+    return {
+        f"p_{e.model_id}_{k}m": (e.model_id, min(k, horizons))
+        for e in catalog.survival
+        for k in SURVIVAL_POINTS
+    }
 
 
 # ---------------------------------------------------------------- the job
@@ -449,11 +633,13 @@ def train_release(spark: SparkSession, settings: Settings, dataset_id: str | Non
         ).to_json(),
     }
     with timer.stage("fit intervals", spark):
-        intervals = fit_release_intervals(
-            spark, settings, learner, parse_month(manifest["target_months"][-1])
-        )
+        last_target = parse_month(manifest["target_months"][-1])
+        party = read_training_parties(spark, settings, manifest, last_target)
+        intervals, party_model = fit_release_intervals(spark, settings, learner, last_target, party)
     if intervals is not None:
         learner.meta["intervals"] = intervals.to_json()
+    if party_model is not None:
+        learner.meta["parties"] = party_model.to_json()
     with tempfile.TemporaryDirectory(prefix="cltv-release-") as tmp:
         bundle_dir = Path(tmp) / "bundle"
         eval_dir = Path(tmp) / "evaluation"

@@ -48,7 +48,11 @@ def spark():
 
 @pytest.fixture(scope="session")
 def panel_spec() -> PanelSpec:
-    return PanelSpec(subscribers=PANEL_SUBSCRIBERS, months=PANEL_MONTHS, start=PANEL_START, seed=11)
+    # without persons and households: the shared panel stays the one every test was written on; the party
+    # path has tests and panels of its own (test_party_*.py, the demo)
+    return PanelSpec(
+        subscribers=PANEL_SUBSCRIBERS, months=PANEL_MONTHS, start=PANEL_START, seed=11, parties=False
+    )
 
 
 @pytest.fixture(scope="session")

@@ -414,3 +414,116 @@ def test_two_campaigns_published_at_once_keep_each_others_rows(campaign_env, spa
         (Path(contacts_partition(settings.paths, "test", M)) / "_published.json").read_text()
     )
     assert (history["campaign"] == "test").sum() == sum(published["counts"].values())
+
+
+# ------------------------------------------------------------------ with persons and households
+@pytest.fixture(scope="module")
+def household_design(spark, campaign_env, tmp_path_factory):
+    """The campaign of M designed on the same scores with a parties table (households of 1–4 lines, persons
+    of up to two lines) and a contact history holding one line of a two-line person, treated in the freeze
+    window: campaigns and contacts of their own, so the tests above are not touched."""
+    from test_party_scoring import households_of, write_parties
+
+    settings, panel, _, work = campaign_env
+    root = tmp_path_factory.mktemp("household_campaign")
+    for month in (H, M):
+        ids = pd.read_parquet(Path(settings.paths.scores) / f"score_month={month}", columns=["subscriber_id"])
+        write_parties(root / "parties", households_of(sorted(ids["subscriber_id"])), month)
+    parties = pd.read_parquet(root / "parties" / f"report_month={M}")
+    scores = pd.read_parquet(Path(settings.paths.scores) / f"score_month={M}")
+    features = pd.read_parquet(panel / "features" / f"report_month={M}")
+    lines = parties.merge(scores, on="subscriber_id").merge(features, on="subscriber_id")
+    lines["open"] = ~lines["holdout"] & (lines["marketing_consent"] == 1)
+    two = lines.groupby("person_id").filter(lambda p: len(p) == 2 and p["open"].all())
+    contacted = two["subscriber_id"].iloc[0]
+    history = pa.table(
+        {
+            "subscriber_id": [contacted],
+            "contact_date": [dt.date(2024, 12, 20)],
+            "channel": ["sms"],
+            "campaign": ["crm"],
+            "group": [TREATMENT],
+        }
+    )
+    (root / "contacts" / "crm").mkdir(parents=True)
+    pq.write_table(history, root / "contacts" / "crm" / "part-0.parquet")
+    paths = {"parties": str(root / "parties"), "campaigns": str(root / "campaigns"),
+             "contacts": str(root / "contacts")}  # fmt: skip
+    with_parties = make_settings(
+        work, panel, mlflow=settings.mlflow.model_dump(), paths=paths, campaigns={"test": CAMPAIGN}
+    )
+    assert run(conf_file(with_parties, root / "parties.yaml"), "design", M) == 0
+    path = Path(design_dir(with_parties.paths, "test", M))
+    record = json.loads((path / "_design.json").read_text())
+    frozen = two[two["person_id"] == two["person_id"].iloc[0]]
+    return pd.read_parquet(path), record, lines, frozen, with_parties
+
+
+def test_with_parties_a_household_is_in_one_group_from_its_own_hash(household_design, spark):
+    from pyspark.sql import functions as F
+
+    from spark_app.campaigns import split
+
+    listed, record, lines, _, _ = household_design
+    assert record["status"] == "ok" and record["aa"]["status"] == "done"  # the A/A and balance still pass
+    assert "household" in record["parties"]["split_key"]
+    mine = listed.merge(lines[["subscriber_id", "person_id", "household_id"]], on="subscriber_id")
+    key = mine["household_id"].fillna(mine["person_id"])  # households_of gives every line a person
+    hashes = (
+        spark.createDataFrame(pd.DataFrame({"key": key.unique()}))
+        .select("key", F.xxhash64("key").alias("h"))
+        .toPandas()
+        .set_index("key")["h"]
+    )
+    u = split.unit(hashes.loc[key].to_numpy(np.int64), split.salt64("campaign:test"))
+    assert (mine["group"].to_numpy() == np.where(u < 0.5, CONTROL, TREATMENT)).all()
+    assert (mine.dropna(subset=["household_id"]).groupby("household_id")["group"].nunique() == 1).all()
+    several = mine.dropna(subset=["household_id"]).groupby("household_id").size()
+    assert (several > 1).sum() > 50  # households of several lines were listed, all in one group
+
+
+def test_with_parties_a_person_is_listed_once_and_frozen_on_all_lines(household_design):
+    listed, record, lines, frozen, _ = household_design
+    mine = listed.merge(lines[["subscriber_id", "person_id"]], on="subscriber_id")
+    assert mine["person_id"].is_unique  # one contact per person, over every channel
+    # of a person's two open, active lines the one at higher value at risk is the one listed
+    active = lines[lines["open"] & (lines["is_active"] == 1) & ~lines["person_id"].isin(frozen["person_id"])]
+    pairs = active.groupby("person_id").filter(lambda p: len(p) == 2)
+    top = pairs.sort_values("value_at_risk", ascending=False).groupby("person_id").head(1)["subscriber_id"]
+    assert len(top) > 50 and set(top) <= set(listed["subscriber_id"])
+    assert not set(pairs["subscriber_id"]) - set(top) & set(listed["subscriber_id"])
+    for c in record["channels"].values():
+        assert c["audience"] == c["holdout"] + c["consent"] + c["frozen"] + c["reserved"] + c["eligible"]
+        assert c["eligible"] == c["same_person"] + c["beyond"] + c["treated"] + c["control"]
+    assert record["channels"]["active"]["same_person"] >= len(pairs) // 2
+    # one line was contacted in the freeze window: its person is frozen on both lines
+    assert not set(frozen["subscriber_id"]) & set(listed["subscriber_id"])
+    assert record["channels"]["rest"]["frozen"] == 2
+
+
+def test_with_parties_the_evaluation_takes_households_as_its_units(household_design, spark):
+    from spark_app.campaigns.households import randomized_units, read_campaign_parties, with_party_keys
+
+    listed, _, lines, _, with_parties = household_design
+    keyed = with_party_keys(spark.createDataFrame(listed), read_campaign_parties(spark, with_parties, M))
+    got = randomized_units(keyed).toPandas().set_index(["channel", "group"])["n"].sort_index()
+    mine = listed.merge(lines[["subscriber_id", "person_id", "household_id"]], on="subscriber_id")
+    mine["key"] = mine["household_id"].fillna(mine["person_id"])
+    expected = mine.groupby(["channel", "group"])["key"].nunique().sort_index()
+    assert (
+        got.to_dict() == expected.to_dict() and (expected < mine.groupby(["channel", "group"]).size()).any()
+    )
+    # one stratum per household and channel: the estimators' units are whole inside a stratum
+    assert (mine.groupby(["channel", "key"])["stratum"].nunique() == 1).all()
+    conf = Path(with_parties.paths.campaigns).parent / "parties.yaml"
+    assert run(conf, "evaluate", E) == 0  # the sample-ratio check on households passes
+    path = Path(evaluation_dir(with_parties.paths, "test", E))
+    record = json.loads((path / "_evaluation.json").read_text())
+    assert record["status"] == "ok" and "households" in record["srm_units"]
+    results = pd.read_parquet(path / "results")
+    active = results[results["channel"] == "active"].set_index(["metric", "estimator"])
+    assert set(active.index) == {("retention", "stratified"), ("value", "stratified"), ("value", "cuped"),
+                                 ("value", "cupac")}  # fmt: skip
+    assert active["ci_low"].notna().all() and (active["ci_low"] < active["ci_high"]).all()
+    treated = (mine["channel"] == "active") & (mine["group"] == TREATMENT)
+    assert 0.9 * treated.sum() <= active.loc[("retention", "stratified"), "n_treated"] <= treated.sum()

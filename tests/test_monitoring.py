@@ -339,6 +339,7 @@ def test_monitor_month_writes_tables_logs_a_run_and_fails_on_drift(
     clean = monitor_month(spark, settings, MONTH, release=release)
     assert not clean.failed, clean.failures
     assert any("prediction drift skipped" in w for w in clean.warnings)
+    assert settings.paths.parties is None and not {"party_backtest", "party_coverage"} & set(clean.tables)
 
     # the same reference against a month whose prices moved: exit code 1
     shifted = tmp_path / "shifted"
@@ -352,6 +353,7 @@ def test_monitor_month_writes_tables_logs_a_run_and_fails_on_drift(
     assert [f.split(":")[0] for f in result.failures] == ["feature price"]
     stored = read_monitoring(spark, settings, MONTH)
     assert stored["summary"]["status"] == FAIL and stored["summary"]["run_id"] == result.run_id
+    assert "parties" not in stored["summary"] and stored["party_backtest"].empty  # without paths.parties
     assert set(stored["drift"]["feature"]) >= {"price", "tariff"}
     run = mlflow.MlflowClient(settings.mlflow.tracking_uri).get_run(result.run_id)
     assert run.data.metrics["drift.psi.price"] > CFG.psi_fail

@@ -198,6 +198,7 @@ def test_report_page_has_every_section_and_is_linked_from_mlflow(
     assert all(len(i) > 2000 for i in images)
     assert "Main metric at selected horizons" in page and "naive h12" in page and "ds-test" in page
     assert "paid.fit_seconds" in page
+    assert "Persons and households" not in page and "Party interval coverage" not in page  # no parties
     run = client.get_run(result.run_id)
     assert run.data.tags["report"].endswith("report/cltv-report-2024-09.html")
     assert [a.path for a in client.list_artifacts(result.run_id, "report")] == [

@@ -4,8 +4,10 @@ For month M (scored, with `--detail` for value at risk): the scored base joined 
 eligible = not in the global holdout, consent, not frozen nor reserved by the contact history (the
 campaign×month's own rows ignored); per channel in priority order, its audience (rules, minus those an
 earlier channel selected) ranked by the ranking key, the top share and/or up to `capacity` treated
-selected; group by the subscriber's own salted hash against the channel's control share; strata = value-at-
-risk decile × `strata_column`; daily batches spread evenly over value bins. Then the proof, on history:
+selected; group by the subscriber's own salted hash against the channel's control share (with
+`paths.parties`: its household's hash, one line per person, the contact history per person —
+spark_app.campaigns.households); strata = value-at-risk decile × `strata_column`; daily batches spread
+evenly over value bins. Then the proof, on history:
 the same rules and selection at H = M − N, whose outcomes at M are known, give the baseline Retention_N,
 the variance of the N-month value and so the MDE for this design's group sizes, and an A/A simulation —
 re-splits of H's audience with `aa_splits` salts through the very splitter and stratified estimator the
@@ -43,6 +45,16 @@ from spark_app.campaigns.contacts import (
     read_contacts,
     unavailable,
 )
+from spark_app.campaigns.households import (
+    PERSON_KEY,
+    CampaignParties,
+    blocked_per_person,
+    distinct_persons,
+    first_line_per_person,
+    one_stratum_per_household,
+    read_campaign_parties,
+    with_party_keys,
+)
 from spark_app.campaigns.rules import (
     CampaignConfigError,
     audience_column,
@@ -57,6 +69,7 @@ from spark_app.contract import ID, MONTH, month_dirs, read_table
 from spark_app.errors import InputsNotReady
 from spark_app.layout import DESIGN_JSON, design_dir, read_scores
 from spark_app.months import add_months, fmt, month_range
+from spark_app.parties import SPLIT_KEY
 from spark_app.progress import StageTimer
 from spark_app.session import session_conf
 from spark_app.storage import Storage
@@ -102,10 +115,17 @@ def survival_column(catalog: ModelCatalog, cfg: CampaignConfig) -> str:
 
 
 def month_frame(
-    spark: SparkSession, settings: Settings, name: str, cfg: CampaignConfig, month: dt.date
+    spark: SparkSession,
+    settings: Settings,
+    name: str,
+    cfg: CampaignConfig,
+    month: dt.date,
+    parties: CampaignParties | None = None,
 ) -> tuple[DataFrame, bool]:
     """The month's scored subscribers with the score and feature columns the campaign reads, the id hash
-    and the splitter's unit; and whether value at risk could be computed (the scores' detail arrays)."""
+    and the splitter's unit; and whether value at risk could be computed (the scores' detail arrays).
+    With `parties` the hash is of the household key (`households.with_party_keys`), and each row carries
+    its person."""
     scores = read_scores(spark, settings.paths, month)
     if scores is None:
         raise InputsNotReady(
@@ -153,7 +173,10 @@ def month_frame(
     if VALUE_AT_RISK not in frame.columns:
         frame = frame.withColumn(VALUE_AT_RISK, F.lit(None).cast("double"))
     salt = split.salt64(f"campaign:{name}")
-    return frame.withColumn(ID_HASH, F.xxhash64(F.col(ID))).withColumn(UNIT, unit_column(salt)), detail
+    key = ID
+    if parties is not None:
+        frame, key = with_party_keys(frame, parties), SPLIT_KEY
+    return frame.withColumn(ID_HASH, F.xxhash64(F.col(key))).withColumn(UNIT, unit_column(salt)), detail
 
 
 def unit_column(salt: int) -> Column:
@@ -185,6 +208,11 @@ class ChannelCounts:
     beyond: int = 0  # eligible but beyond the top share or the capacity
     treated: int = 0
     control: int = 0
+    same_person: int | None = None  # with parties: eligible, but another line of the person was ranked higher
+
+    def recorded(self) -> dict[str, int]:
+        """The counts as _design.json records them (same_person only with parties)."""
+        return {k: v for k, v in vars(self).items() if v is not None}
 
 
 def select_channels(
@@ -192,7 +220,11 @@ def select_channels(
 ) -> tuple[DataFrame, dict[str, ChannelCounts]]:
     """Channels in priority order: each takes its audience minus what earlier channels selected, ranks it
     and keeps the top share and/or the capacity of treated. Returns the selected rows (one per subscriber)
-    with channel, group, rank and the rank within the group, and per-channel counts."""
+    with channel, group, rank and the rank within the group, and per-channel counts. With persons (the
+    frame carries PERSON_KEY: paths.parties) a channel lists one line per person, the highest ranked, and
+    an earlier channel's list takes every line of its persons."""
+    person = PERSON_KEY in frame.columns
+    key = PERSON_KEY if person else ID
     flagged = frame
     if blocked is not None:
         flagged = flagged.join(blocked, ID, "left")
@@ -219,7 +251,10 @@ def select_channels(
     for index, channel in enumerate(cfg.channels):
         pool = flagged.where(audience_column(channel.audience))
         if taken is not None:
-            pool = pool.join(taken.select(ID), ID, "left_anti")
+            pool = pool.join(taken.select(key), key, "left_anti")
+        pool = pool.where(eligible)
+        if person:
+            pool = first_line_per_person(pool, channel.ranking_key, UNIT)
         # one ordered pass per channel (Spark moves the channel's eligible audience into one task for it):
         # the rank, the eligible count for the top share, the treated count up to each rank for a capacity
         order = Window.orderBy(F.col(channel.ranking_key).desc_nulls_last(), F.col(UNIT).asc())
@@ -227,8 +262,7 @@ def select_channels(
         everyone = Window.partitionBy()
         is_control = F.col(UNIT) < F.lit(channel.control_share)
         ranked = (
-            pool.where(eligible)
-            .withColumn(GROUP, F.when(is_control, F.lit(CONTROL)).otherwise(F.lit(TREATMENT)))
+            pool.withColumn(GROUP, F.when(is_control, F.lit(CONTROL)).otherwise(F.lit(TREATMENT)))
             .withColumn(RANK, F.row_number().over(order))
             .withColumn("_treated_upto", F.sum((~is_control).cast("long")).over(running))
             .withColumn("_eligible", F.count(F.lit(1)).over(everyone))
@@ -257,11 +291,11 @@ def select_channels(
         }
         counts[channel.name] = ChannelCounts(treated=groups.get(TREATMENT, 0), control=groups.get(CONTROL, 0))
         chosen.append(selected)
-        ids = selected.select(ID, "_channel_index")
+        ids = selected.select(key, "_channel_index")
         taken = ids if taken is None else taken.unionByName(ids)
     # who each channel's rules reached (minus earlier channels' lists) and why they were excluded: one pass
     tagged = (
-        flagged.join(taken, ID, "left")
+        flagged.join(taken, key, "left")
         if taken is not None
         else flagged.withColumn("_channel_index", F.lit(None))
     )
@@ -273,12 +307,16 @@ def select_channels(
         sums.append(F.sum(reached.cast("long")).alias(f"{index}:audience"))
         sums += [F.sum((reached & c).cast("long")).alias(f"{index}:{k}") for k, c in excluded.items()]
         sums.append(F.sum((reached & eligible).cast("long")).alias(f"{index}:eligible"))
+        if person:
+            sums.append(distinct_persons(reached & eligible).alias(f"{index}:persons"))
     row = tagged.agg(*sums).first()
     for index, channel in enumerate(cfg.channels):
         c = counts[channel.name]
-        for key in ("audience", *excluded, "eligible"):
-            setattr(c, key, int(row[f"{index}:{key}"] or 0))
-        c.beyond = c.eligible - c.treated - c.control
+        for count in ("audience", *excluded, "eligible"):
+            setattr(c, count, int(row[f"{index}:{count}"] or 0))
+        if person:
+            c.same_person = c.eligible - int(row[f"{index}:persons"] or 0)
+        c.beyond = c.eligible - (c.same_person or 0) - c.treated - c.control
         if channel.capacity is not None and channel.capacity > c.treated:
             log.warning(
                 "channel %s: capacity %s is larger than its audience allows: %s eligible, %s treated",
@@ -345,6 +383,7 @@ def with_strata_and_batches(
         .withColumn("_bin", value_bin)
         .withColumn(BATCH, ((F.row_number().over(in_bin) - 1) % F.lit(cfg.batch_days) + 1).cast("int"))
         .drop("_bin", "_label", "_pooled")
+        .transform(lambda df: one_stratum_per_household(df, STRATUM, RANK) if SPLIT_KEY in df.columns else df)
     )
 
 
@@ -427,7 +466,9 @@ def history_check(
         why = f"history month {fmt(history)}: {missing} not there"
         log.warning("campaign %s: no A/A and no MDE — %s", name, why)
         return {"history_month": fmt(history), "status": "skipped", "why": why}
-    frame, _ = month_frame(spark, settings, name, cfg, history)
+    parties = read_campaign_parties(spark, settings, history)
+    frame, _ = month_frame(spark, settings, name, cfg, history, parties)
+    clustered = parties is not None  # households randomized: the variance is over households (stats.Units)
     selected, hist_counts = select_channels(frame, cfg, None)
     selected = with_strata_and_batches(selected, cfg, hist_counts)
     realized = (
@@ -464,8 +505,10 @@ def history_check(
         }
         for metric in ("retained", "value"):
             y = rows[metric].to_numpy(np.float64)
-            variance = float(np.var(y, ddof=1))
-            aa = stats.aa_simulation(hashes, strata, y, channel.control_share, salts, alpha=cfg.alpha)
+            variance = stats.unit_variance(hashes, y) if clustered else float(np.var(y, ddof=1))
+            aa = stats.aa_simulation(
+                hashes, strata, y, channel.control_share, salts, alpha=cfg.alpha, clustered=clustered
+            )
             key = "retention" if metric == "retained" else "value"
             out[key] = {
                 "baseline": float(y.mean()),
@@ -591,11 +634,14 @@ def design_campaign(
         cfg.outcome_months,
     )
     with timer.stage("select", spark):
-        frame, detail = month_frame(spark, settings, name, cfg, month)
+        parties = read_campaign_parties(spark, settings, month)
+        frame, detail = month_frame(spark, settings, name, cfg, month, parties)
         if catalog.tenure_column and catalog.tenure_column in frame.columns:
             frame = frame.withColumn("tenure", F.col(catalog.tenure_column).cast("double"))
         history = read_contacts(spark, settings.paths, today)
         blocked = unavailable(history, launch, campaign=name, month=month)
+        if parties is not None:  # a person contacted (or held back) on one line is so on all
+            blocked = blocked_per_person(blocked, frame, parties.chains)
         selected, counts = select_channels(frame, cfg, blocked)
         listed = with_strata_and_batches(selected, cfg, counts).cache()
         check_published(listed, history, name, month)
@@ -617,7 +663,7 @@ def design_campaign(
         else "not available (scores without detail)",
         "channels": {
             c.name: {
-                **vars(counts[c.name]),
+                **counts[c.name].recorded(),
                 "control_share": c.control_share,
                 "contact_cost": c.contact_cost,
                 "ranking_key": c.ranking_key,
@@ -633,6 +679,13 @@ def design_campaign(
         "balance": balance,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if parties is not None:
+        record["parties"] = {
+            "split_key": "household, else person, else customer (first id of a number change), else "
+            "subscriber",
+            "contacts": "one line per person per campaign (the highest ranked); freeze and reservation per "
+            "person",
+        }
     with timer.stage("write", spark), storage.staged(target) as staging:
         listed.select(*LIST_COLUMNS).write.mode("overwrite").parquet(staging)
         storage.write_text(
@@ -692,8 +745,10 @@ def log_design_run(settings: Settings, record: dict[str, Any]) -> None:
     )
     metrics: dict[str, float] = {}
     for channel, c in record["channels"].items():
-        for key in ("audience", "eligible", "treated", "control", "holdout", "consent", "frozen", "reserved"):
-            metrics[f"{channel}.{key}"] = c[key]
+        for key in ("audience", "eligible", "treated", "control", "holdout", "consent", "frozen", "reserved",
+                    "same_person"):  # fmt: skip
+            if key in c:
+                metrics[f"{channel}.{key}"] = c[key]
         found = record["aa"].get("channels", {}).get(channel, {})
         for metric in ("retention", "value"):
             if metric in found:
@@ -751,6 +806,11 @@ def log_summary(record: dict[str, Any], timer: StageTimer) -> None:
                     100 * r["aa_ci"][0],
                     100 * r["aa_ci"][1],
                 )
+        if "same_person" in c:
+            log.info(
+                "    %s eligible lines not listed: a line of the same person ranked higher",
+                f"{c['same_person']:,}",
+            )
     for reason in record["reasons"]:
         log.error("  refused: %s", reason)
 

@@ -5,7 +5,8 @@ At the outcome month E = M + N: the design's list joined with the facts of M+1..
 post-stratified estimator the design's A/A simulation used (spark_app.campaigns.stats), the relative
 lift, the value difference also with CUPED (the pre-period value of M−N+1..M) and CUPAC (the scores'
 `cltv_24m` of M) with their variance reduction, the incremental value net of the contact cost, a
-sample-ratio check of the groups' counts against the designed share (exit 1 when p < 0.001), Holm's
+sample-ratio check of the groups' counts (with paths.parties: of households, the split's unit) against the
+designed share (exit 1 when p < 0.001), Holm's
 correction across channels × primary metrics, and the lift by value-at-risk decile (uplift@k, Qini) to
 guide the next targeting. Spark aggregates per (channel, stratum, group) and per (channel, decile, group);
 the driver gets those cells only.
@@ -37,11 +38,13 @@ from spark_app.campaigns.design import (
     read_design,
     to_pandas,
 )
+from spark_app.campaigns.households import randomized_units, read_campaign_parties, with_party_keys
 from spark_app.config import Settings
 from spark_app.contract import ID
 from spark_app.errors import InputsNotReady
 from spark_app.layout import DESIGN_JSON, EVALUATION_JSON, design_dir, evaluation_dir, read_scores
 from spark_app.months import add_months, fmt, month_range
+from spark_app.parties import SPLIT_KEY
 from spark_app.progress import StageTimer
 from spark_app.storage import Storage
 
@@ -64,9 +67,15 @@ class EvaluationResult:
     record: dict[str, Any] = field(repr=False)
 
 
-def cells(rows: DataFrame) -> pd.DataFrame:
+OUTCOMES, COVARIATES = ("retained", "value"), ("pre_value", "cltv_24m")
+
+
+def cells(rows: DataFrame, unit: str | None = None) -> DataFrame:
     """Per (channel, stratum, group) the sums every estimator needs (sums of squares for variances, cross
-    products for CUPED/CUPAC)."""
+    products for CUPED/CUPAC). `unit`: the column of the randomization unit (the household's split key)
+    when whole households were randomized — then also the sums over households (`unit_cells`)."""
+    if unit is not None:
+        return unit_cells(rows, unit)
     sums: list[Any] = [F.count(F.lit(1)).alias("n")]
     for y in ("retained", "value"):
         sums += [F.sum(y).alias(f"{y}"), F.sum(F.col(y) * F.col(y)).alias(f"{y}2")]
@@ -79,13 +88,52 @@ def cells(rows: DataFrame) -> pd.DataFrame:
     return rows.groupBy(CHANNEL, STRATUM, GROUP).agg(*sums)
 
 
+def unit_cells(rows: DataFrame, unit: str) -> DataFrame:
+    """`cells` with the households as units: each household's lines `m` and totals first (one groupBy),
+    then per (channel, stratum, group) the line sums as `cells` gives them and, prefixed `u_`, the sums
+    over households `stats.Units` / `CovariateUnits` take (ΣY_u², ΣY_u·m_u, Σm_u², ΣX_u², ΣX_u·Y_u,
+    ΣX_u·m_u) with `units` = k."""
+    m, value = F.col("_m"), F.col("value")
+    per_unit = rows.groupBy(CHANNEL, STRATUM, GROUP, unit).agg(
+        F.count(F.lit(1)).alias("_m"),
+        *[F.sum(c).alias(c) for c in (*OUTCOMES, *COVARIATES)],
+        *[F.sum(F.col(y) * F.col(y)).alias(f"{y}2") for y in OUTCOMES],
+        *[F.sum(F.col(x) * F.col(x)).alias(f"{x}2") for x in COVARIATES],
+        *[F.sum(F.col(x) * F.col("value")).alias(f"{x}_value") for x in COVARIATES],
+    )
+    sums: list[Any] = [F.sum(m).alias("n"), F.count(F.lit(1)).alias("units"), F.sum(m * m).alias("u_m2")]
+    for y in OUTCOMES:
+        c = F.col(y)
+        sums += [F.sum(c).alias(y), F.sum(f"{y}2").alias(f"{y}2"), F.sum(c * c).alias(f"u_{y}2"),
+                 F.sum(c * m).alias(f"u_{y}m")]  # fmt: skip
+    for x in COVARIATES:
+        c = F.col(x)
+        sums += [F.sum(c).alias(x), F.sum(f"{x}2").alias(f"{x}2"), F.sum(f"{x}_value").alias(f"{x}_value"),
+                 F.sum(c * c).alias(f"u_{x}2"), F.sum(c * value).alias(f"u_{x}_value"),
+                 F.sum(c * m).alias(f"u_{x}m")]  # fmt: skip
+    return per_unit.groupBy(CHANNEL, STRATUM, GROUP).agg(*sums)
+
+
+def _part(table: pd.DataFrame, group: str, strata: list[str]) -> pd.DataFrame:
+    return table[table[GROUP] == group].set_index(STRATUM).reindex(strata).fillna(0.0)
+
+
 def group_cells(table: pd.DataFrame, group: str, y: str, strata: list[str]) -> stats.Cells:
-    part = table[table[GROUP] == group].set_index(STRATUM).reindex(strata).fillna(0.0)
-    return stats.Cells(part["n"].to_numpy(float), part[y].to_numpy(float), part[f"{y}2"].to_numpy(float))
+    part = _part(table, group, strata)
+    units = None
+    if "units" in part:  # households randomized (`unit_cells`)
+        units = stats.Units(*(part[c].to_numpy(float) for c in ("units", f"u_{y}2", f"u_{y}m", "u_m2")))
+    return stats.Cells(
+        part["n"].to_numpy(float), part[y].to_numpy(float), part[f"{y}2"].to_numpy(float), units
+    )
 
 
 def covariate_cells(table: pd.DataFrame, group: str, x: str, strata: list[str]) -> stats.CovariateCells:
-    part = table[table[GROUP] == group].set_index(STRATUM).reindex(strata).fillna(0.0)
+    part = _part(table, group, strata)
+    units = None
+    if "units" in part:  # households randomized (`unit_cells`)
+        names = ("units", "u_value2", "u_valuem", "u_m2", f"u_{x}2", f"u_{x}_value", f"u_{x}m")
+        units = stats.CovariateUnits(*(part[c].to_numpy(float) for c in names))
     return stats.CovariateCells(
         part["n"].to_numpy(float),
         part["value"].to_numpy(float),
@@ -93,6 +141,7 @@ def covariate_cells(table: pd.DataFrame, group: str, x: str, strata: list[str]) 
         part[x].to_numpy(float),
         part[f"{x}2"].to_numpy(float),
         part[f"{x}_value"].to_numpy(float),
+        units,
     )
 
 
@@ -191,6 +240,11 @@ def evaluate_campaign(spark: SparkSession, settings: Settings, name: str, month:
     window = month_range(add_months(design_month, 1), month)
     with timer.stage("read", spark):
         listed, design = read_design(spark, settings, name, design_month)
+        # with parties the split randomized households: the statistics take them as units
+        parties = read_campaign_parties(spark, settings, design_month)
+        unit = None if parties is None else SPLIT_KEY
+        if parties is not None:
+            listed = with_party_keys(listed, parties)
         arrived = months_present(spark, settings.paths.facts, "facts", window)
         missing = [m for m in window if m not in arrived]
         if missing:
@@ -215,14 +269,16 @@ def evaluate_campaign(spark: SparkSession, settings: Settings, name: str, month:
             rows = rows.withColumn("cltv_24m", F.lit(0.0))
         rows = rows.cache()
     with timer.stage("estimate", spark):
-        table = to_pandas(spark, cells(rows))
+        table = to_pandas(spark, cells(rows, unit))
+        # the sample-ratio check counts what the split randomized: lines, or with parties households
+        units = table if parties is None else to_pandas(spark, randomized_units(rows))
         has = {"pre_value": has_pre, "cltv_24m": has_cupac}
         results: list[dict] = []
         srm: dict[str, float] = {}
         for channel in cfg.channels:
             results += channel_results(table, channel.name, channel.contact_cost, has)
-            n_t = int(table[(table[CHANNEL] == channel.name) & (table[GROUP] == TREATMENT)]["n"].sum())
-            n_c = int(table[(table[CHANNEL] == channel.name) & (table[GROUP] == CONTROL)]["n"].sum())
+            n_t = int(units[(units[CHANNEL] == channel.name) & (units[GROUP] == TREATMENT)]["n"].sum())
+            n_c = int(units[(units[CHANNEL] == channel.name) & (units[GROUP] == CONTROL)]["n"].sum())
             srm[channel.name] = stats.srm_p_value(n_c, n_t, channel.control_share)
         frame = pd.DataFrame(results)
         primary = (frame["estimator"] == "stratified") & frame["metric"].isin(PRIMARY)
@@ -247,6 +303,7 @@ def evaluate_campaign(spark: SparkSession, settings: Settings, name: str, month:
         + (", ".join(fmt(m) for m in pre_window) if has_pre else "n/a: no facts"),
         "cupac": "the scores' cltv_24m of the design month" if has_cupac else "n/a: no scores",
         "srm_p": srm,
+        **({"srm_units": "households (the split's unit)"} if parties is not None else {}),
         "status": "failed" if reasons else "ok",
         "reasons": reasons,
         "results": json.loads(frame.to_json(orient="records")),

@@ -11,6 +11,12 @@ The A/A simulation and the evaluation call the very same functions on purpose: t
 the design proves on history is the one of the test the evaluation runs, not of a look-alike. Every
 estimator takes per-stratum aggregates (counts, sums, sums of squares), so Spark aggregates and the
 driver finishes; none needs the rows.
+
+When whole households are randomized (`paths.parties`), the lines of one household are not independent
+draws: they share the group and, leaving together, much of the outcome. The variance is then taken over
+the randomization units (`Units`: per stratum the households' totals Y_u of their m_u lines), the
+linearized variance of a ratio mean, k/(k−1) · Σ_u (Y_u − ȳ·m_u)² / n² — which is the usual s²/n when
+every unit is one line.
 """
 
 from __future__ import annotations
@@ -38,22 +44,61 @@ def _two_sided(z: float) -> float:
 
 # ---------------------------------------------------------------- post-stratified difference
 @dataclass(frozen=True)
+class Units:
+    """One group's aggregates per stratum over its randomization units (households), each unit u holding
+    m_u lines whose outcomes total Y_u: the units k, ΣY_u², ΣY_u·m_u, Σm_u²."""
+
+    k: np.ndarray
+    y2: np.ndarray
+    ym: np.ndarray
+    m2: np.ndarray
+
+    @classmethod
+    def of(cls, strata: np.ndarray, unit: np.ndarray, y: np.ndarray, n_strata: int) -> Units:
+        """From the rows: stratum code, unit code (equal for the lines of one household) and outcome. A unit
+        is a unit within its stratum (the design keeps a household's lines in one stratum)."""
+        s, u = np.asarray(strata, dtype=np.int64), np.asarray(unit, dtype=np.int64)
+        pieces, index = np.unique(np.stack([s, u]), axis=1, return_inverse=True)
+        index = index.reshape(-1)
+        m = np.bincount(index).astype(np.float64)
+        total = np.bincount(index, weights=np.asarray(y, dtype=np.float64))
+        return unit_cells(pieces[0], m, total, n_strata)
+
+
+def unit_cells(strata: np.ndarray, m: np.ndarray, total: np.ndarray, n_strata: int) -> Units:
+    """Units from one row per unit: its stratum code, lines m_u and outcome total Y_u."""
+    s = np.asarray(strata, dtype=np.int64)
+
+    def add(w: np.ndarray | None = None) -> np.ndarray:
+        return np.bincount(s, weights=w, minlength=n_strata).astype(np.float64)
+
+    return Units(add(), add(total * total), add(total * m), add(m * m))
+
+
+@dataclass(frozen=True)
 class Cells:
-    """One group's aggregates per stratum (index = stratum code): count, Σy, Σy²."""
+    """One group's aggregates per stratum (index = stratum code): count, Σy, Σy²; with `units` (whole
+    households randomized) the variance is taken over those units instead of the lines."""
 
     n: np.ndarray
     total: np.ndarray
     squares: np.ndarray
+    units: Units | None = None
 
     @classmethod
-    def of(cls, strata: np.ndarray, y: np.ndarray, n_strata: int) -> Cells:
+    def of(cls, strata: np.ndarray, y: np.ndarray, n_strata: int, unit: np.ndarray | None = None) -> Cells:
         s = np.asarray(strata, dtype=np.int64)
         y = np.asarray(y, dtype=np.float64)
         return cls(
             np.bincount(s, minlength=n_strata),
             np.bincount(s, weights=y, minlength=n_strata),
             np.bincount(s, weights=y * y, minlength=n_strata),
+            None if unit is None else Units.of(s, unit, y, n_strata),
         )
+
+    def counts(self) -> np.ndarray:
+        """What a stratum's variance is estimated from: its units (households), else its lines."""
+        return np.asarray(self.n if self.units is None else self.units.k, dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -76,21 +121,28 @@ class Estimate:
 
 
 def _means_and_variances(cells: Cells, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per kept stratum: n, mean and sample variance (ddof=1; p(1−p)·n/(n−1) for a 0/1 outcome)."""
+    """Per kept stratum: n, mean and sample variance (ddof=1; p(1−p)·n/(n−1) for a 0/1 outcome). With
+    units, the variance a line would need for var(mean) = variance / n to hold: k/(k−1) · Σ(Y_u − ȳ·m_u)² / n
+    (the ratio mean's linearized variance; the line formula when every unit is one line)."""
     n = np.asarray(cells.n, dtype=np.float64)[keep]
     total = np.asarray(cells.total, dtype=np.float64)[keep]
-    squares = np.asarray(cells.squares, dtype=np.float64)[keep]
     mean = total / n
-    variance = np.maximum(squares - total * mean, 0.0) / (n - 1)  # ≥ 0 despite rounding
-    return n, mean, variance
+    if cells.units is None:
+        squares = np.asarray(cells.squares, dtype=np.float64)[keep]
+        return n, mean, np.maximum(squares - total * mean, 0.0) / (n - 1)  # ≥ 0 despite rounding
+    u = cells.units
+    k, y2, ym, m2 = (np.asarray(a, dtype=np.float64)[keep] for a in (u.k, u.y2, u.ym, u.m2))
+    spread = np.maximum(y2 - 2 * mean * ym + mean * mean * m2, 0.0)  # Σ_u (Y_u − ȳ·m_u)²
+    return n, mean, k / (k - 1) * spread / n
 
 
 def stratified_difference(treated: Cells, control: Cells, level: float = 0.95) -> Estimate:
     """Post-stratified difference in means: Σ w_s (ȳ_T,s − ȳ_C,s) with w_s the stratum's share of both
     groups, se² = Σ w_s² (s²_T,s / n_T,s + s²_C,s / n_C,s). A stratum with fewer than 2 subscribers in a
-    group has no variance and is left out. No stratum kept: all NaN; se = 0 (a constant outcome): the
-    difference and means, with NaN z, p-value and interval, so a test on it is never significant."""
-    keep = (np.asarray(treated.n) >= 2) & (np.asarray(control.n) >= 2)
+    group has no variance and is left out (2 households, when whole households were randomized: `units`).
+    No stratum kept: all NaN; se = 0 (a constant outcome): the difference and means, with NaN z, p-value
+    and interval, so a test on it is never significant."""
+    keep = (treated.counts() >= 2) & (control.counts() >= 2)
     if not keep.any():
         return Estimate(_NAN, _NAN, _NAN, _NAN, _NAN, _NAN, _NAN, _NAN, _NAN, 0, 0, 0)
     n_t, mean_t, var_t = _means_and_variances(treated, keep)
@@ -131,8 +183,23 @@ def relative_lift(est: Estimate, level: float = 0.95) -> tuple[float, float, flo
 
 # ---------------------------------------------------------------- CUPED / CUPAC
 @dataclass(frozen=True)
+class CovariateUnits:
+    """Per stratum over the randomization units (households: totals Y_u, X_u of m_u lines): k, ΣY_u²,
+    ΣY_u·m_u, Σm_u², ΣX_u², ΣX_u·Y_u, ΣX_u·m_u — what the adjusted outcome's unit variance needs."""
+
+    k: np.ndarray
+    y2: np.ndarray
+    ym: np.ndarray
+    m2: np.ndarray
+    x2: np.ndarray
+    xy: np.ndarray
+    xm: np.ndarray
+
+
+@dataclass(frozen=True)
 class CovariateCells:
-    """One group's aggregates per stratum of an outcome Y and a covariate X: n, ΣY, ΣY², ΣX, ΣX², ΣXY."""
+    """One group's aggregates per stratum of an outcome Y and a covariate X: n, ΣY, ΣY², ΣX, ΣX², ΣXY
+    (and with whole households randomized, the same over the households: `units`)."""
 
     n: np.ndarray
     y: np.ndarray
@@ -140,6 +207,7 @@ class CovariateCells:
     x: np.ndarray
     x2: np.ndarray
     xy: np.ndarray
+    units: CovariateUnits | None = None
 
     @classmethod
     def of(cls, strata: np.ndarray, y: np.ndarray, x: np.ndarray, n_strata: int) -> CovariateCells:
@@ -184,7 +252,16 @@ def cuped(treated: CovariateCells, control: CovariateCells) -> tuple[Cells, Cell
             + 2 * shift * cy
             - 2 * shift * theta * cx
         )
-        return Cells(np.asarray(g.n), total, squares)
+        return Cells(np.asarray(g.n), total, squares, None if g.units is None else adjusted_units(g.units))
+
+    def adjusted_units(u: CovariateUnits) -> Units:  # Y'_u = Y_u − θ·X_u + shift·m_u, per household
+        y2, ym, m2, x2, xy, xm = (
+            np.asarray(a, dtype=np.float64) for a in (u.y2, u.ym, u.m2, u.x2, u.xy, u.xm)
+        )
+        squares = (
+            y2 + theta**2 * x2 + shift**2 * m2 - 2 * theta * xy + 2 * shift * ym - 2 * theta * shift * xm
+        )
+        return Units(np.asarray(u.k), squares, ym - theta * xm + shift * m2, m2)
 
     adj_t, adj_c = adjusted(treated), adjusted(control)
     var_y = _pooled_variance(n, sy, syy)
@@ -196,6 +273,18 @@ def cuped(treated: CovariateCells, control: CovariateCells) -> tuple[Cells, Cell
 
 
 # ---------------------------------------------------------------- design and checks
+def unit_variance(unit: np.ndarray, y: np.ndarray) -> float:
+    """The variance of y per line as a test on whole units (households) sees it: n · var(mean) with the
+    units' linearized variance (`_means_and_variances`), so that MDE and standard errors agree; the sample
+    variance (ddof=1) when every unit is one line. NaN under two units."""
+    y = np.asarray(y, dtype=np.float64)
+    units = Units.of(np.zeros(len(y), dtype=np.int64), unit, y, 1)
+    if units.k[0] < 2:
+        return _NAN
+    whole = Cells(np.array([len(y)]), np.array([y.sum()]), np.array([float(y @ y)]), units)
+    return float(_means_and_variances(whole, np.array([True]))[2][0])
+
+
 def mde(variance: float, n_treated: int, n_control: int, alpha: float = 0.05, power: float = 0.8) -> float:
     """The smallest true difference a two-sided test at `alpha` detects with probability `power`:
     (z_{1−α/2} + z_power) · sqrt(variance · (1/n_T + 1/n_C))."""
@@ -276,6 +365,24 @@ def _split_cells(code: np.ndarray, y: np.ndarray, y2: np.ndarray, n_strata: int)
     return Cells(n[:, 0], total[:, 0], squares[:, 0]), Cells(n[:, 1], total[:, 1], squares[:, 1])
 
 
+def _split_unit_cells(
+    code: np.ndarray, m: np.ndarray, total: np.ndarray, squares: np.ndarray, n_strata: int
+) -> tuple[Cells, Cells]:
+    """Cells of both groups, with their Units, from one row per unit (household × stratum) and code =
+    2·stratum + is_control."""
+    size = 2 * n_strata
+
+    def add(w: np.ndarray | None = None) -> np.ndarray:
+        return np.bincount(code, weights=w, minlength=size).reshape(n_strata, 2).astype(np.float64)
+
+    n, t, q = add(m), add(total), add(squares)
+    k, y2, ym, m2 = add(), add(total * total), add(total * m), add(m * m)
+    treated, control = (
+        Cells(n[:, g], t[:, g], q[:, g], Units(k[:, g], y2[:, g], ym[:, g], m2[:, g])) for g in (0, 1)
+    )
+    return treated, control
+
+
 def aa_simulation(
     id_hash: np.ndarray,
     strata: np.ndarray,
@@ -283,20 +390,34 @@ def aa_simulation(
     control_share: float,
     salts: Sequence[int],
     alpha: float = 0.05,
+    *,
+    clustered: bool = False,
 ) -> AAResult:
     """Re-split the subscribers by every salt (split.unit / split.is_control) and test the difference of
     y with stratified_difference: with no treatment, a valid test rejects at rate alpha. A NaN p-value
-    counts as not significant."""
+    counts as not significant. `clustered`: the hashes are of households (lines of one household share
+    one) and the test takes its variance over them (`Units`), as the evaluation then does."""
     s = np.asarray(strata, dtype=np.int64)
     y = np.asarray(y, dtype=np.float64)
     y2 = y * y
     n_strata = int(s.max()) + 1 if len(s) else 1
     twice = 2 * s
     hits = 0
-    for salt in salts:
-        code = twice + is_control(unit(id_hash, salt), control_share)
-        est = stratified_difference(*_split_cells(code, y, y2, n_strata))
-        hits += bool(est.p_value < alpha)
+    if clustered:  # one row per household × stratum: its lines, totals and hash, split as one
+        pieces, index = np.unique(
+            np.stack([s, np.asarray(id_hash, dtype=np.int64)]), axis=1, return_inverse=True
+        )
+        index = index.reshape(-1)
+        m, total, squares = (np.bincount(index, weights=w) for w in (np.ones(len(y)), y, y2))
+        for salt in salts:
+            code = 2 * pieces[0] + is_control(unit(pieces[1], salt), control_share)
+            est = stratified_difference(*_split_unit_cells(code, m, total, squares, n_strata))
+            hits += bool(est.p_value < alpha)
+    else:
+        for salt in salts:
+            code = twice + is_control(unit(id_hash, salt), control_share)
+            est = stratified_difference(*_split_cells(code, y, y2, n_strata))
+            hits += bool(est.p_value < alpha)
     splits = len(salts)
     low, high = wilson_interval(hits, splits)
     rate = hits / splits if splits else _NAN
