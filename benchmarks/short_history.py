@@ -64,7 +64,8 @@ def main() -> None:
     conf.write_text(yaml.safe_dump(example))
     settings = load_settings(conf, environ={})
     spark = get_spark(settings.spark)
-    spec = PanelSpec(args.subscribers, 18, START, seed=args.seed, acquisition_months=6)
+    # the panel of the short-history figures: persons, households and number changes are not its subject
+    spec = PanelSpec(args.subscribers, 18, START, seed=args.seed, acquisition_months=6, parties=False)
     if not (work / "panel" / "facts").exists():
         generate_panel(spark, str(work / "panel"), spec)
     build_dataset(spark, settings, SCORED)

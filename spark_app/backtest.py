@@ -39,6 +39,7 @@ from spark_app.parties import (
     PERSON,
     PartyModel,
     read_party_inputs,
+    size_label_column,
     with_customer,
 )
 from spark_app.storage import Storage
@@ -421,8 +422,7 @@ def run_backtest(spark: SparkSession, settings: Settings, month: dt.date) -> tup
 
 
 # ---------------------------------------------------------------- persons and households (paths.parties)
-SIZE = "size"  # lines of the party in its scored month: "1" .. "4", "5+", or "all"
-MAX_SIZE = 5  # parties of this many lines or more share one size
+SIZE = "size"  # lines of the party in its scored month: "1" .. "4", "5+" (parties.size_label), or "all"
 ALL_SIZES = "all"
 NO_PARTY_MODEL = "n/a (release fitted no party intervals)"
 PARTY_KEYS = [LEVEL, SCORE_MONTH, "release_version", "horizon"]
@@ -438,8 +438,9 @@ PARTY_COVERAGE_COLUMNS = [
 
 # what the release of a scored month fitted about parties: (model or None, why there is none)
 PartyModelOf = Callable[[str], tuple[PartyModel | None, str]]
-# (level, score month, release version) → the relative (lower, upper) edges of its horizon, or why none
-PartyEdges = Mapping[tuple[str, dt.date, str], tuple[float, float] | str]
+# (level, score month, release version) → the relative (lower, upper) edges of its horizon by party size
+# (parties.size_label), or why none
+PartyEdges = Mapping[tuple[str, dt.date, str], dict[str, tuple[float, float]] | str]
 
 
 def continued_members(parties: DataFrame, chains: DataFrame) -> DataFrame:
@@ -543,23 +544,23 @@ def party_sums(members: DataFrame, realized: DataFrame, *, models: list[str]) ->
 
 
 def size_label() -> Column:
-    """'1' .. '4', or '5+' lines (MAX_SIZE)."""
-    members = F.col(MEMBERS)
-    return F.when(members >= MAX_SIZE, F.lit(f"{MAX_SIZE}+")).otherwise(members.cast("string"))
+    """'1' .. '4', or '5+' lines (parties.MAX_SIZE)."""
+    return size_label_column(F.col(MEMBERS))
 
 
 def edge_column(edges: PartyEdges, side: int) -> Column:
-    """The relative edge (0: lower, 1: upper) of each party row's (level, score month, release): the
-    release's party interval at the row's horizon; null where it fitted none."""
+    """The relative edge (0: lower, 1: upper) of each party row's (level, score month, release, size): the
+    release's party interval at the row's horizon for parties of its size; null where it fitted none."""
     out = F.lit(None).cast("double")
-    for (level, score_month, version), edge in edges.items():
-        if isinstance(edge, tuple):
+    for (level, score_month, version), by_size in edges.items():
+        if isinstance(by_size, dict):
             at = (
                 (F.col(LEVEL) == F.lit(level))
                 & (F.col(SCORE_MONTH) == F.lit(score_month))
                 & (F.col("release_version") == F.lit(version))
             )
-            out = F.when(at, F.lit(float(edge[side]))).otherwise(out)
+            for size, edge in by_size.items():
+                out = F.when(at & (size_label() == F.lit(size)), F.lit(float(edge[side]))).otherwise(out)
     return out
 
 
@@ -652,16 +653,17 @@ def scored_release(spark: SparkSession, paths: PathsConfig, month: dt.date) -> s
 
 def party_edges(
     versions: Mapping[dt.date, str | None], month: dt.date, model_of: PartyModelOf, interval_level: float
-) -> tuple[dict[tuple[str, dt.date, str], tuple[float, float] | str], dict[tuple[str, dt.date], str]]:
-    """Per (level, score month, release): the release's relative party edges at the month's horizon
-    (`PartyModel.edges`), or why there are none — and the same reasons by (level, score month)."""
-    edges: dict[tuple[str, dt.date, str], tuple[float, float] | str] = {}
+) -> tuple[PartyEdges, dict[tuple[str, dt.date], str]]:
+    """Per (level, score month, release): the release's relative party edges at the month's horizon by
+    party size (`PartyModel.sized_edges`), or why there are none — and the same reasons by (level, score
+    month)."""
+    edges: dict[tuple[str, dt.date, str], dict[str, tuple[float, float]] | str] = {}
     why: dict[tuple[str, dt.date], str] = {}
     for score_month, version in versions.items():
         h = months_between(score_month, month)
         model, reason = model_of(version) if version is not None else (None, "n/a (release unknown)")
         for level in LEVELS:
-            found = model.edges(level, interval_level, h) if model is not None else None
+            found = model.sized_edges(level, interval_level, h) if model is not None else None
             if found is None:
                 reason_h = reason or f"n/a (the release fitted no {level} interval at {h} months)"
                 why[(level, score_month)] = reason_h

