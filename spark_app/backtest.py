@@ -155,6 +155,22 @@ def backtest_rows(forecasts: DataFrame, realized: DataFrame, *, models: list[str
     )
 
 
+def error_sums(targets: list[str]) -> list[Column]:
+    """Per target (forecast column f_<t>, actual a_<t>): the sums every backtest figure is computed from —
+    forecast, actual, |actual|, |error|, error² — so a sum over groups is still the group's figure."""
+    aggs = []
+    for t in targets:
+        f, a = F.col(f"f_{t}"), F.col(f"a_{t}")
+        aggs += [
+            F.sum(f).alias(f"{t}__forecast_sum"),
+            F.sum(a).alias(f"{t}__actual_sum"),
+            F.sum(F.abs(a)).alias(f"{t}__actual_abs_sum"),
+            F.sum(F.abs(a - f)).alias(f"{t}__abs_error_sum"),
+            F.sum((a - f) * (a - f)).alias(f"{t}__sq_error_sum"),
+        ]
+    return aggs
+
+
 def aggregate_backtest(rows: DataFrame, *, models: list[str], dimensions: list[str]) -> pd.DataFrame:
     """Long table: one row per (score month, horizon, population, dimension, value, model) with sums,
     WAPE, bias, — for the survival models — predicted vs realized share in base, and — for the cumulative
@@ -187,16 +203,7 @@ def aggregate_backtest(rows: DataFrame, *, models: list[str], dimensions: list[s
         *[F.col(f"f_{VALUE_CUM}_{side}") for side in ("lower", "upper")],
         F.col(INTERVAL_LEVEL) if INTERVAL_LEVEL in rows.columns else F.lit(None).cast("double"),
     )
-    aggs = [F.count(F.lit(1)).alias("n")]
-    for t in targets:
-        f, a = F.col(f"f_{t}"), F.col(f"a_{t}")
-        aggs += [
-            F.sum(f).alias(f"{t}__forecast_sum"),
-            F.sum(a).alias(f"{t}__actual_sum"),
-            F.sum(F.abs(a)).alias(f"{t}__actual_abs_sum"),
-            F.sum(F.abs(a - f)).alias(f"{t}__abs_error_sum"),
-            F.sum((a - f) * (a - f)).alias(f"{t}__sq_error_sum"),
-        ]
+    aggs = [F.count(F.lit(1)).alias("n"), *error_sums(targets)]
     lower, upper, realized = (F.col(f"f_{VALUE_CUM}_lower"), F.col(f"f_{VALUE_CUM}_upper"),
                               F.col(f"a_{VALUE_CUM}"))  # fmt: skip
     bounded = lower.isNotNull() & upper.isNotNull() & ~F.isnan(lower) & ~F.isnan(upper)
@@ -577,16 +584,7 @@ def aggregate_party_backtest(
     f, a = F.col(f"f_{VALUE_CUM}"), F.col(f"a_{VALUE_CUM}")
     lower, upper = f + F.abs(f) * lo, f + F.abs(f) * hi
     bounded = lo.isNotNull() & hi.isNotNull()
-    aggs = [F.count(F.lit(1)).alias("n"), F.sum(MEMBERS).alias(MEMBERS)]
-    for t in targets:
-        ft, at = F.col(f"f_{t}"), F.col(f"a_{t}")
-        aggs += [
-            F.sum(ft).alias(f"{t}__forecast_sum"),
-            F.sum(at).alias(f"{t}__actual_sum"),
-            F.sum(F.abs(at)).alias(f"{t}__actual_abs_sum"),
-            F.sum(F.abs(at - ft)).alias(f"{t}__abs_error_sum"),
-            F.sum((at - ft) * (at - ft)).alias(f"{t}__sq_error_sum"),
-        ]
+    aggs = [F.count(F.lit(1)).alias("n"), F.sum(MEMBERS).alias(MEMBERS), *error_sums(targets)]
     aggs += [
         F.coalesce(F.sum(bounded.cast("long")), F.lit(0)).alias("bounded"),
         F.coalesce(F.sum((bounded & (a >= lower) & (a <= upper)).cast("long")), F.lit(0)).alias("covered"),

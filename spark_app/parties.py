@@ -894,8 +894,8 @@ def with_party_intervals(
             lower, upper = value + F.abs(value) * lo, value + F.abs(value) * hi
         out = out.withColumn(f"{column}_lower", lower).withColumn(f"{column}_upper", upper)
         last = column
-    if last is None or "cltv" not in parties.columns:
-        return out
+    if last is None or "cltv" not in parties.columns:  # a release of fewer than 12 horizons: no value point
+        return out.withColumn("cltv_lower", nan).withColumn("cltv_upper", nan)
     cltv, value = F.col("cltv"), F.col(last)
     ratio = F.when((cltv > 0) & (value > 0), cltv / value).otherwise(F.lit(1.0))
     ratio = F.least(F.greatest(ratio, F.lit(BOUND_RATIO[0])), F.lit(BOUND_RATIO[1]))
