@@ -591,9 +591,8 @@ class Learner:
             name = manifest["models"][entry.model_id]["file"]
             if name not in files:
                 raise BundleError(f"bundle: model {entry.model_id} file {name} missing")
-            model = CatBoostClassifier() if entry.is_survival else CatBoostRegressor()
             try:
-                model.load_model(blob=bytes(files[name]), format="cbm")
+                model = load_cbm(bytes(files[name]), entry.is_survival)
             except CatBoostError as exc:
                 first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
                 raise BundleError(f"bundle: model {entry.model_id} file {name} is not a readable CatBoost "
@@ -601,6 +600,20 @@ class Learner:
             learner.models[entry.model_id] = model
         learner._check_stacking()
         return learner
+
+
+def load_cbm(blob: bytes, survival: bool) -> CatBoostClassifier | CatBoostRegressor:
+    """CatBoost's loader crashes the whole process (SIGSEGV) on a .cbm whose declared core size runs
+    past the end of the file (random bytes behind the magic do that about once in a few hundred), so
+    the frame is checked first and such a file raises CatBoostError like any other unreadable one."""
+    if len(blob) < 8 or blob[:4] != b"CBM1":
+        raise CatBoostError("no CBM1 header")
+    core = int.from_bytes(blob[4:8], "little")
+    if core > len(blob) - 8:
+        raise CatBoostError(f"declared model core of {core} bytes, the file has {len(blob) - 8}")
+    model = CatBoostClassifier() if survival else CatBoostRegressor()
+    model.load_model(blob=blob, format="cbm")
+    return model
 
 
 def read_reference(files: Mapping[str, bytes]) -> pd.DataFrame | None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -296,3 +298,26 @@ def test_the_rms_bias_by_group_weighs_each_month_by_its_rows():
     group = np.array([1, 1, 2, 2, 2, 3])  # month 1: +100 %; month 2: −25 %; month 3 has no actual
     expected = np.sqrt((2 * 1.0**2 + 3 * 0.25**2) / 5)
     assert rms_bias_by_group(pred, actual, group) == pytest.approx(expected)
+
+
+def test_random_bytes_behind_the_cbm_magic_are_refused_without_crashing_the_process(fitted, tmp_path):
+    # CatBoost's own loader segfaults on some of these; the check runs in a child so a crash fails
+    # this test instead of killing the suite
+    good = tmp_path / "good.cbm"
+    fitted.models["sm_fmc"].save_model(str(good))
+    script = (
+        "import os, sys\n"
+        "from catboost import CatBoostError\n"
+        "from spark_app.models import load_cbm\n"
+        "refused = 0\n"
+        "for i in range(3000):\n"
+        "    try:\n"
+        "        load_cbm(b'CBM1' + os.urandom(8 + i % 120), survival=i % 2 == 0)\n"
+        "    except CatBoostError:\n"
+        "        refused += 1\n"
+        "load_cbm(open(sys.argv[1], 'rb').read(), survival=False)\n"
+        "print(refused)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(good)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "3000"
