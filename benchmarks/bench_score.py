@@ -28,13 +28,17 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import shutil
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pandas as pd
+import yaml
 from pyspark.sql import functions as F
 
 from spark_app import batch, tracking
@@ -88,15 +92,16 @@ def _cmd(pid: int) -> str:
 class MemorySampler:
     """Peak RSS of this driver process, its JVM, and the Python workers below the JVM."""
 
-    def __init__(self, every: float = 0.5):
+    def __init__(self, every: float = 0.5, root: int | None = None):
         self.every = every
+        self.root = root  # the driver: this process, or a `cltv score` started by the benchmark
         names = ("driver_python_mb", "driver_jvm_mb", "worker_max_mb", "workers_sum_mb")
         self.peak = dict.fromkeys(names, 0.0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> None:
-        me = os.getpid()
+        me = self.root or os.getpid()
         kids = _children()
         jvms = [p for p in kids.get(me, []) if "java" in _cmd(p)]
         workers: list[int] = []
@@ -355,6 +360,80 @@ def monthly_dag(spark, settings, version: int, month: dt.date) -> dict:
     return {"steps_seconds": steps, "dag_seconds": round(sum(steps.values()), 1)}
 
 
+# ---------------------------------------------------------------- (d) the job as Argo runs it
+def env_conf(work: Path, features: Path, release_work: Path) -> Path:
+    """A conf directory (the packaged base layers beside an environment file) for a fresh `cltv score`:
+    inputs from `features`' panel, outputs in `work`, the releases' MLflow store of `release_work`."""
+    conf_dir = work / "conf"
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    for layer in ("base.yaml", "models.yaml"):
+        shutil.copy(ROOT / "conf" / layer, conf_dir / layer)
+    layers = workdir_layers(work, features)
+    layers["mlflow"] = workdir_layers(release_work, features)["mlflow"]
+    env = {**layers, "spark": {"master": "local[2]"}}
+    (conf_dir / "bench.yaml").write_text(yaml.safe_dump(env))
+    return conf_dir / "bench.yaml"
+
+
+def fresh_score(conf: Path, month: dt.date, version: int) -> dict:
+    """One `cltv score` in a new process, as Argo and an engineer run it: the job's own stage total (its
+    closing line's `; N.Ns total`, process start-up excluded), the process's wall time, the workers'
+    time by step, and the peak RSS of its driver, JVM and Python workers."""
+    from spark_app.scoring import SUMMARY_TOTAL
+
+    cmd = [str(Path(sys.executable).with_name("cltv")), "score", "--conf", str(conf),
+           "--month", f"{month:%Y-%m}", "--release", str(version)]  # fmt: skip
+    started = time.perf_counter()
+    with open(conf.parent / "score.log", "w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT)
+        with MemorySampler(every=0.25, root=proc.pid) as memory:
+            code = proc.wait()
+    wall = time.perf_counter() - started
+    text = (conf.parent / "score.log").read_text()
+    total = SUMMARY_TOTAL.search(text)
+    if code != 0 or total is None:
+        raise RuntimeError(f"cltv score failed ({code}):\n{text[-3000:]}")
+    steps = re.search(r"worker time by step: (.*)", text)
+    return {
+        "job_total_s": float(total["seconds"]),
+        "process_wall_s": round(wall, 2),
+        "stages": re.search(r"s total \((.*)\)", text)[1],
+        "worker_steps": steps[1] if steps else "",
+        "peak_memory_mb": {k: round(v) for k, v in memory.peak.items()},
+    }
+
+
+def fresh_runs(args: argparse.Namespace, spark, panel: str, work: Path, versions: dict[str, int]) -> dict:
+    """Per release and month (--fresh-months NAME=FEATURES_PANEL:YYYY-MM): `cltv score` in fresh processes
+    (median of --repeats) against CatBoost alone on the same month (prebuilt Pools, 2 threads)."""
+    out: dict = {}
+    for item in args.fresh_months.split(","):
+        name, spec = item.split("=", 1)
+        source, month_text = spec.rsplit(":", 1)
+        features = (ROOT / source).resolve()
+        month = parse_month(month_text)
+        for kind, version in versions.items():
+            run_work = work / f"fresh-{name}-{kind}"
+            conf = env_conf(run_work, features, work)
+            runs = [fresh_score(conf, month, version) for _ in range(args.repeats)]
+            total = statistics.median(r["job_total_s"] for r in runs)
+            settings = bench_settings(str(features), work)
+            month_dir = features / "features" / f"report_month={month:%Y-%m-%d}"
+            alone = catboost_alone(settings, version, month_dir, month, args.alone_repeats)
+            n = alone["subscribers"]
+            figures = {
+                "subscribers": n,
+                "runs": runs,
+                "job_total_median_s": round(total, 2),
+                "catboost_alone_s": alone["pool_seconds"],
+                "ratio_alone_over_job": round(alone["pool_seconds"] / total, 3),
+                "fixed_cost_us_per_subscriber": round(1e6 * (total - alone["pool_seconds"]) / n, 2),
+            }
+            out[f"{name}/{kind}"] = figures
+            log.info("fresh %s / %s release: %s", name, kind, json.dumps(figures))
+    return out
+
+
 # ---------------------------------------------------------------- main
 def main() -> None:
     parser = argparse.ArgumentParser(
@@ -370,6 +449,12 @@ def main() -> None:
     parser.add_argument("--skip-dag", action="store_true")
     parser.add_argument("--dag-only", action="store_true", help="only the monthly DAG beside score alone")
     parser.add_argument("--result", default="work/bench/bench_score.json")
+    parser.add_argument(
+        "--fresh-months",
+        default="",
+        help="NAME=PANEL:YYYY-MM,...: only `cltv score` in fresh processes on these months (e.g. "
+        "m335k=work/bench/gen-500k:2025-08), against CatBoost alone",
+    )
     args = parser.parse_args()
     setup_logging()
     month = parse_month(args.month)
@@ -378,6 +463,17 @@ def main() -> None:
     panel = str((ROOT / args.panel).resolve())
     spark = get_spark(SparkConfig(master="local[2]", driver_memory="6g", shuffle_partitions=8))
     versions = ensure_releases(spark, panel, work, month)
+    if args.fresh_months:
+        result = {"date": dt.datetime.now().isoformat(timespec="seconds"), "releases": versions}
+        result["fresh"] = fresh_runs(args, spark, panel, work, versions)
+        Path(args.result).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.result).write_text(json.dumps(result, indent=2, default=str))
+        for key, figures in result["fresh"].items():
+            log.info("%-22s %9s subscribers: job %.1f s, CatBoost alone %.1f s → %.2f, fixed %.1f µs",
+                     key, f"{figures['subscribers']:,}", figures["job_total_median_s"],
+                     figures["catboost_alone_s"], figures["ratio_alone_over_job"],
+                     figures["fixed_cost_us_per_subscriber"])  # fmt: skip
+        return
     sizes = sorted(int(s) for s in args.sizes.split(","))
     result: dict = {
         "date": dt.datetime.now().isoformat(timespec="seconds"),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -242,6 +243,8 @@ class BatchStats:
     # subscribers with a numeric feature outside the release's training range, per horizon / per feature
     outside_by_horizon: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     outside_by_feature: Counter = field(default_factory=Counter)
+    # where the workers' time goes: seconds per step, summed over tasks (docs/scoring.md)
+    seconds: Counter = field(default_factory=Counter)
 
     def merge(self, other: BatchStats) -> BatchStats:
         if len(other.outside_by_horizon):
@@ -251,6 +254,7 @@ class BatchStats:
                 else self.outside_by_horizon + other.outside_by_horizon
             )
         self.outside_by_feature.update(other.outside_by_feature)
+        self.seconds.update(other.seconds)
         self.rows += other.rows
         self.holdout += other.holdout
         self.null_ids += other.null_ids
@@ -311,6 +315,20 @@ def merged(stats: dict[int, BatchStats]) -> BatchStats:
     for part in stats.values():
         total.merge(part)
     return total
+
+
+class StepClock:
+    """Laps of one batch's steps into `seconds` (a few perf_counter calls per batch of 10k subscribers)."""
+
+    def __init__(self, seconds: Counter | None) -> None:
+        self.seconds = seconds
+        self.last = time.perf_counter()
+
+    def lap(self, step: str) -> None:
+        if self.seconds is not None:
+            now = time.perf_counter()
+            self.seconds[step] += now - self.last
+            self.last = now
 
 
 # ---------------------------------------------------------------- Arrow → columns → scores
@@ -403,13 +421,23 @@ def interval_segments(inputs: Inputs, plan: BatchPlan) -> np.ndarray | None:
     return labels[np.where(codes < 0, len(values), codes)]
 
 
-def score_inputs(inputs: Inputs, learner: Learner, plan: BatchPlan) -> dict[str, np.ndarray]:
-    """The output columns of one batch (name → numpy array; detail columns (n, H) matrices)."""
+def score_inputs(
+    inputs: Inputs, learner: Learner, plan: BatchPlan, seconds: Counter | None = None
+) -> dict[str, np.ndarray]:
+    """The output columns of one batch (name → numpy array; detail columns (n, H) matrices); the time
+    of each step is added to `seconds` when given."""
     n = len(inputs)
-    forecasts = monthly_forecasts(learner.predict(horizon_rows(inputs, plan)), n, plan)
+    clock = StepClock(seconds)
+    rows = horizon_rows(inputs, plan)
+    clock.lap("horizon rows")
+    predictions = learner.predict(rows, seconds=seconds)
+    clock.last = time.perf_counter()
+    forecasts = monthly_forecasts(predictions, n, plan)
     cols = cltv_columns(forecasts, plan.score_month_index, plan.formula, plan.extrapolation)
+    clock.lap("cltv and extension")
     cols.update(interval_columns(forecasts, cols["cltv"], plan, interval_segments(inputs, plan)))
     cols[VALUE_AT_RISK] = value_at_risk(forecasts, plan.formula)
+    clock.lap("intervals")
     out: dict[str, np.ndarray] = {
         ID: inputs.ids,
         "score_month": np.full(n, (plan.score_month - EPOCH).days, dtype=np.int32),
@@ -478,17 +506,25 @@ def score_arrow_batches(
     task's stats go to the driver once, keyed by its partition."""
     from pyspark import TaskContext
 
-    learner = cached_learner(plan, bundle)
     stats = BatchStats()
+    clock = StepClock(stats.seconds)
+    learner = cached_learner(plan, bundle)
+    clock.lap("release load")
     for batch in batches:
+        clock.lap("arrow wait")  # reading and decoding upstream, or Spark consuming the last output
         if batch.num_rows:
             inputs = inputs_from_arrow(batch, plan, stats)
             if plan.ranges is not None:
                 plan.ranges.count_outside(inputs.numeric, stats)
-            columns = score_inputs(inputs, learner, plan)
+            clock.lap("arrow in and checks")
+            columns = score_inputs(inputs, learner, plan, stats.seconds)
+            clock.last = time.perf_counter()
             stats.rows += len(inputs)
             stats.holdout += int(inputs.holdout.sum())
             stats.add_cltv(columns["cltv"])
-            yield to_arrow(columns, plan)
+            out = to_arrow(columns, plan)
+            clock.lap("arrow out")
+            yield out
+            clock.last = time.perf_counter()
     context = TaskContext.get()
     accumulator.add({context.partitionId() if context is not None else 0: stats})

@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -320,7 +321,8 @@ class Learner:
             if entry.is_survival:
                 for builder in (reg_m, val_m):
                     if builder is not None and len(builder):
-                        builder.add_column(stacked_feature(entry.model_id), self._raw(entry, builder))
+                        raw = self._raw(entry, self._pool(entry, builder))
+                        builder.add_column(stacked_feature(entry.model_id), raw)
         return self
 
     def deseasoned(self, entry: ModelEntry, frame: pd.DataFrame) -> np.ndarray:
@@ -430,13 +432,15 @@ class Learner:
         return reports
 
     # ------------------------------------------------------------------ predict
-    def _raw(self, entry: ModelEntry, builder: MatrixBuilder) -> np.ndarray:
+    def _pool(self, entry: ModelEntry, builder: MatrixBuilder) -> Pool | None:
+        return builder.pool(self.catalog.layout(entry)) if len(builder) else None
+
+    def _raw(self, entry: ModelEntry, pool: Pool | None) -> np.ndarray:
         """The model's own output: P(class 1), or the regressor's mean: the raw value for RMSE/Huber,
-        exp(raw) for log-link losses such as Tweedie."""
+        exp(raw) for log-link losses such as Tweedie. No pool: no rows."""
         model = self.models[entry.model_id]
-        if len(builder) == 0:
+        if pool is None:
             return np.zeros(0, dtype=np.float64)
-        pool = builder.pool(self.catalog.layout(entry))
         if entry.is_survival:
             return model.predict(pool, prediction_type="Probability", thread_count=self.thread_count)[:, 1]
         # explicit: a model loaded from a .cbm does not know its loss, and would return log values
@@ -454,7 +458,12 @@ class Learner:
         cal = self.calibration.get(entry.model_id)
         return cal.apply(out, horizons, months) if cal is not None else out
 
-    def predict(self, frame: pd.DataFrame | MatrixBuilder, calibrated: bool = True) -> dict[str, np.ndarray]:
+    def predict(
+        self,
+        frame: pd.DataFrame | MatrixBuilder,
+        calibrated: bool = True,
+        seconds: Counter | None = None,
+    ) -> dict[str, np.ndarray]:
         """model id → prediction per row: probability of being in the base, or the DAILY-unit amount.
 
         `frame` holds the input feature columns, `horizon` and `target_calendar_month`; the stacked
@@ -475,14 +484,23 @@ class Learner:
         )
         self.neutralize_calendar(builder)
         out: dict[str, np.ndarray] = {}
+        lap = time.perf_counter
         for entry in entries:
-            raw = self._raw(entry, builder)
+            started = lap()
+            pool = self._pool(entry, builder)
+            pooled = lap()
+            raw = self._raw(entry, pool)
+            predicted = lap()
             if entry.is_survival:
                 builder.add_column(stacked_feature(entry.model_id), raw)
             season = self.season_of(entry, months, len(raw))
             if season is not None:
                 raw = raw * season
             out[entry.model_id] = self.finish(entry, raw, horizons, months) if calibrated else raw
+            if seconds is not None:
+                seconds["pool"] += pooled - started
+                seconds["catboost predict"] += predicted - pooled
+                seconds["calibration"] += lap() - predicted
         return out
 
     def neutralize_calendar(self, builder: MatrixBuilder) -> None:
@@ -519,7 +537,8 @@ class Learner:
                 shap = shap * season[:, None]
             out[entry.model_id] = ([*layout[0], *layout[1]], shap)
             if entry.is_survival:
-                builder.add_column(stacked_feature(entry.model_id), self._raw(entry, builder))
+                raw = self._raw(entry, self._pool(entry, builder))
+                builder.add_column(stacked_feature(entry.model_id), raw)
         return out
 
     # ------------------------------------------------------------------ bundle

@@ -16,7 +16,7 @@ import contextlib
 import datetime as dt
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -309,6 +309,13 @@ def counts_in_words(counts: dict[str, int]) -> str:
     """{'price': 1200, 'tenure_months': 3} → 'price 1,200, tenure_months 3' (largest first), or 'none'."""
     ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     return ", ".join(f"{k} {v:,}" for k, v in ordered) or "none"
+
+
+def steps_in_words(seconds: Mapping[str, float]) -> str:
+    """{'catboost predict': 12.0, 'pool': 3.0} → 'catboost predict 12.0 s (80 %), pool 3.0 s (20 %)'."""
+    total = sum(seconds.values()) or 1.0
+    ranked = sorted(seconds.items(), key=lambda kv: -kv[1])
+    return ", ".join(f"{step} {s:.1f} s ({s / total:.0%})" for step, s in ranked) or "none"
 
 
 def parties_in_words(party_rows: dict[str, int]) -> str:
@@ -607,6 +614,7 @@ def score_month(
                     )
                     scores.write.mode("overwrite").parquet(staging)
                     stats = merged(accumulator.value)
+                    log.info("scoring %s, worker time by step: %s", fmt(month), steps_in_words(stats.seconds))
                     check_keys(stats, features, month)
                     storage.write_json(
                         f"{staging}/{SCORE_SUMMARY}", month_summary(stats, plan, party.continued)
@@ -616,6 +624,9 @@ def score_month(
                         party_rows = write_party_scores(
                             spark, staging, parties_month, plan, party_staging, party_model
                         )
+                swaps = outputs.pop_all()  # all written: the swap is timed, a failure before it undoes all
+            with timer.stage("swap in"):
+                swaps.close()
         finally:
             bundle.unpersist()
     report_inputs(stats, month)
