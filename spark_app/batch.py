@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 from pyspark.accumulators import AccumulatorParam
 from pyspark.sql import types as T
 
-from spark_app.catalog import HORIZON, NULL_CATEGORY
+from spark_app.catalog import HORIZON, ID, NULL_CATEGORY
 from spark_app.cltv import (
     SURVIVAL_POINTS,
     VALUE_AT_RISK,
@@ -37,7 +37,6 @@ from spark_app.cltv import (
     cltv_columns,
     value_at_risk,
 )
-from spark_app.contract import ID
 from spark_app.horizons import horizon_columns
 from spark_app.intervals import IntervalTable, cltv_bounds, cumulative_values
 from spark_app.models import Learner, MatrixBuilder, categories

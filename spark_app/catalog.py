@@ -23,6 +23,9 @@ CALENDAR_MONTH = "target_calendar_month"
 FEATURE_CALENDAR_MONTH = "feature_calendar_month"
 # computed by the project, not read from the features table
 DERIVED_FEATURES = (HORIZON, CALENDAR_MONTH, FEATURE_CALENDAR_MONTH)
+ID = "subscriber_id"  # the key of every table with a row per subscriber (spark_app.contract)
+VALUE_AT_RISK = "value_at_risk"  # a score column (cltv.value_at_risk), the campaigns' default ranking key
+INTERVAL_LEVELS = (0.5, 0.8, 0.9, 0.95)  # the interval levels every release stores (spark_app.intervals)
 # computed from the parties table (paths.parties) and the features of the same month, for the models that
 # list them (spark_app.parties.party_feature_rows): lines of the subscriber's person and household, whether
 # the household has home internet (`models.home_internet`), the household's longest customer tenure

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-from scipy.special import digamma, gammaln
 
-from spark_app.catalog import ModelCatalog
-from spark_app.config import VALUE_AT_RISK, CostsConfig
+from spark_app.catalog import VALUE_AT_RISK, ModelCatalog
+
+if TYPE_CHECKING:  # the config (pydantic) stays off a scoring worker's imports
+    from spark_app.config import CostsConfig
 from spark_app.months import forecast_days
 
 __all__ = ["VALUE_AT_RISK"]  # re-exported: the score column of value_at_risk
@@ -291,6 +292,8 @@ def bdw_survival(alpha: np.ndarray, beta: np.ndarray, c: np.ndarray, months: int
 
 def _log_beta_moving(a: np.ndarray, b: np.ndarray, u: np.ndarray | float) -> np.ndarray:
     """log B(a, b + u) - lnGamma(a), the part that moves with u: two lnGamma instead of betaln's three."""
+    from scipy.special import gammaln  # here: scoring with the sBG never pays scipy's import
+
     return gammaln(b + u) - gammaln(a + b + u)
 
 
@@ -359,6 +362,8 @@ def _bdw_derivatives(
     psi(A), dL/dz = (psi(B) - psi(A)) u_z, u_z = u c log t, and trigamma for the second derivatives;
     month 0 (u = 0) carries the row constants. Sums of f' (X_t - X_{t-1}) are taken by parts.
     """
+    from scipy.special import digamma
+
     m = a + b
     c_log_t = c[:, None] * log_t
     u = np.exp(c_log_t)

@@ -33,9 +33,11 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from spark_app.catalog import (
+    INTERVAL_LEVELS,
     METRICS,
     PARTY_HOME_INTERNET,
     STACKED_PREFIX,
+    VALUE_AT_RISK,
     ModelCatalog,
     ModelEntry,
     NaiveSpec,
@@ -204,7 +206,6 @@ class PromotionConfig(_Section):
     lock_wait_seconds: float = Field(default=600.0, ge=0, le=86_400)
 
 
-INTERVAL_LEVELS = (0.5, 0.8, 0.9, 0.95)  # the interval levels every release stores (spark_app.intervals)
 
 
 class ScoringConfig(_Section):
@@ -301,7 +302,6 @@ class MonitoringConfig(_Section):
 
 RULE_OPS = ("==", "!=", "<", "<=", ">", ">=", "in", "not_in", "is_null", "not_null")
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"  # campaign and channel names: they become paths and labels
-VALUE_AT_RISK = "value_at_risk"  # the default ranking key (spark_app.campaigns.rules defines it)
 
 
 class AudienceRule(_Section):

@@ -13,7 +13,7 @@ from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from spark_app.catalog import ModelCatalog
+from spark_app.catalog import ID, ModelCatalog
 from spark_app.errors import UserError
 from spark_app.layout import REPORT_MONTH
 from spark_app.months import describe_months
@@ -21,7 +21,6 @@ from spark_app.storage import Storage
 
 log = logging.getLogger(__name__)
 
-ID = "subscriber_id"
 MONTH = REPORT_MONTH  # the month a row describes: the input tables' partition column
 
 NUMERIC = "numeric"

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from spark_app.catalog import INTERVAL_LEVELS
 from spark_app.cltv import ValueFormula
-from spark_app.config import INTERVAL_LEVELS
 
 MAX_BINS = 10  # forecast deciles
 MIN_BIN_ROWS = 50  # fewer residuals than this per bin → fewer bins

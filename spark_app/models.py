@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -33,10 +33,11 @@ from spark_app.catalog import (
     ModelEntry,
     stacked_feature,
 )
-from spark_app.config import Settings
 from spark_app.errors import UserError
-from spark_app.evaluation import agg_bias_se
 from spark_app.seasonality import SeasonalIndex
+
+if TYPE_CHECKING:  # the config (pydantic) stays off a scoring worker's imports
+    from spark_app.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -346,6 +347,8 @@ class Learner:
         calibration only as far as it lowers the test bias by more than that bias's own sampling noise
         (`evaluation.agg_bias_se`, by `test_clusters` — households — when given): on a small base the test
         rows cannot tell a calibration from noise, and the model's own estimate is kept."""
+        from spark_app.evaluation import agg_bias_se  # training only: scipy.stats stays off the workers
+
         self.calibration = {}
         if not len(val):
             log.warning("no val rows: the release is not calibrated")

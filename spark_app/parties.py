@@ -765,6 +765,7 @@ def party_rollup(
     value_columns: Sequence[str],
     survival: dict[str, str],
     rho: dict[str, float],
+    constants: Mapping[str, Any] | None = None,
 ) -> DataFrame:
     """One month's subscriber scores rolled up to `level` (person or household), in one groupBy.
 
@@ -775,7 +776,9 @@ def party_rollup(
 
     `parties_month` is the month's table rows (`parties_of_month`), or None for a month before the
     table's coverage; scores that already carry person_id / household_id (`attach_parties`, once for both
-    levels) are used as they are. Subscribers without a household are absent from level=household."""
+    levels) are used as they are. Subscribers without a household are absent from level=household.
+    `constants`: columns known to be one value in the month (score_month, the release), added after the
+    groupBy instead of grouped by."""
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
     if PERSON not in scores.columns:
@@ -790,13 +793,21 @@ def party_rollup(
         raise ValueError(f"party_rollup: no joint-exit share rho for {unknown}")
     key = LEVEL_COLUMN[level]
     members = scores.where(F.col(key).isNotNull()) if level == HOUSEHOLD_LEVEL else scores
-    keys = [F.col(key).alias(PARTY), *([SCORE_MONTH] if SCORE_MONTH in scores.columns else [])]
-    carried = [F.max(c).alias(c) for c in CARRIED if c in scores.columns]
-    return members.groupBy(*keys).agg(
-        *carried,
+    # the month and the release are one value in the month: grouping keys when not given (a string
+    # aggregate such as max(release_digest) would turn the hash aggregate into a sort-based one), else
+    # literals after the groupBy (each extra key costs the shuffle and the hash ~10 %)
+    constants = dict(constants or {})
+    carried = [c for c in (SCORE_MONTH, *CARRIED) if c in scores.columns]
+    grouped = members.groupBy(F.col(key).alias(PARTY), *[c for c in carried if c not in constants]).agg(
         F.count(F.lit(1)).alias(MEMBERS),
         *[F.sum(c).alias(c) for c in value_columns],
         *[p_at_least_one(F.col(c), rho[c]).alias(out) for c, out in survival.items()],
+    )
+    kinds = dict(scores.dtypes)
+    return grouped.select(
+        PARTY,
+        *[F.lit(constants[c]).cast(kinds[c]).alias(c) if c in constants else F.col(c) for c in carried],
+        *[c for c in grouped.columns if c not in (PARTY, *carried)],
     )
 
 
@@ -850,15 +861,16 @@ def party_levels(
     value_columns: Sequence[str],
     survival: dict[str, str],
     rho: Mapping[str, dict[str, float]],
+    constants: Mapping[str, Any] | None = None,
 ) -> dict[str, DataFrame]:
     """Every level's rollup of one month's scores that already carry person_id / household_id
     (`attach_parties`, once): level → party rows, one groupBy (one shuffle) each with that level's joint-exit
     shares (`rho[level]`), sorted within its partitions (no second shuffle) so a rerun writes the same rows
-    in the same order. Keep `attached` cached while both are written, or the join runs once per level."""
+    in the same order. `constants`: see `party_rollup`."""
     return {
-        level: party_rollup(attached, None, level, value_columns, survival, rho[level]).sortWithinPartitions(
-            PARTY
-        )
+        level: party_rollup(
+            attached, None, level, value_columns, survival, rho[level], constants
+        ).sortWithinPartitions(PARTY)
         for level in LEVELS
     }
 
@@ -886,11 +898,10 @@ def with_party_intervals(
         value = F.col(column)
         lower, upper = nan, nan
         if sized:
-            label = size_label_column(F.col(MEMBERS))
-            lo, hi = F.lit(None).cast("double"), F.lit(None).cast("double")
-            for size, (edge_lo, edge_hi) in sized.items():
-                lo = F.when(label == F.lit(size), F.lit(edge_lo)).otherwise(lo)
-                hi = F.when(label == F.lit(size), F.lit(edge_hi)).otherwise(hi)
+            # the party's size (1 .. MAX_SIZE, larger ones as MAX_SIZE) indexes the edges of its size
+            size = F.least(F.col(MEMBERS), F.lit(MAX_SIZE)).cast("int")
+            lo = F.element_at(F.array(*[F.lit(float(sized[label][0])) for label in SIZE_LABELS]), size)
+            hi = F.element_at(F.array(*[F.lit(float(sized[label][1])) for label in SIZE_LABELS]), size)
             lower, upper = value + F.abs(value) * lo, value + F.abs(value) * hi
         out = out.withColumn(f"{column}_lower", lower).withColumn(f"{column}_upper", upper)
         last = column

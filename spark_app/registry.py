@@ -223,8 +223,10 @@ def copy_package(into: Path) -> Path:
 
 
 def model_input(features: pd.DataFrame, learner: Learner, rows: int = 5) -> pd.DataFrame:
-    """What the pyfunc takes: a month's features (one row per subscriber) and the month they describe."""
-    columns = [c for c in learner.catalog.input_columns() if c in features]
+    """What the pyfunc takes: a month's features (one row per subscriber) and the month they describe, with
+    the party features when the models read them (the pyfunc cannot compute them: no parties table)."""
+    wanted = [*learner.catalog.input_columns(), *learner.catalog.party_features()]
+    columns = [c for c in wanted if c in features]
     frame = features.head(rows)[columns].copy()
     month = features["feature_month"] if "feature_month" in features else features["report_month"]
     frame.insert(0, "feature_month", pd.to_datetime(month.head(rows)).to_numpy())
@@ -234,9 +236,9 @@ def model_input(features: pd.DataFrame, learner: Learner, rows: int = 5) -> pd.D
 def input_schema(catalog: ModelCatalog) -> Schema:
     """The pyfunc's input columns: the month, categorical features as strings, numeric ones of any numeric
     type (a month read from Spark has int columns, or floats where they hold nulls; MLflow would refuse
-    to convert int64 to a declared double)."""
+    to convert int64 to a declared double); the party features as given columns when the models read them."""
     cols = [ColSpec(DataType.datetime, "feature_month")]
-    for column in catalog.input_columns():
+    for column in [*catalog.input_columns(), *catalog.party_features()]:
         cols.append(ColSpec(DataType.string if column in catalog.categorical else AnyType(), column))
     return Schema(cols)
 

@@ -20,12 +20,13 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
 from spark_app import tracking
 from spark_app.batch import (
     HOLDOUT,
+    RELEASE_DIGEST,
     BatchPlan,
     BatchStats,
     FeatureRanges,
@@ -53,6 +54,7 @@ from spark_app.parties import (
     HOUSEHOLD,
     LEVELS,
     PERSON,
+    RELEASE_VERSION,
     SPLIT_KEY,
     PartyInputs,
     PartyModel,
@@ -477,16 +479,18 @@ def write_party_scores(
     written = spark.read.parquet(scores_path)
     values, survival = rollup_columns(written.columns, plan.formula.components, plan.formula.survival)
     keep = [c for c in (ID, SCORE_MONTH, *CARRIED) if c in written.columns]
-    attached = attach_parties(written.select(*keep, *values, *survival), parties_month).persist()
+    # read and joined once per level: cheaper than caching the join (benchmarks/bench_party_rollup.py)
+    attached = attach_parties(written.select(*keep, *values, *survival), parties_month)
     shares = {level: joint_exit_shares(survival, model.rho.get(level) if model else None) for level in LEVELS}
-    try:
-        rows = {}
-        for level, frame in party_levels(attached, values, survival, shares).items():
-            frame = with_party_intervals(frame, model, level, plan.interval_level, plan.horizons)
-            frame.write.mode("overwrite").parquet(staging[level])
-            rows[level] = spark.read.parquet(staging[level]).count()
-    finally:
-        attached.unpersist()
+    constants = {SCORE_MONTH: plan.score_month, RELEASE_VERSION: plan.release_version,
+                 RELEASE_DIGEST: plan.release_digest}  # fmt: skip
+    rows = {}
+    for level, frame in party_levels(attached, values, survival, shares, constants).items():
+        counted = Observation()  # the rows counted as they are written, not read back
+        frame = with_party_intervals(frame, model, level, plan.interval_level, plan.horizons)
+        frame = frame.observe(counted, F.count(F.lit(1)).alias("rows"))
+        frame.write.mode("overwrite").parquet(staging[level])
+        rows[level] = int(counted.get["rows"])
     return rows
 
 

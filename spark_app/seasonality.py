@@ -28,7 +28,6 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from spark_app.calibration import FACTOR_BOUNDS
-from spark_app.contract import MONTH
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +104,8 @@ def fit_seasonal_index(months: list[dt.date], means: np.ndarray) -> SeasonalInde
 def monthly_means(facts: DataFrame, amounts: Mapping[str, str]) -> DataFrame:
     """Per report_month: the rows of the facts (the base) and Σ of each amount in daily units (the unit
     the regressors are trained in), as `rows` and one column per model id."""
+    from spark_app.contract import MONTH  # here: a scoring worker imports this module, not the contract
+
     days = F.dayofmonth(F.last_day(F.col(MONTH))).cast("double")
     sums = [
         F.sum(F.coalesce(F.col(fact).cast("double"), F.lit(0.0)) / days).alias(m)

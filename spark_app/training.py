@@ -133,7 +133,7 @@ def capped(df: DataFrame, *, rows: int, cap: int, salt: str) -> DataFrame:
 
 
 def needed_columns(catalog: ModelCatalog) -> list[str]:
-    return [*KEY_COLUMNS, *catalog.input_columns(), *catalog.targets()]
+    return [*KEY_COLUMNS, *catalog.input_columns(), *catalog.party_features(), *catalog.targets()]
 
 
 def to_driver(

@@ -212,3 +212,24 @@ def test_the_release_is_calibrated_per_horizon_on_val(trained, settings):
         horizons = set(map(int, calibration[model_id]["factors"]))
         assert horizons <= set(range(1, 25)) and (not horizons or len(horizons) >= 18)  # or overall only
     assert all(calibration[m]["kind"] == "logistic" for m in ("paid", "active") if m in calibration)
+
+
+def test_a_profile_that_reads_party_features_gets_them_to_the_driver(tmp_path):
+    # the party features are computed (not read from the features table), yet training needs them: a
+    # release with them in feature_cols once failed in fit with the columns missing
+    from spark_app.catalog import PARTY_FEATURES
+    from spark_app.training import needed_columns
+
+    plain = make_settings(tmp_path)
+    cols = [*plain.models.profiles["paid"].feature_cols, *PARTY_FEATURES]
+    featured = make_settings(tmp_path, models={"profiles": {"paid": {"feature_cols": cols}}})
+    assert set(PARTY_FEATURES) <= set(needed_columns(featured.models.catalog()))
+    assert not set(PARTY_FEATURES) & set(needed_columns(plain.models.catalog()))
+    # and the registered pyfunc takes them as given columns (it has no parties table to compute them)
+    from spark_app.registry import input_schema, model_input
+
+    learner = Learner.from_settings(featured)
+    frame = pd.DataFrame({c: [1.0, 2.0] for c in needed_columns(featured.models.catalog())})
+    frame["report_month"] = pd.to_datetime(["2025-01-01", "2025-01-01"])
+    assert set(PARTY_FEATURES) <= set(model_input(frame, learner).columns)
+    assert set(PARTY_FEATURES) <= set(input_schema(featured.models.catalog()).input_names())
