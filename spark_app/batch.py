@@ -6,8 +6,8 @@ value is encoded once), repeated for the 24 horizons, and scored by the release'
 stacked into the regressors, calibrated); the 24 monthly forecasts become CLTV in the same batch
 (spark_app.cltv) and the output goes back as Arrow, the detail arrays as list columns over the forecast
 matrix without a Python object per row. Along the way the batch counts what the job reports and checks
-(rows, holdout, CLTV sum and histogram, missing / non-finite / unseen inputs, null ids, id hashes for
-duplicates), so the job needs no extra pass over the month's inputs or outputs.
+(rows, holdout, CLTV sum and histogram, missing / non-finite / unseen inputs), so the job needs no extra
+pass over the month's outputs; null and duplicate ids are checked before it (`scoring.check_ids`).
 """
 
 from __future__ import annotations
@@ -233,7 +233,6 @@ class BatchStats:
     rows: int = 0
     holdout: int = 0
     null_ids: int = 0
-    id_hashes: list[np.ndarray] = field(default_factory=list)
     missing: Counter = field(default_factory=Counter)
     non_finite: Counter = field(default_factory=Counter)
     unseen: Counter = field(default_factory=Counter)
@@ -257,7 +256,6 @@ class BatchStats:
         self.rows += other.rows
         self.holdout += other.holdout
         self.null_ids += other.null_ids
-        self.id_hashes += other.id_hashes
         self.missing.update(other.missing)
         self.non_finite.update(other.non_finite)
         self.unseen.update(other.unseen)
@@ -286,14 +284,6 @@ class BatchStats:
             t = HIST_LOW + (index + 0.5) * (HIST_HIGH - HIST_LOW) / HIST_BINS
             out[f"p{round(q * 100):02d}"] = float(np.sign(t) * np.expm1(abs(t)))
         return out
-
-    def duplicate_ids(self) -> int:
-        """Ids that occur more than once in the month (by a 64-bit hash: a false alarm has a chance of
-        about n² / 2⁶⁵, 3·10⁻⁸ for a million subscribers, and the job then names the ids)."""
-        if not self.id_hashes:
-            return 0
-        hashes = np.concatenate(self.id_hashes)
-        return int(len(hashes) - len(np.unique(hashes)))
 
 
 class StatsAccumulator(AccumulatorParam):
@@ -349,7 +339,6 @@ def inputs_from_arrow(batch: pa.RecordBatch, plan: BatchPlan, stats: BatchStats)
     ids_col = batch.column(ID)
     stats.null_ids += ids_col.null_count
     ids = ids_col.to_numpy(zero_copy_only=False)
-    stats.id_hashes.append(pd.util.hash_array(ids.astype(object), categorize=False))
     numeric: dict[str, np.ndarray] = {}
     categorical: dict[str, tuple[np.ndarray, list[str]]] = {}
     for col in plan.input_cols:

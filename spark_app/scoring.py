@@ -365,19 +365,25 @@ def report_inputs(stats: BatchStats, month: dt.date) -> None:
         )
 
 
-def check_keys(stats: BatchStats, features: DataFrame, month: dt.date) -> None:
-    """Null ids and duplicate ids found by the scoring pass: a contract error naming examples, raised
-    before the swap, so the month's previous scores stay."""
+def check_ids(features: DataFrame, month: dt.date) -> None:
+    """Null and duplicate ids of the month, in one narrow scan and one groupBy of the id column, before any
+    scoring work: a contract error naming counts and an example. Nothing about each subscriber reaches
+    the driver (an id hash per subscriber did: 80 MB at 10M), so its memory does not grow with the base."""
+    keys = features.groupBy(ID).count()
+    repeated = F.col(ID).isNotNull() & (F.col("count") > 1)
+    found = keys.agg(
+        F.sum(F.when(F.col(ID).isNull(), F.col("count"))).alias("null_ids"),
+        F.sum(F.when(repeated, F.col("count") - 1)).alias("extra_rows"),
+        F.count(F.when(repeated, F.lit(1))).alias("ids"),
+        F.min(F.when(repeated, F.col(ID))).alias("example"),
+    ).first()
     problems = []
-    if stats.null_ids:
-        problems.append(f"features: column {ID!r} has {stats.null_ids} null values")
-    duplicates = stats.duplicate_ids()
-    if duplicates:
-        examples = [
-            r[ID] for r in features.groupBy(ID).count().where("count > 1").select(ID).limit(3).collect()
-        ]
+    if found["null_ids"]:
+        problems.append(f"features: column {ID!r} has {found['null_ids']} null values")
+    if found["ids"]:
         problems.append(
-            f"features: {duplicates} duplicate ({ID}, report_month) keys in {fmt(month)}, e.g. {examples}"
+            f"features: {found['ids']} duplicate ({ID}, report_month) keys in {fmt(month)} "
+            f"({found['extra_rows']} extra rows), e.g. {found['example']!r}"
         )
     if problems:
         raise InputContractError(
@@ -585,6 +591,7 @@ def score_month(
         check_party_inputs(catalog, plan.release_version, with_parties, party_model)
         with timer.stage("check inputs", spark):
             features = read_month_features(spark, settings, month, plan)
+            check_ids(features, month)
             party = PartyScoring(None, None)
             if with_parties:
                 party_root = party_scores_root(settings.paths)
@@ -619,7 +626,6 @@ def score_month(
                     scores.write.mode("overwrite").parquet(staging)
                     stats = merged(accumulator.value)
                     log.info("scoring %s, worker time by step: %s", fmt(month), steps_in_words(stats.seconds))
-                    check_keys(stats, features, month)
                     storage.write_json(
                         f"{staging}/{SCORE_SUMMARY}", month_summary(stats, plan, party.continued)
                     )

@@ -42,18 +42,6 @@ def test_task_stats_merge_and_a_retried_task_replaces_its_partition():
     assert merged(total).null_ids == 0
 
 
-def test_duplicate_ids_are_found_across_tasks():
-    a, b = BatchStats(), BatchStats()
-    plan_like = SimpleNamespace(input_cols=(), categorical=(), seen={})
-    for stats, ids in ((a, ["s1", "s2", "s3"]), (b, ["s4", "s2"])):
-        batch = pa.RecordBatch.from_arrays(
-            [pa.array(ids), pa.array([False] * len(ids))], names=["subscriber_id", HOLDOUT]
-        )
-        inputs_from_arrow(batch, plan_like, stats)
-    assert a.duplicate_ids() == 0
-    assert merged({0: a, 1: b}).duplicate_ids() == 1
-
-
 def test_inputs_count_missing_non_finite_and_unseen_values():
     seen = {"region": {"north"}}
     plan_like = SimpleNamespace(input_cols=("arpu", "region"), categorical=("region",), seen=seen)

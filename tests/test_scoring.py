@@ -165,3 +165,18 @@ def test_release_columns_come_from_the_manifest_and_workers_cache_one_learner(re
     assert cached_learner(plan, files) is first
     other = make_plan(settings, release.manifest, version, "digest-b", MONTH, detail=False)
     assert cached_learner(other, files) is not first and len(_LEARNERS) == 1
+
+
+def test_null_and_duplicate_ids_are_one_error_before_scoring_whatever_the_partitions(spark):
+    from spark_app.scoring import check_ids
+
+    rows = [(f"s{i}", float(i)) for i in range(40)] + [("s7", 1.0), ("s7", 2.0), ("s30", 3.0), (None, 4.0)]
+    month = dt.date(2025, 4, 1)
+    # the repeats land in other partitions than their first rows: no task sees both
+    features = spark.createDataFrame(rows, "subscriber_id string, arpu double").repartition(4)
+    with pytest.raises(InputContractError) as err:
+        check_ids(features, month)
+    message = str(err.value)
+    assert "column 'subscriber_id' has 1 null values" in message
+    assert "2 duplicate (subscriber_id, report_month) keys in 2025-04 (3 extra rows), e.g. 's30'" in message
+    check_ids(spark.createDataFrame(rows[:40], "subscriber_id string, arpu double"), month)  # clean: passes
