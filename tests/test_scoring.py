@@ -138,6 +138,22 @@ def test_rerun_is_identical_and_a_failed_write_keeps_the_previous_partition(spar
     assert leftovers == []
 
 
+def test_a_duplicated_id_fails_the_month_and_its_previous_scores_stay(spark, scored):
+    settings, version, panel, _, _, _ = scored
+    before = read_scores(settings)
+    path = panel / "features" / f"report_month={MONTH:%Y-%m-%d}"
+    month = pd.read_parquet(path)
+    extra = path / "part-duplicate.parquet"  # a second file repeating one subscriber: no task sees both
+    month.tail(1).to_parquet(extra, index=False)
+    try:
+        duplicate = r"1 duplicate \(subscriber_id, report_month\) keys in 2025-04"
+        with pytest.raises(InputContractError, match=duplicate):
+            score_month(spark, settings, MONTH, release=str(version))
+    finally:
+        extra.unlink()
+    pd.testing.assert_frame_equal(read_scores(settings), before)
+
+
 def test_missing_month_is_a_clear_error_before_anything_is_written(spark, release_env):
     settings, version, _ = release_env
     later = add_months(MONTH, 1)
