@@ -216,7 +216,7 @@ def read_month_features(
 ) -> DataFrame:
     """The month's features, checked before any job against the contract for the columns the release
     reads: every file of the month present, readable, with those columns and kinds (contract.read_months).
-    Null ids and duplicate keys are counted by the scoring pass itself (`check_keys`)."""
+    Null and duplicate ids are counted beside the scoring job (`check_ids`)."""
     numeric = [c for c in table_columns(plan) if c not in plan.categorical]
     spec = features_spec(numeric, plan.categorical)
     context = f"scoring {fmt(month)}, release v{plan.release_version}"
