@@ -44,16 +44,19 @@ START, H, M, E = (parse_month(m) for m in ("2025-01", "2025-08", "2025-10", "202
 CAMPAIGN = "retention"
 
 
-def settings_for(work: Path, panel: Path, release: Path):
-    layers = workdir_layers(work, panel)
+def settings_for(work: Path, panel: Path, release: Path, parties: bool = False):
+    """The embedded default in `work`, reading `panel` (its parties too with `parties`), with the release
+    store of `release` (benchmarks/bench_party_rollup.py shares these two helpers)."""
+    layers = workdir_layers(work, panel, parties=parties)
     layers["mlflow"] = workdir_layers(release, release / "panel")["mlflow"]
     return load_settings(
         ROOT / "conf" / "local.yaml", overrides={**layers, "spark": {"master": "local[2]"}}, environ={}
     )
 
 
-def ensure_release(spark, release: Path) -> None:
-    """A champion trained on a 20k × 40 panel (once)."""
+def ensure_release(spark, release: Path, parties: bool = False) -> None:
+    """A champion trained on a 20k × 40 panel (once); with `parties` trained with them (the party model)
+    and made champion whatever the gate says (a cost benchmark does not depend on it)."""
     from spark_app.dataset import build_dataset
     from spark_app.generate import PanelSpec, generate_panel
     from spark_app.months import add_months
@@ -62,13 +65,16 @@ def ensure_release(spark, release: Path) -> None:
 
     if (release / "done").exists():
         return
-    settings = settings_for(release, release / "panel", release)
+    settings = settings_for(release, release / "panel", release, parties)
     spec = PanelSpec(20_000, 40, parse_month("2022-01"), seed=3)
     generate_panel(spark, str(release / "panel"), spec)
     end = add_months(spec.start, settings.dataset.max_horizon + settings.dataset.target_months - 1)
     dataset = build_dataset(spark, settings, end)
-    train_release(spark, settings, dataset.dataset_id)
-    promote(settings, auto=True)
+    version = train_release(spark, settings, dataset.dataset_id).version
+    if parties:
+        promote(settings, version=version, override=True)
+    else:
+        promote(settings, auto=True)
     (release / "done").write_text("ok")
 
 

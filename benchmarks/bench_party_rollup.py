@@ -32,12 +32,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_campaign import ensure_release
+from bench_campaign import settings_for as campaign_settings
 from bench_score import MemorySampler
 from pyspark.sql import functions as F
 
 from spark_app.cli import setup_logging
-from spark_app.config import load_settings
-from spark_app.layout import scores_dir, workdir_layers
+from spark_app.layout import scores_dir
 from spark_app.months import parse_month
 
 log = logging.getLogger("bench_party_rollup")
@@ -46,31 +47,7 @@ START, M = parse_month("2025-01"), parse_month("2025-10")
 
 
 def settings_for(work: Path, panel: Path, release: Path):
-    layers = workdir_layers(work, panel, parties=True)
-    layers["mlflow"] = workdir_layers(release, release / "panel")["mlflow"]
-    return load_settings(
-        ROOT / "conf" / "local.yaml", overrides={**layers, "spark": {"master": "local[2]"}}, environ={}
-    )
-
-
-def ensure_release(spark, release: Path) -> None:
-    """A champion trained with parties on a 20k × 40 panel (once)."""
-    from spark_app.dataset import build_dataset
-    from spark_app.generate import PanelSpec, generate_panel
-    from spark_app.months import add_months
-    from spark_app.registry import promote
-    from spark_app.training import train_release
-
-    if (release / "done").exists():
-        return
-    settings = settings_for(release, release / "panel", release)
-    spec = PanelSpec(20_000, 40, parse_month("2022-01"), seed=3)
-    generate_panel(spark, str(release / "panel"), spec)
-    end = add_months(spec.start, settings.dataset.max_horizon + settings.dataset.target_months - 1)
-    dataset = build_dataset(spark, settings, end)
-    version = train_release(spark, settings, dataset.dataset_id).version
-    promote(settings, version=version, override=True)  # the rollup's cost does not depend on the gate
-    (release / "done").write_text("ok")
+    return campaign_settings(work, panel, release, parties=True)
 
 
 def ensure_size(spark, work: Path, release: Path, size: int) -> None:
@@ -181,7 +158,7 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     release = work / "release"
     spark = get_spark(settings_for(release, release / "panel", release).spark)
-    ensure_release(spark, release)
+    ensure_release(spark, release, parties=True)
     for size in sizes:
         ensure_size(spark, work, release, size)
     spark.stop()

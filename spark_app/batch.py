@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from spark_app.horizons import horizon_columns
 from spark_app.intervals import IntervalTable, cltv_bounds, cumulative_values
 from spark_app.models import Learner, MatrixBuilder, categories
 from spark_app.months import forecast_days, month_index
+from spark_app.progress import StepClock
 
 log = logging.getLogger(__name__)
 
@@ -306,20 +306,6 @@ def merged(stats: dict[int, BatchStats]) -> BatchStats:
     return total
 
 
-class StepClock:
-    """Laps of one batch's steps into `seconds` (a few perf_counter calls per batch of 10k subscribers)."""
-
-    def __init__(self, seconds: Counter | None) -> None:
-        self.seconds = seconds
-        self.last = time.perf_counter()
-
-    def lap(self, step: str) -> None:
-        if self.seconds is not None:
-            now = time.perf_counter()
-            self.seconds[step] += now - self.last
-            self.last = now
-
-
 # ---------------------------------------------------------------- Arrow → columns → scores
 @dataclass
 class Inputs:
@@ -419,7 +405,7 @@ def score_inputs(
     rows = horizon_rows(inputs, plan)
     clock.lap("horizon rows")
     predictions = learner.predict(rows, seconds=seconds)
-    clock.last = time.perf_counter()
+    clock.skip()
     forecasts = monthly_forecasts(predictions, n, plan)
     cols = cltv_columns(forecasts, plan.score_month_index, plan.formula, plan.extrapolation)
     clock.lap("cltv and extension")
@@ -506,13 +492,13 @@ def score_arrow_batches(
                 plan.ranges.count_outside(inputs.numeric, stats)
             clock.lap("arrow in and checks")
             columns = score_inputs(inputs, learner, plan, stats.seconds)
-            clock.last = time.perf_counter()
+            clock.skip()
             stats.rows += len(inputs)
             stats.holdout += int(inputs.holdout.sum())
             stats.add_cltv(columns["cltv"])
             out = to_arrow(columns, plan)
             clock.lap("arrow out")
             yield out
-            clock.last = time.perf_counter()
+            clock.skip()
     context = TaskContext.get()
     accumulator.add({context.partitionId() if context is not None else 0: stats})

@@ -34,6 +34,7 @@ from spark_app.catalog import (
     stacked_feature,
 )
 from spark_app.errors import UserError
+from spark_app.progress import StepClock
 from spark_app.seasonality import SeasonalIndex
 
 if TYPE_CHECKING:  # the config (pydantic) stays off a scoring worker's imports
@@ -487,23 +488,19 @@ class Learner:
         )
         self.neutralize_calendar(builder)
         out: dict[str, np.ndarray] = {}
-        lap = time.perf_counter
+        clock = StepClock(seconds)
         for entry in entries:
-            started = lap()
             pool = self._pool(entry, builder)
-            pooled = lap()
+            clock.lap("pool")
             raw = self._raw(entry, pool)
-            predicted = lap()
+            clock.lap("catboost predict")
             if entry.is_survival:
                 builder.add_column(stacked_feature(entry.model_id), raw)
             season = self.season_of(entry, months, len(raw))
             if season is not None:
                 raw = raw * season
             out[entry.model_id] = self.finish(entry, raw, horizons, months) if calibrated else raw
-            if seconds is not None:
-                seconds["pool"] += pooled - started
-                seconds["catboost predict"] += predicted - pooled
-                seconds["calibration"] += lap() - predicted
+            clock.lap("calibration")
         return out
 
     def neutralize_calendar(self, builder: MatrixBuilder) -> None:

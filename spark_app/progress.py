@@ -6,6 +6,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -33,6 +34,26 @@ class StageTimer:
         total = sum(self.seconds.values())
         parts = ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items())
         return f"{total:.1f}s total ({parts})"
+
+
+class StepClock:
+    """Laps of a batch's steps into `seconds` (a perf_counter call per step; nothing without `seconds`):
+    the scoring workers' time by step, which the job logs."""
+
+    def __init__(self, seconds: Counter | None) -> None:
+        self.seconds = seconds
+        self.last = time.perf_counter()
+
+    def lap(self, step: str) -> None:
+        """The time since the last lap (or skip) is `step`'s."""
+        if self.seconds is not None:
+            now = time.perf_counter()
+            self.seconds[step] += now - self.last
+            self.last = now
+
+    def skip(self) -> None:
+        """The time since the last lap is counted elsewhere (a callee's own clock, the consumer)."""
+        self.last = time.perf_counter()
 
 
 @contextlib.contextmanager

@@ -367,9 +367,11 @@ def report_inputs(stats: BatchStats, month: dt.date) -> None:
 
 
 def check_ids(features: DataFrame, month: dt.date) -> None:
-    """Null and duplicate ids of the month, in one narrow scan and one groupBy of the id column, before any
-    scoring work: a contract error naming counts and an example. Nothing about each subscriber reaches
-    the driver (an id hash per subscriber did: 80 MB at 10M), so its memory does not grow with the base."""
+    """Null and duplicate ids of the month, in one narrow scan and one groupBy of the id column (the job runs
+    it beside the scoring pass and awaits it before any swap): a contract error naming counts and an
+    example. Nothing about each subscriber reaches the driver (an id hash per subscriber did: 80 MB at
+    10M), so its memory does not grow with the base. (contract.data_problems asks the same of a table
+    with its month column, in two jobs; the scored month has only the id.)"""
     keys = features.groupBy(ID).count()
     repeated = F.col(ID).isNotNull() & (F.col("count") > 1)
     found = keys.agg(
