@@ -31,8 +31,6 @@ AMOUNT_MODELS = tuple(e.model_id for e in CATALOG.amounts)
 FACT_OF = {e.model_id: e.fact for e in CATALOG}
 FACT_COLUMNS = tuple(e.fact for e in CATALOG)
 
-SHORT_LIVED_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
-
 PANEL_START = dt.date(2022, 1, 1)
 PANEL_MONTHS = 40
 PANEL_SUBSCRIBERS = 3000
@@ -44,11 +42,6 @@ def spark():
     from spark_app.session import get_spark
 
     session = get_spark(SparkConfig(master="local[2]", driver_memory="4g", shuffle_partitions=4))
-    # Every JVM a test starts after this one (spark-submit drivers, `cltv` subprocesses, the standalone
-    # cluster's daemons and executors) lives for seconds: its C2 compiler and parallel GC threads are most
-    # of its CPU, and the suite is CPU-bound on two cores (two pytest workers finish no sooner than one).
-    # This session, which runs for the whole suite, keeps the JVM's defaults.
-    os.environ["JAVA_TOOL_OPTIONS"] = f"{os.environ.get('JAVA_TOOL_OPTIONS', '')} {SHORT_LIVED_JVM}".strip()
     yield session
     session.stop()
 
