@@ -125,14 +125,18 @@ def spearman(y: np.ndarray, f: np.ndarray) -> float:
     return float(np.corrcoef(ry, rf)[0, 1])
 
 
+def forecast_deciles(f: np.ndarray, bins: int = DECILES) -> np.ndarray:
+    """0-based equal-count groups by forecast rank (ties broken by position)."""
+    return np.minimum((rankdata(f, method="ordinal") - 1) * bins // len(f), bins - 1).astype(int)
+
+
 def decile_table(y: np.ndarray, f: np.ndarray, bins: int = DECILES) -> pd.DataFrame:
     """Mean forecast vs mean actual per forecast decile (equal-count groups by forecast rank)."""
     y = np.asarray(y, dtype=np.float64)
     f = np.asarray(f, dtype=np.float64)
     if len(y) == 0:
         return pd.DataFrame(columns=["decile", "rows", "mean_pred", "mean_actual"])
-    decile = np.minimum((rankdata(f, method="ordinal") - 1) * bins // len(f), bins - 1).astype(int)
-    frame = pd.DataFrame({"decile": decile + 1, "f": f, "y": y})
+    frame = pd.DataFrame({"decile": forecast_deciles(f, bins) + 1, "f": f, "y": y})
     table = frame.groupby("decile").agg(
         rows=("y", "size"), mean_pred=("f", "mean"), mean_actual=("y", "mean")
     )
@@ -140,13 +144,22 @@ def decile_table(y: np.ndarray, f: np.ndarray, bins: int = DECILES) -> pd.DataFr
 
 
 def decile_error(y: np.ndarray, f: np.ndarray) -> float:
-    """Row-weighted mean |mean forecast − mean actual| over forecast deciles, relative to |mean actual|."""
-    table = decile_table(y, f)
+    """Row-weighted mean |mean forecast − mean actual| over forecast deciles, relative to |mean actual|.
+
+    The deciles' sums by bincount, not decile_table's groupby: evaluation asks this ~1,700 times per
+    release (model × split × horizon × slice), and pandas' ~6 ms per call was 10 of a small release's 13 s
+    of evaluation."""
+    y = np.asarray(y, dtype=np.float64)
+    f = np.asarray(f, dtype=np.float64)
     scale = abs(float(np.mean(y))) if len(y) else 0.0
-    if not len(table) or scale == 0:
+    if scale == 0:
         return float("nan")
-    gap = (table["mean_pred"] - table["mean_actual"]).abs()
-    return float((gap * table["rows"]).sum() / table["rows"].sum() / scale)
+    decile = forecast_deciles(f)
+    rows = np.bincount(decile, minlength=DECILES)
+    filled = rows > 0
+    mean_f = np.bincount(decile, f, DECILES)[filled] / rows[filled]
+    mean_y = np.bincount(decile, y, DECILES)[filled] / rows[filled]
+    return float((np.abs(mean_f - mean_y) * rows[filled]).sum() / rows.sum() / scale)
 
 
 def classification_metrics(

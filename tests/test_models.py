@@ -243,6 +243,24 @@ def test_bias_first_metrics_on_hand_made_numbers():
     assert bias == pytest.approx((2 + 2) / (2 + 2) - 1) and se > 0
 
 
+def test_decile_error_is_the_row_weighted_gap_of_the_decile_table():
+    """decile_error sums by bincount (it runs ~1,700 times per release); it must say what the decile table
+    shows, whatever the size and the ties."""
+    from spark_app.evaluation import decile_error, decile_table
+
+    rng = np.random.default_rng(3)
+    for n in (1, 3, 9, 10, 11, 57, 2000):
+        y = rng.gamma(2.0, 3.0, n) * (rng.random(n) > 0.3)
+        for f in (y + rng.normal(0, 2, n), np.round(y), np.full(n, 4.0)):
+            table = decile_table(y, f)
+            gap = ((table["mean_pred"] - table["mean_actual"]).abs() * table["rows"]).sum() / n
+            expected = gap / abs(y.mean()) if y.mean() != 0 else float("nan")
+            assert decile_error(y, f) == pytest.approx(expected, rel=1e-12, nan_ok=True), (n, f[:3])
+    assert np.isnan(decile_error(np.zeros(4), np.ones(4)))  # no scale
+    assert np.isnan(decile_error(np.array([]), np.array([])))
+    assert decile_error(np.arange(100.0), np.arange(100.0)) == 0.0
+
+
 def test_calendar_months_the_window_never_had_are_scored_unknown_not_extrapolated(frames, tmp_path):
     """A window whose targets fall in months 1..4 only: the learner records them, fits a share of rows with
     the month unknown, and forecasts a never-seen month exactly as it forecasts an unknown one."""
