@@ -41,14 +41,11 @@ VARIANTS = ("exchange", "read scores", "rewrite scores")
 def measure(features: str, month: str, scores: str, variant: str) -> float:
     """One variant in this (fresh) process: seconds from the session's first job to the last."""
     from spark_app.config import ScoringConfig, SparkConfig
-    from spark_app.scoring import ARROW_BATCH_CONF, TASKS_PER_CORE, scoring_parallelism
+    from spark_app.scoring import scoring_job_conf, scoring_parallelism
     from spark_app.session import get_spark, session_conf
 
     spark = get_spark(SparkConfig())
-    job_conf = {
-        ARROW_BATCH_CONF: ScoringConfig().arrow_batch_rows,
-        "spark.sql.files.minPartitionNum": TASKS_PER_CORE * spark.sparkContext.defaultParallelism,
-    }
+    job_conf = scoring_job_conf(spark, ScoringConfig())
     with session_conf(spark, **job_conf), tempfile.TemporaryDirectory(dir=Path(scores).parent) as out:
         start = time.perf_counter()
         if variant == "exchange":

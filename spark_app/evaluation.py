@@ -147,8 +147,8 @@ def decile_error(y: np.ndarray, f: np.ndarray) -> float:
     """Row-weighted mean |mean forecast − mean actual| over forecast deciles, relative to |mean actual|.
 
     The deciles' sums by bincount, not decile_table's groupby: evaluation asks this ~1,700 times per
-    release (model × split × horizon × slice), and pandas' ~6 ms per call was 10 of a small release's 13 s
-    of evaluation."""
+    release (model × split × horizon × slice); a pandas groupby per call took a small release's evaluate
+    stage from 0.4 s to 1.85 s."""
     y = np.asarray(y, dtype=np.float64)
     f = np.asarray(f, dtype=np.float64)
     scale = abs(float(np.mean(y))) if len(y) else 0.0

@@ -41,7 +41,7 @@ from spark_app.cltv import (
     Extrapolation,
     ValueFormula,
 )
-from spark_app.config import Settings
+from spark_app.config import ScoringConfig, Settings
 from spark_app.contract import ID, MONTH, InputContractError, features_spec, read_months, schema_problems
 from spark_app.errors import UserError
 from spark_app.horizons import target_calendar_months
@@ -418,6 +418,15 @@ def scoring_parallelism(spark: SparkSession, features: DataFrame) -> DataFrame:
     return features
 
 
+def scoring_job_conf(spark: SparkSession, scoring: ScoringConfig) -> dict[str, str | int]:
+    """The session settings of the scoring pass: its Arrow batch size, and the month read in at least
+    TASKS_PER_CORE tasks per core (see scoring_parallelism)."""
+    return {
+        ARROW_BATCH_CONF: scoring.arrow_batch_rows,
+        "spark.sql.files.minPartitionNum": TASKS_PER_CORE * spark.sparkContext.defaultParallelism,
+    }
+
+
 def month_summary(stats: BatchStats, plan: BatchPlan, continued: int = 0) -> dict[str, Any]:
     """What the review page (and validate-output) reads about the scoring of the month without scanning it
     again. `continued`: old ids not scored because their successor is in the base that month (parties)."""
@@ -605,10 +614,7 @@ def score_month(
         bundle = spark.sparkContext.broadcast(files)
         accumulator = spark.sparkContext.accumulator({}, StatsAccumulator())
         try:
-            job_conf = {
-                ARROW_BATCH_CONF: settings.scoring.arrow_batch_rows,
-                "spark.sql.files.minPartitionNum": TASKS_PER_CORE * spark.sparkContext.defaultParallelism,
-            }
+            job_conf = scoring_job_conf(spark, settings.scoring)
             # every output of the month is staged, then swapped in on leaving the block (the scores
             # first, then each party level); a failure anywhere drops every staging directory
             with contextlib.ExitStack() as outputs:
